@@ -1,0 +1,58 @@
+"""The `esm-emu` command line: one entry point whose subcommands are plugins.
+
+Each package registers its subcommands under the ``esm_emu.commands`` entry-point group
+(pyproject.toml) with a ``register(subparsers)`` function that adds a parser and sets
+``func(args) -> int``. Handlers import their heavy dependencies lazily so ``--help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import metadata, import_module
+
+from ppe_ingest.errors import UserError
+
+
+def _registrars():
+    eps = metadata.entry_points(group="esm_emu.commands")
+    return sorted(eps, key=lambda ep: ep.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="esm-emu",
+        description="Emulate CTSM perturbed-parameter ensembles, infer soil and hydrologic "
+        "parameters from in-situ data, and write them back as CTSM files.",
+    )
+    parser.add_argument("--version", action="version", version=f"esm-emu {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for ep in _registrars():
+        module_name, _, func = ep.value.partition(":")
+        getattr(import_module(module_name), func or "register")(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"esm-emu {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"esm-emu {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
