@@ -1,0 +1,146 @@
+"""The emulator F(forcing_t, static, theta) -> responses_t in physical units, and its loader.
+
+`Emulator` wraps the normaliser and a sequence core from the model zoo; inputs and outputs are
+in CTSM units (normalisation lives inside), and it is differentiable w.r.t. theta and static so
+inverse models can run through it. `TabularEmulator` is the summary-PPE form theta -> outputs.
+`load_emulator(path)` rebuilds either from a training checkpoint or a saved emulator file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ppe_ingest.errors import UserError
+
+from .models import build_model
+from .normalize import Normalizer
+
+State = Tuple[torch.Tensor, torch.Tensor]
+
+
+class Emulator(nn.Module):
+    """emu(forcing (B,T,F), static (B,S), theta (B,P)) -> responses (B,T,R), physical units.
+
+    With ``return_state=True`` it returns ``(y, state)``; passing that state to the next call
+    continues the run (a year in twelve monthly calls equals one twelve-month call).
+    """
+
+    kind = "sequence"
+
+    def __init__(self, core: nn.Module, normalizer: Normalizer, forcing_names: Sequence[str],
+                 static_names: Sequence[str], param_names: Sequence[str], response_names: Sequence[str],
+                 model_cfg: Mapping):
+        super().__init__()
+        self.core = core
+        self.norm = normalizer
+        self.forcing_names = list(forcing_names)
+        self.static_names = list(static_names)
+        self.param_names = list(param_names)
+        self.response_names = list(response_names)
+        self.model_cfg = dict(model_cfg)
+
+    @classmethod
+    def build(cls, model_cfg: Mapping, normalizer: Normalizer, forcing_names, static_names, param_names,
+              response_names) -> "Emulator":
+        dims = dict(n_forcing=len(forcing_names), n_cond=len(static_names) + len(param_names),
+                    n_param=len(param_names), n_response=len(response_names))
+        return cls(build_model(model_cfg, dims), normalizer, forcing_names, static_names, param_names,
+                   response_names, model_cfg)
+
+    def conditioning(self, static: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Normalised (static, theta) concatenated: the vector that conditions every step."""
+        return torch.cat([self.norm.static(static), self.norm.theta(theta)], dim=-1)
+
+    def forward_normalized(self, xn: torch.Tensor, c: torch.Tensor, state: Optional[State] = None):
+        """The core on normalised inputs; returns normalised responses and the state (training uses it)."""
+        return self.core(xn, c, state)
+
+    def forward(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor,
+                state: Optional[State] = None, return_state: bool = False):
+        self._check(forcing, static, theta)
+        zn, new_state = self.core(self.norm.forcing(forcing), self.conditioning(static, theta), state)
+        y = self.norm.response.inverse(zn)
+        return (y, new_state) if return_state else y
+
+    def _check(self, forcing, static, theta):
+        if forcing.dim() != 3 or forcing.shape[-1] != len(self.forcing_names):
+            raise ValueError(f"forcing must be (B, T, {len(self.forcing_names)}) for {self.forcing_names}, "
+                             f"got {tuple(forcing.shape)}")
+        if static.dim() != 2 or static.shape[-1] != len(self.static_names):
+            raise ValueError(f"static must be (B, {len(self.static_names)}) for {self.static_names}, got {tuple(static.shape)}")
+        if theta.dim() != 2 or theta.shape[-1] != len(self.param_names):
+            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, got {tuple(theta.shape)}")
+
+    def payload(self) -> dict:
+        """Everything needed to rebuild this emulator, in types `torch.load(weights_only=True)` accepts."""
+        return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": self.forcing_names,
+                "static_names": self.static_names, "param_names": self.param_names,
+                "response_names": self.response_names, "state_dict": self.state_dict()}
+
+
+class TabularEmulator(nn.Module):
+    """emu(theta (B,P)) -> summary outputs (B,R), physical units (summary PPEs: no time axis)."""
+
+    kind = "tabular"
+
+    def __init__(self, core: nn.Module, normalizer: Normalizer, param_names, response_names, model_cfg):
+        super().__init__()
+        self.core = core
+        self.norm = normalizer
+        self.forcing_names: list[str] = []
+        self.static_names: list[str] = []
+        self.param_names = list(param_names)
+        self.response_names = list(response_names)
+        self.model_cfg = dict(model_cfg)
+
+    @classmethod
+    def build(cls, model_cfg, normalizer, param_names, response_names, **_):
+        dims = dict(n_forcing=0, n_cond=len(param_names), n_param=len(param_names), n_response=len(response_names))
+        return cls(build_model(model_cfg, dims), normalizer, param_names, response_names, model_cfg)
+
+    def forward_normalized(self, thetan: torch.Tensor) -> torch.Tensor:
+        return self.core(thetan)
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.dim() != 2 or theta.shape[-1] != len(self.param_names):
+            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, got {tuple(theta.shape)}")
+        return self.norm.response.inverse(self.core(self.norm.theta(theta)))
+
+    def payload(self) -> dict:
+        return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": [], "static_names": [],
+                "param_names": self.param_names, "response_names": self.response_names,
+                "state_dict": self.state_dict()}
+
+
+def emulator_from_payload(p: Mapping) -> nn.Module:
+    """Rebuild an Emulator or TabularEmulator from `payload()` output."""
+    nf, ns, npar, nr = (len(p[k]) for k in ("forcing_names", "static_names", "param_names", "response_names"))
+    norm = Normalizer.empty(nf, ns, npar, nr)
+    if p["kind"] == "tabular":
+        emu = TabularEmulator.build(p["model_cfg"], norm, p["param_names"], p["response_names"])
+    else:
+        emu = Emulator.build(p["model_cfg"], norm, p["forcing_names"], p["static_names"], p["param_names"],
+                             p["response_names"])
+    emu.load_state_dict(p["state_dict"])
+    return emu.eval()
+
+
+def load_emulator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load an emulator from a checkpoint file (or a training run directory: its `best.pt`), in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise UserError(f"{path}: emulator checkpoint not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a corrupt or foreign file: one line naming it
+        raise UserError(f"{path}: not a readable esm-emu checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    payload = obj.get("emulator") if isinstance(obj, Mapping) else None
+    if payload is None:
+        raise UserError(f"{path}: not an esm-emu checkpoint (no 'emulator' entry)")
+    return emulator_from_payload(payload).to(map_location)
