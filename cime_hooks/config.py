@@ -1,0 +1,119 @@
+"""The hook configuration: which calibrated files go into the case, what to assimilate, how.
+
+`esm-emu cime install` validates the user's YAML, resolves its paths to absolute ones and stores
+the result as ``CASEROOT/esm_emu/config.yaml``; every hook reads that copy.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from ppe_ingest.config import Field, read_yaml, validate
+from ppe_ingest.errors import UserError
+
+CASE_DIR = "esm_emu"  # everything esm-emu keeps in a case lives under CASEROOT/esm_emu
+CONFIG_NAME = "config.yaml"
+STATE_NAME = "da_state.json"
+
+OBS_SCHEMA = {
+    "file": Field(str, path=True, help="observations in the esm-emu obs schema (netCDF, (site, time))"),
+    "variable": Field(str, "QRUNOFF", help="response variable, CTSM name and units"),
+    "mask": Field(str, None, nullable=True, help="quality-mask variable in the obs file (1 = good)"),
+    "max_distance_deg": Field(float, 0.5, gt=0, help="farthest gridcell centre matched to a site"),
+}
+
+FORWARD_SCHEMA = {
+    "kind": Field(str, "emulator", choices=("emulator", "simulator")),
+    "checkpoint": Field(str, None, nullable=True, path=True, help="emulator checkpoint (kind: emulator)"),
+}
+
+PARAM_SCHEMA = {
+    "location": Field(str, choices=("paramfile", "namelist")),
+    "min": Field(float),
+    "max": Field(float),
+    "initial": Field(float, None, nullable=True,
+                     help="first-guess value (default: the paramfile's value or the mid-range)"),
+}
+
+DA_SCHEMA = {
+    "forward": Field(dict, schema=FORWARD_SCHEMA),
+    "parameters": Field(dict, help="name -> {location, min, max[, initial]}"),
+    "base_paramfile": Field(str, None, nullable=True, path=True,
+                            help="paramfile copied and edited each cycle (default: top-level paramfile)"),
+    "steps": Field(int, 40, min=1, max=10000),
+    "lr": Field(float, 0.05, gt=0),
+}
+
+SCHEMA = {
+    "paramfile": Field(str, None, nullable=True, path=True, help="calibrated CTSM paramfile"),
+    "fsurdat": Field(str, None, nullable=True, path=True, help="calibrated CTSM surface dataset"),
+    "parameter_map": Field(str, None, nullable=True, path=True,
+                           help="theta(gridcell, param) netCDF written into a copy of fsurdat"),
+    "namelist": Field(dict, {}, help="extra user_nl_clm settings, name -> value"),
+    "history_tape": Field(str, "h1", help="CTSM history tape the DA and report read (h0, h1, ...)"),
+    "observations": Field(dict, None, nullable=True, schema=OBS_SCHEMA),
+    "da": Field(dict, None, nullable=True, schema=DA_SCHEMA),
+}
+
+
+def _check(cfg: dict, source: str, base_dir: Path | None) -> dict:
+    """Checks the declarative schema cannot express (free-form mappings, cross-key rules)."""
+    for name, value in cfg["namelist"].items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise UserError(f"{source}: namelist.{name}: expected a number, string or bool, got {value!r}")
+    if cfg["parameter_map"] and not cfg["fsurdat"]:
+        raise UserError(f"{source}: parameter_map: needs fsurdat (the surface dataset it is written into)")
+    if not cfg["history_tape"].startswith("h") or not cfg["history_tape"][1:].isdigit():
+        raise UserError(f"{source}: history_tape: {cfg['history_tape']!r} is not a tape name like h0 or h1")
+    da = cfg["da"]
+    if da is not None:
+        if cfg["observations"] is None:
+            raise UserError(f"{source}: observations: required when da is given")
+        if da["forward"]["kind"] == "emulator" and not da["forward"]["checkpoint"]:
+            raise UserError(f"{source}: da.forward.checkpoint: required when da.forward.kind is emulator")
+        if not da["parameters"]:
+            raise UserError(f"{source}: da.parameters: list at least one parameter to update")
+        params = {}
+        for name, spec in da["parameters"].items():
+            p = validate(spec, PARAM_SCHEMA, source, base_dir, f"da.parameters.{name}.")
+            if not (math.isfinite(p["min"]) and math.isfinite(p["max"]) and p["min"] < p["max"]):
+                raise UserError(f"{source}: da.parameters.{name}: min must be below max")
+            if p["initial"] is not None and not p["min"] <= p["initial"] <= p["max"]:
+                raise UserError(f"{source}: da.parameters.{name}.initial: outside [min, max]")
+            params[name] = p
+        da["parameters"] = params
+        needs_paramfile = any(p["location"] == "paramfile" for p in params.values())
+        if needs_paramfile and not (da["base_paramfile"] or cfg["paramfile"]):
+            raise UserError(f"{source}: da.base_paramfile: required when a da parameter's location is "
+                            "paramfile and no top-level paramfile is given")
+    return cfg
+
+
+def parse_config(path: str | Path) -> dict:
+    """Read and validate a hook config; paths become absolute (relative ones are to the file)."""
+    path = Path(path)
+    data = read_yaml(path)
+    base = path.parent.resolve()
+    cfg = validate(data, SCHEMA, source=path.name, base_dir=base)
+    return _check(cfg, path.name, base)
+
+
+def case_config_path(caseroot: Path) -> Path:
+    return Path(caseroot) / CASE_DIR / CONFIG_NAME
+
+
+def load_case_config(caseroot: Path) -> dict:
+    """The config stored in the case by `esm-emu cime install`; one-line error when absent."""
+    path = case_config_path(caseroot)
+    if not path.is_file():
+        raise UserError(f"{path}: esm-emu hook configuration missing; run "
+                        f"`esm-emu cime install {caseroot} --config FILE` first")
+    return parse_config(path)
+
+
+def dump_config(cfg: dict) -> str:
+    """YAML text of a validated config (absolute paths), as stored in the case."""
+    return ("# Written by `esm-emu cime install`; the hooks read this file. Edit it here or re-install.\n"
+            + yaml.safe_dump(cfg, sort_keys=False))
