@@ -1,0 +1,85 @@
+"""Copy-and-modify machinery shared by the CTSM file writers.
+
+A writer copies the input byte for byte to a temporary file beside the output, opens the copy
+in place, overwrites only the named variables (in their own dtype), appends one line to the
+global ``history`` attribute and renames it. Every other variable, dimension, dtype, fill value,
+attribute and the file format are therefore kept exactly.
+"""
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import netCDF4
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import UserError
+
+
+def open_dataset(path: str | Path) -> netCDF4.Dataset:
+    """Open a netCDF file read-only with raw values (no masking/scaling), one-line error if absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        ds = netCDF4.Dataset(path, "r")
+    except OSError as e:
+        raise UserError(f"{path}: not a readable netCDF file ({e})") from None
+    ds.set_auto_maskandscale(False)
+    return ds
+
+
+def history_line(what: str) -> str:
+    """A history entry in the NCO style: timestamp, colon, what was done."""
+    return f"{datetime.now(timezone.utc):%a %b %d %H:%M:%S %Y} UTC: esm-emu {what}"
+
+
+def append_history(ds: netCDF4.Dataset, line: str) -> None:
+    """Append `line` to the global history attribute (CF: newest entry last)."""
+    old = ds.getncattr("history") if "history" in ds.ncattrs() else ""
+    if not isinstance(old, str):
+        old = str(old)
+    ds.setncattr("history", f"{old}\n{line}" if old else line)
+
+
+def cast_to(var: netCDF4.Variable, value: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """Cast `value` to the variable's dtype; refuse non-finite values and lossy integer casts."""
+    value = np.asarray(value)
+    if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+        raise UserError(f"{path}: variable {name}: non-finite value (NaN or inf) given")
+    target = var.dtype
+    if target.kind in "iu":
+        if value.dtype.kind == "f" and not np.all(value == np.round(value)):
+            raise UserError(f"{path}: variable {name}: is integer ({target}) but got non-integer values")
+        info = np.iinfo(target)
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise UserError(f"{path}: variable {name}: values out of range for {target}")
+    return value.astype(target)
+
+
+def copy_and_modify(src: str | Path, dst: str | Path, updates: Mapping[str, tuple],
+                    history: str, inputs: Iterable[str | Path] = ()) -> Path:
+    """Copy `src` to `dst` replacing `updates[name] = (index, value)` in place, atomically.
+
+    `index` is a tuple usable on the netCDF variable (``()`` or ``Ellipsis`` for all);
+    `value` is already cast to the variable's dtype. `dst` may never be `src` or any of `inputs`.
+    """
+    src, dst = Path(src), Path(dst)
+    with atomic_path(dst, inputs=[src, *inputs]) as tmp:
+        shutil.copyfile(src, tmp)
+        ds = netCDF4.Dataset(tmp, "r+")
+        try:
+            ds.set_auto_maskandscale(False)
+            for name, (index, value) in updates.items():
+                var = ds.variables[name]
+                if var.ndim == 0:
+                    var.assignValue(np.asarray(value).reshape(()))
+                else:
+                    var[index] = value
+            append_history(ds, history)
+        finally:
+            ds.close()
+    return dst
