@@ -1,0 +1,87 @@
+"""`esm-emu train CONFIG`, `esm-emu evaluate CONFIG|RUN_DIR`, `esm-emu export RUN_DIR --out model.pt`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train an emulator from the `emulator:` section of a YAML config; "
+                       "the same command runs under mpiexec/srun/torchrun",
+                       description="Train an emulator. Resumes from RUN_DIR/checkpoint.pt when it exists. "
+                       "Under `mpiexec -n N` (or srun, torchrun) it trains with DistributedDataParallel.")
+    p.add_argument("config", help="YAML file with an `emulator:` section")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--max-steps", type=int, help="override emulator.train.max_steps")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="skill (NSE, KGE, RMSE, bias, R2) of a trained emulator on held-out "
+                       "members, gridcells and years; CSV/JSON and plots")
+    p.add_argument("target", help="the training config (YAML) or the run directory")
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval)")
+    p.add_argument("--store", help="training store to evaluate on (default: the one the run trained on)")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write the trained emulator as TorchScript (normalisation inside), "
+                       "loadable by torch.jit.load or FTorch without this package")
+    p.add_argument("run_dir", help="run directory (its best.pt) or a checkpoint file")
+    p.add_argument("--out", required=True, help="output .pt file")
+    p.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..distributed import Distributed
+    from .config import load_emulator_config
+    from .loop import train
+
+    cfg = load_emulator_config(args.config)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            from ppe_ingest.errors import UserError
+            raise UserError("--max-steps: must be >= 1")
+        cfg["train"]["max_steps"] = args.max_steps
+    dist = Distributed()
+    with dist.guard():
+        summary = train(cfg, dist, resume=not args.restart, progress=not args.quiet,
+                        config_text=Path(args.config).read_text())
+        dist.shutdown()
+    if not dist.is_root:
+        return 0
+    msg = (f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['stop']}); "
+           f"best validation loss {summary['best_val']:.4g}; run directory {summary['run_dir']}")
+    print(msg)
+    if summary["stop"] == "sigterm":
+        print("stopped by SIGTERM after writing checkpoint.pt; run the same command to resume")
+        return 0
+    if cfg["evaluate"]["at_end"] and not args.no_eval:
+        from ..evaluate import evaluate_run
+
+        res = evaluate_run(summary["run_dir"], plots=cfg["evaluate"]["plots"])
+        print(f"evaluation written to {res['out_dir']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_run
+
+    target = Path(args.target)
+    if target.is_file() and target.suffix in (".yaml", ".yml"):
+        from .config import load_emulator_config
+
+        target = Path(load_emulator_config(target)["run_dir"])
+    res = evaluate_run(target, out_dir=args.out, store=args.store, plots=not args.no_plots)
+    print(f"evaluation written to {res['out_dir']}")
+    for line in res["summary_lines"]:
+        print(line)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import export_torchscript
+
+    out = export_torchscript(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0

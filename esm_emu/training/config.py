@@ -1,0 +1,70 @@
+"""Schema of the `emulator:` section of a YAML config (validated by ppe_ingest.config)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ppe_ingest.config import Field, load_config
+
+MODEL = {
+    "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular"),
+    "hidden": Field(int, 64, min=1, help="LSTM hidden size / transformer d_model / MLP width"),
+    "embed": Field(int, 32, min=1, help="size of the static+parameter conditioning embedding (lstm)"),
+    "layers": Field(int, 1, min=1),
+    "dropout": Field(float, 0.0, min=0.0, max=0.9),
+    "ea_gate": Field(bool, False, help="lstm: EA-LSTM input gate from the conditioning alone"),
+    "heads": Field(int, 4, min=1, help="transformer attention heads"),
+    "context": Field(int, 365, min=2, help="transformer: days each step attends to"),
+}
+
+DATA = {
+    "window": Field(int, 365, min=1, help="days per training window that count in the loss"),
+    "warmup": Field(int, None, min=0, nullable=True, help="spin-up days before each window (default: store's warmup_days)"),
+    "batch_size": Field(int, 32, min=1, help="global batch (split over ranks)"),
+    "val_windows": Field(int, 64, min=1),
+    "val_fraction": Field(float, 0.2, gt=0.0, max=0.5, help="tabular: members held for validation"),
+}
+
+TRAIN = {
+    "seed": Field(int, 0),
+    "max_steps": Field(int, 1000, min=1),
+    "lr": Field(float, 3e-3, gt=0.0),
+    "weight_decay": Field(float, 1e-4, min=0.0),
+    "schedule": Field(str, "cosine", choices=["cosine", "onecycle", "constant"]),
+    "warmup_steps": Field(int, 50, min=0),
+    "grad_clip": Field(float, 1.0, min=0.0, help="max gradient norm; 0 turns clipping off"),
+    "val_every": Field(int, 50, min=1),
+    "patience": Field(int, 10, min=1, help="validations without improvement before stopping early"),
+    "checkpoint_every": Field(int, 50, min=1),
+    "threads": Field(int, 0, min=0, help="torch CPU threads per rank (0: torch default)"),
+    "deterministic": Field(bool, True, help="torch.use_deterministic_algorithms on CPU"),
+    "bf16": Field(bool, True, help="bf16 autocast on CUDA (ignored on CPU)"),
+}
+
+EVALUATE = {
+    "at_end": Field(bool, True, help="evaluate on the held-out splits after training"),
+    "plots": Field(bool, True),
+    "batch_size": Field(int, 64, min=1),
+}
+
+SCHEMA = {
+    "store": Field(str, path=True, help="training store (esm-emu ingest) or summary store (tabular)"),
+    "run_dir": Field(str, "emulator_run", output_path=True, help="checkpoints, logs, evaluation"),
+    "responses": Field(list, None, items=str, nullable=True),
+    "forcing": Field(list, None, items=str, nullable=True),
+    "static": Field(list, None, items=str, nullable=True),
+    "params": Field(list, None, items=str, nullable=True),
+    "model": Field(dict, {}, schema=MODEL),
+    "data": Field(dict, {}, schema=DATA),
+    "train": Field(dict, {}, schema=TRAIN),
+    "evaluate": Field(dict, {}, schema=EVALUATE),
+}
+
+
+def load_emulator_config(path: str | Path) -> dict:
+    """The validated `emulator:` section of a YAML file, paths resolved against the file's folder."""
+    cfg = load_config(path, SCHEMA, section="emulator")
+    run_dir = Path(cfg["run_dir"]).expanduser()
+    if not run_dir.is_absolute():  # the default, like every path, is relative to the config file
+        run_dir = Path(path).resolve().parent / run_dir
+    cfg["run_dir"] = str(run_dir)
+    return cfg

@@ -1,0 +1,359 @@
+"""The training loop: the same code on one process or many (see esm_emu.distributed).
+
+AdamW, warmup+cosine or OneCycle learning rate, gradient clipping, early stopping on the
+validation loss, bf16 autocast on CUDA, seeded and deterministic on CPU. Every
+`checkpoint_every` steps (and on SIGTERM, which Slurm sends before killing a job) rank 0 writes
+`checkpoint.pt`; a restarted run resumes from it and follows the same loss trajectory. `best.pt`
+holds the emulator with the lowest validation loss (what `load_emulator(run_dir)` loads).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ppe_ingest.atomic import atomic_path
+from ppe_ingest.errors import UserError
+
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..data import SequenceStore, SummaryTable, WindowSampler, make_batch, validation_windows
+from ..distributed import Distributed
+from ..emulator import Emulator, TabularEmulator
+from ..models import is_tabular
+from ..normalize import Normalizer, Scaler
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+LOG = "train_log.csv"
+
+
+class SequenceLoss(nn.Module):
+    """Per-variable masked squared error of normalised responses: returns (sse (R,), count (R,)).
+
+    A module so DistributedDataParallel sees the whole forward pass.
+    """
+
+    def __init__(self, emu: Emulator):
+        super().__init__()
+        self.emu = emu
+
+    def forward(self, forcing, static, theta, target, mask):
+        emu = self.emu
+        zp, _ = emu.forward_normalized(emu.norm.forcing(forcing), emu.conditioning(static, theta))
+        zt = emu.norm.response(target)
+        se = torch.where(mask, (zp.float() - zt) ** 2, torch.zeros_like(zt))
+        return se.sum((0, 1)), mask.sum((0, 1)).to(se.dtype)
+
+
+class TabularLoss(nn.Module):
+    def __init__(self, emu: TabularEmulator):
+        super().__init__()
+        self.emu = emu
+
+    def forward(self, theta, target, mask):
+        zp = self.emu.forward_normalized(self.emu.norm.theta(theta))
+        zt = self.emu.norm.response(target)
+        se = torch.where(mask, (zp.float() - zt) ** 2, torch.zeros_like(zt))
+        return se.sum(0), mask.sum(0).to(se.dtype)
+
+
+class SequenceTask:
+    """Windows from a training store for an LSTM/transformer emulator."""
+
+    def __init__(self, cfg: dict, dist: Distributed):
+        self.store = store = SequenceStore(cfg["store"], cfg["forcing"], cfg["static"], cfg["params"], cfg["responses"])
+        d, t = cfg["data"], cfg["train"]
+        self.warmup = store.warmup_days if d["warmup"] is None else d["warmup"]
+        norm = Normalizer.from_store(store.ds, store.forcing_names, store.static_names, store.param_names,
+                                     store.response_names)
+        self.emu = Emulator.build(cfg["model"], norm, store.forcing_names, store.static_names,
+                                  store.param_names, store.response_names)
+        self.sampler = WindowSampler(store, store.pairs([0], [0]), d["window"], self.warmup, d["batch_size"],
+                                     t["seed"], dist.rank, dist.world_size)
+        vm, vg, vt = validation_windows(store, d["val_windows"], d["window"], self.warmup, t["seed"])
+        sl = slice(dist.rank, None, dist.world_size)
+        self.val = make_batch(store, vm[sl], vg[sl], vt[sl], d["window"] + self.warmup, self.warmup)
+        self.loss = SequenceLoss(self.emu)
+
+    def batch_args(self, device):
+        b = self.sampler.next_batch().to(device)
+        return b.forcing, b.static, b.theta, b.target, b.mask
+
+    def val_args(self, device):
+        b = self.val.to(device)
+        return b.forcing, b.static, b.theta, b.target, b.mask
+
+
+class TabularTask:
+    """Members of a summary PPE for the tabular emulator; validation members chosen by seed."""
+
+    def __init__(self, cfg: dict, dist: Distributed):
+        tab = SummaryTable(cfg["store"], cfg["responses"], cfg["params"])
+        t, d = cfg["train"], cfg["data"]
+        n = len(tab.theta)
+        if tab.split_member is not None:
+            train_idx, val_idx = np.flatnonzero(tab.split_member == 0), np.flatnonzero(tab.split_member == 1)
+        else:
+            perm = np.random.default_rng([t["seed"], 31]).permutation(n)
+            nval = max(1, int(round(d["val_fraction"] * n)))
+            val_idx, train_idx = np.sort(perm[:nval]), np.sort(perm[nval:])
+        self.emu = build_tabular(cfg["model"], tab.theta[train_idx], tab.y[train_idx], tab.param_names,
+                                 tab.response_names)
+        self.theta = torch.tensor(tab.theta, dtype=torch.float32)
+        self.y = torch.tensor(tab.y, dtype=torch.float32)
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.batch_size, self.seed, self.dist = d["batch_size"], t["seed"], dist
+        self.sampler = _IndexSampler(len(train_idx), d["batch_size"], t["seed"], dist.rank, dist.world_size)
+        self.loss = TabularLoss(self.emu)
+
+    def batch_args(self, device):
+        rows = self.train_idx[self.sampler.next_rows()]
+        y = self.y[rows]
+        return self.theta[rows].to(device), y.to(device), torch.isfinite(y).to(device)
+
+    def val_args(self, device):
+        rows = self.val_idx[self.dist.rank::self.dist.world_size]
+        y = self.y[rows]
+        return self.theta[rows].to(device), y.to(device), torch.isfinite(y).to(device)
+
+
+class _IndexSampler:
+    """Row indices for step k from (seed, k), sharded by rank; state is (seed, step)."""
+
+    def __init__(self, n, batch_size, seed, rank, world_size):
+        if batch_size % world_size:
+            raise UserError(f"emulator.data.batch_size: {batch_size} is not divisible by the {world_size} ranks")
+        self.n, self.batch_size, self.seed, self.rank, self.world_size, self.step = n, batch_size, seed, rank, world_size, 0
+
+    def next_rows(self):
+        rows = np.random.default_rng([self.seed, self.step]).integers(0, self.n, self.batch_size)
+        self.step += 1
+        return rows[self.rank::self.world_size]
+
+    def state_dict(self):
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, s):
+        self.seed, self.step = int(s["seed"]), int(s["step"])
+
+
+def build_tabular(model_cfg, theta_train, y_train, param_names, response_names) -> TabularEmulator:
+    """A tabular emulator whose normaliser comes from the training members (outputs standardised)."""
+    def sc(x):
+        return Scaler(np.nanmean(x, 0), np.nanstd(x, 0), [False] * x.shape[1], 1e-6)
+
+    norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6), sc(theta_train), sc(y_train))
+    return TabularEmulator.build(model_cfg, norm, param_names, response_names)
+
+
+def _schedule(opt, t: dict):
+    total, warm = t["max_steps"], min(t["warmup_steps"], t["max_steps"] - 1)
+    if t["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t["lr"], total_steps=total,
+                                                   pct_start=max(warm, 1) / total)
+    if t["schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, _constant)
+    return torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(warm, total))
+
+
+def _constant(step):
+    return 1.0
+
+
+class _WarmupCosine:
+    """Linear warm-up to the base LR, then cosine decay to 1% of it."""
+
+    def __init__(self, warmup, total):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step):
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        p = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _seed_everything(seed: int, rank: int):
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+
+class _SigtermFlag:
+    """Remember SIGTERM instead of dying, so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _write_log(path: Path, history: list[dict]):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "val_loss"])
+            w.writeheader()
+            for row in history:
+                w.writerow(row)
+
+
+def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progress: bool = True,
+          config_text: str | None = None) -> dict:
+    """Train the emulator described by a validated `emulator:` config; returns a summary dict.
+
+    summary: steps done, final and best validation loss, stop reason ("max_steps", "early_stop",
+    "sigterm"), wall time, losses per step (this process's view of the global loss).
+    """
+    dist = dist or Distributed()
+    t = cfg["train"]
+    run_dir = Path(cfg["run_dir"])
+    if t["threads"] > 0:
+        torch.set_num_threads(t["threads"])
+    cuda = dist.device.type == "cuda"
+    if t["deterministic"] and not cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    _seed_everything(t["seed"], dist.rank)
+    task = (TabularTask if is_tabular(cfg["model"]) else SequenceTask)(cfg, dist)
+    model = dist.wrap(task.loss)
+    emu = task.emu
+    opt = torch.optim.AdamW(emu.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    sched = _schedule(opt, t)
+    start, best_val, bad_vals, history = 0, math.inf, 0, []
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        if ck.get("world_size", 1) != dist.world_size and dist.is_root:
+            print(f"note: resuming a {ck.get('world_size')}-rank checkpoint on {dist.world_size} ranks")
+        emu.load_state_dict(ck["emulator"]["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        task.sampler.load_state_dict(ck["sampler"])
+        if ck.get("world_size", 1) == dist.world_size and dist.rank < len(ck["rng"]):
+            set_rng_state(ck["rng"][dist.rank])
+        start, best_val, bad_vals, history = ck["step"], ck["best_val"], ck["bad_vals"], list(ck["history"])
+        if dist.is_root and progress:
+            print(f"resuming {ckpt_path} at step {start}")
+    if dist.is_root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_text is not None:
+            (run_dir / "config.yaml").write_text(config_text)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and t["bf16"])
+
+    def validate():
+        emu.eval()
+        with torch.no_grad(), autocast:
+            sse, cnt = task.loss(*task.val_args(dist.device))
+        emu.train()
+        return _val_reduce(dist, sse, cnt)
+
+    def checkpoint(step):
+        rngs = _gather_rng(dist)
+        if dist.is_root:
+            save_checkpoint(ckpt_path, {"emulator": emu.payload(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "sampler": task.sampler.state_dict(),
+                                        "rng": rngs, "step": step, "best_val": best_val, "bad_vals": bad_vals,
+                                        "history": history, "world_size": dist.world_size, "config": _plain(cfg)})
+            _write_log(run_dir / LOG, history)
+
+    stop, t0 = "max_steps", time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=t["max_steps"], initial=start, desc="train", disable=not (progress and dist.is_root),
+               dynamic_ncols=True)
+    step = start
+    with _SigtermFlag() as sigterm:
+        emu.train()
+        while step < t["max_steps"]:
+            if dist.any(sigterm.set) if dist.is_distributed else sigterm.set:
+                checkpoint(step)
+                stop = "sigterm"
+                break
+            args = task.batch_args(dist.device)
+            with autocast:
+                sse, cnt = model(*args)
+            gcnt = dist.reduce_sum(cnt.detach()).clamp_min(1.0)
+            # sum over this rank's rows / global count, times world size: DDP's gradient average
+            # then equals the gradient of the global-batch mean, whatever the number of ranks.
+            loss = (sse / gcnt).mean() * dist.world_size
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(emu.parameters(), t["grad_clip"])
+            opt.step()
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            step += 1
+            gl = float(dist.reduce_sum((sse.detach() / gcnt).mean()).item())
+            row = {"step": step, "loss": gl, "lr": lr, "val_loss": ""}
+            if step % t["val_every"] == 0 or step == t["max_steps"]:
+                v = validate()
+                row["val_loss"] = v
+                if v < best_val:
+                    best_val, bad_vals = v, 0
+                    if dist.is_root:
+                        save_checkpoint(run_dir / BEST, {"emulator": emu.payload(), "step": step, "val_loss": v,
+                                                         "config": _plain(cfg)})
+                else:
+                    bad_vals += 1
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{gl:.4f}", val=f"{best_val:.4f}")
+            if bad_vals >= t["patience"]:
+                stop = "early_stop"
+                checkpoint(step)
+                break
+            if step % t["checkpoint_every"] == 0 or step == t["max_steps"]:
+                checkpoint(step)
+    bar.close()
+    wall = time.perf_counter() - t0
+    if dist.is_root and not (run_dir / BEST).exists():  # no validation happened (e.g. SIGTERM at once)
+        save_checkpoint(run_dir / BEST, {"emulator": emu.payload(), "step": step, "val_loss": best_val,
+                                         "config": _plain(cfg)})
+    return {"steps": step, "stop": stop, "best_val": best_val, "wall_s": wall,
+            "losses": [h["loss"] for h in history], "run_dir": str(run_dir)}
+
+
+def _val_reduce(dist: Distributed, sse, cnt) -> float:
+    tot = dist.reduce_sum(torch.stack([sse.double(), cnt.double()]))
+    return float((tot[0] / tot[1].clamp_min(1)).mean())
+
+
+def _gather_rng(dist: Distributed) -> list:
+    """Every rank's RNG state, in rank order (only rank 0 needs the list)."""
+    mine = rng_state()
+    if not dist.is_distributed:
+        return [mine]
+    import torch.distributed as tdist
+
+    out = [None] * dist.world_size
+    tdist.all_gather_object(out, mine)
+    return out
+
+
+def _plain(x):
+    """A config as plain types (for weights_only loading)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
