@@ -1,0 +1,64 @@
+"""Source forcing -> CTSM forcing names and units (CAMELS Daymet/NLDAS, PLUMBER2 met)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ppe_ingest.errors import UserError
+from ppe_ingest.obs.camels import read_camels_forcing
+from ppe_ingest.obs.forcing import (FORCING_VARS, longwave_brutsaert, longwave_idso,
+                                    partition_precip, pressure_from_elevation, specific_humidity)
+
+
+def test_partition_follows_ctsm_ramp():
+    t = np.array([-10.0, 0.0, 0.5, 1.0, 2.0, 15.0]) + 273.15
+    p = np.full_like(t, 3.0)
+    rain, snow = partition_precip(p, t)
+    np.testing.assert_allclose(rain + snow, p)
+    np.testing.assert_allclose(rain / p, [0.0, 0.0, 0.25, 0.5, 1.0, 1.0], atol=1e-12)
+    # a calibrated all-rain threshold (CTSM_CAMELS precip_repartition_nonglc_all_rain_t) widens the ramp
+    r4, _ = partition_precip(p, t, all_rain_t=4.0)
+    assert r4[3] / p[3] == pytest.approx(0.25)
+    with pytest.raises(UserError, match="precip_repartition_nonglc_all_rain_t"):
+        partition_precip(p, t, all_snow_t=2.0, all_rain_t=1.0)
+
+
+def test_humidity_pressure_longwave():
+    e, p = 1200.0, 95000.0
+    w = 0.622 * e / (p - e)  # mixing ratio, then q = w / (1 + w)
+    assert specific_humidity(e, p) == pytest.approx(w / (1 + w), rel=1e-12)
+    assert pressure_from_elevation(0.0) == pytest.approx(101300.0)
+    # FAO-56 Annex 2 Table 2.1 gives 90.0 kPa at 1000 m and 79.8 kPa at 2000 m
+    assert pressure_from_elevation(1000.0) == pytest.approx(90.0e3, abs=100)
+    assert pressure_from_elevation(2000.0) == pytest.approx(79.8e3, abs=100)
+    t = np.array([260.0, 280.0, 300.0])
+    vp = np.array([200.0, 900.0, 2500.0])
+    idso, brut = longwave_idso(t, vp), longwave_brutsaert(t, vp)
+    sigma_t4 = 5.67e-8 * t ** 4
+    assert np.all((idso > 0.6 * sigma_t4) & (idso < sigma_t4))  # clear-sky emissivity below 1
+    np.testing.assert_allclose(idso, brut, rtol=0.1)  # two independent clear-sky formulas agree
+
+
+def test_daymet_mapping_on_real_file(shared_data):
+    path = shared_data("camels_us", "neuralhydrology_test_data", "camels_us", "basin_mean_forcing",
+                       "daymet", "01022500_lump_cida_forcing_leap.txt")
+    ds, header = read_camels_forcing(path)
+    assert header["source"] == "daymet" and ds.sizes["time"] == len(path.read_text().splitlines()) - 4
+    for v in FORCING_VARS:
+        assert ds[v].dims == ("time",) and np.isfinite(ds[v]).all()
+    lines = path.read_text().splitlines()
+    # a cold day and a warm day parsed by hand
+    for line in (lines[4], lines[4 + 180]):
+        y, mo, d, hr, dayl, prcp, srad, swe, tmax, tmin, vp = (float(x) for x in line.split())
+        day = ds.sel(time=f"{int(y)}-{int(mo):02d}-{int(d):02d}")
+        tmean = (tmax + tmin) / 2
+        frac_rain = min(1.0, max(0.0, tmean / 2.0))
+        assert day.RAIN.item() == pytest.approx(prcp / 86400 * frac_rain)
+        assert day.SNOW.item() == pytest.approx(prcp / 86400 * (1 - frac_rain))
+        assert day.FSDS.item() == pytest.approx(srad * dayl / 86400)
+        assert day.PBOT.item() == pytest.approx(101300 * ((293 - 0.0065 * header["elevation"]) / 293) ** 5.26)
+        assert day.QBOT.item() == pytest.approx(0.622 * vp / (day.PBOT.item() - 0.378 * vp))
+    # daily-mean FSDS is well below the daylight-average srad (dayl < 86400 s)
+    assert float(ds.FSDS.mean()) < 0.7 * float(np.mean([float(l.split()[6]) for l in lines[4:]]))
+    assert ds.TBOT.attrs["units"] == "K" and ds.RAIN.attrs["units"] == "mm/s"
