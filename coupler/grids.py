@@ -99,8 +99,11 @@ class Grid:
             if np.allclose(lat2, lat2[:, :1]) and np.allclose(lon2, lon2[:1, :]):
                 return {self.dims[0]: (self.dims[0], lat2[:, 0], {"units": "degrees_north"}),
                         self.dims[1]: (self.dims[1], lon2[0, :], {"units": "degrees_east"})}
-            return {"lat": (self.dims, lat2, {"units": "degrees_north"}),
-                    "lon": (self.dims, lon2, {"units": "degrees_east"})}
+            names = ("lat", "lon") if not {"lat", "lon"} & set(self.dims) else ("yc", "xc")
+            return {names[0]: (self.dims, lat2, {"units": "degrees_north"}),
+                    names[1]: (self.dims, lon2, {"units": "degrees_east"})}
+        if {"lat", "lon"} & set(self.dims):
+            return {}
         return {"lat": (self.dims, self.lat.reshape(self.shape), {"units": "degrees_north"}),
                 "lon": (self.dims, self.lon.reshape(self.shape), {"units": "degrees_east"})}
 
@@ -215,7 +218,10 @@ def _read_scrip(ds, path, use_mask):
                 clon[:, j] = np.where(bad[:, j], clon[:, j - 1], clon[:, j])
     dims = np.atleast_1d(g["grid_dims"].values).astype(int) if "grid_dims" in g else np.array([lat.size])
     if dims.size == 2 and dims.prod() == lat.size:
-        shape, dnames = (int(dims[1]), int(dims[0])), ("nj", "ni")  # SCRIP dims are (nlon, nlat)
+        shape = (int(dims[1]), int(dims[0]))  # SCRIP dims are (nlon, nlat)
+        la, lo = lat.reshape(shape), lon.reshape(shape)
+        rect = np.allclose(la, la[:, :1]) and np.allclose(lo, lo[:1, :])
+        dnames = ("lat", "lon") if rect else ("nj", "ni")
     else:
         shape, dnames = (lat.size,), ("grid_size",)
     mask = None
