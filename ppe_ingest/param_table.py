@@ -186,30 +186,32 @@ def _pft_array(v, where: str) -> np.ndarray | None:
 
 
 class _Defaults:
-    """Default values looked up in a base paramfile (lazily, once)."""
+    """Default values and attributes looked up in a base paramfile (read once, lazily)."""
 
     def __init__(self, path):
         self.path = path
         self._values = None
-        self._attrs = {}
+        self._attrs = None
+
+    def _load(self):
+        from .ctsmio._ncfile import open_dataset
+        from .ctsmio.paramfile import read_paramfile
+
+        self._values = read_paramfile(self.path)
+        with open_dataset(self.path) as ds:
+            self._attrs = {n: {a: v.getncattr(a) for a in v.ncattrs()} for n, v in ds.variables.items()}
 
     def get(self, name):
         if self.path is None:
             return None
         if self._values is None:
-            from .ctsmio.paramfile import read_paramfile
-
-            self._values = read_paramfile(self.path)
+            self._load()
         return self._values.get(name)
 
     def attrs(self, name) -> dict:
-        if self.path is None or self.get(name) is None:
+        if self.get(name) is None:
             return {}
-        if name not in self._attrs:
-            from .ctsmio.paramfile import paramfile_attrs
-
-            self._attrs[name] = paramfile_attrs(self.path, name)
-        return self._attrs[name]
+        return self._attrs.get(name, {})
 
 
 def _ppe_spec(name, loc, lo, hi, pmins, pmaxs, where, defaults: _Defaults, table_default=None) -> ParamSpec:
