@@ -106,7 +106,7 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, broadcast_buffers=False)
+        return DDP(model, device_ids=ids)
 
     def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of `x` over ranks (a new tensor; `x` unchanged)."""

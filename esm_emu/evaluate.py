@@ -1,0 +1,224 @@
+"""Emulator skill on held-out data: per variable and per gridcell, CSV/JSON and plots.
+
+Groups (from the store's split flags; 0 train, 1 val, 2 test):
+- ``members``: test members x training gridcells, training years;
+- ``gridcells``: training members x test gridcells, training years;
+- ``years``: training members x training gridcells, test (held-out) years;
+- ``members_x_gridcells``: test members x test gridcells, every year (the quickstart target).
+Every series is run from its first day; the store's warm-up days are left out of the scores.
+Daily NSE, KGE, RMSE, bias and R2 per (member, gridcell, variable); medians per group in JSON.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppe_ingest.atomic import atomic_path
+from ppe_ingest.errors import UserError
+
+from .data import TEST, TRAIN, SequenceStore, SummaryTable
+from .emulator import load_emulator
+from .metrics import METRICS
+
+GROUPS = {"members": ([TEST], [TRAIN], "train_years"), "gridcells": ([TRAIN], [TEST], "train_years"),
+          "years": ([TRAIN], [TRAIN], "test_years"), "members_x_gridcells": ([TEST], [TEST], "all_years")}
+
+
+@torch.no_grad()
+def predict_pairs(emu, store: SequenceStore, m: np.ndarray, g: np.ndarray, batch_size: int = 64,
+                  progress: bool = False) -> np.ndarray:
+    """Emulator responses (N, T, R) for whole series of member/gridcell index pairs, physical units."""
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(m), store.n_time, len(store.response_names)), np.float32)
+    for i in tqdm(range(0, len(m), batch_size), desc="evaluate", disable=not progress):
+        mm, gg = m[i:i + batch_size], g[i:i + batch_size]
+        f = torch.from_numpy(store.forcing_for(mm, gg, np.zeros(len(mm), int), store.n_time))
+        y = emu(f, torch.from_numpy(store.static[gg]), torch.from_numpy(store.theta[mm]))
+        out[i:i + len(mm)] = y.float().numpy()
+    return out
+
+
+def _day_mask(store: SequenceStore, which: str, warmup: int) -> np.ndarray:
+    keep = np.arange(store.n_time) >= warmup
+    if which == "train_years":
+        keep &= store.split_time == TRAIN
+    elif which == "test_years":
+        keep &= store.split_time == TEST
+    return keep
+
+
+def score(sim: np.ndarray, obs: np.ndarray) -> dict:
+    """Every metric of METRICS over the last axis."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {k: np.asarray(f(sim, obs)) for k, f in METRICS.items()}
+
+
+def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str | Path | None = None,
+                 plots: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
+    """Evaluate the emulator of a run directory (or checkpoint); write CSV/JSON/PNG into `out_dir`."""
+    run = Path(run)
+    ckpt = run / "best.pt" if run.is_dir() else run
+    emu = load_emulator(ckpt)
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cfg = meta.get("config") or {}
+    store = store or cfg.get("store")
+    if store is None:
+        raise UserError(f"{ckpt}: no training store recorded; pass --store")
+    out_dir = Path(out_dir) if out_dir else (run if run.is_dir() else run.parent) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if emu.kind == "tabular":
+        return _evaluate_tabular(emu, store, cfg, out_dir, plots)
+    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
+    warmup = (cfg.get("data") or {}).get("warmup")
+    warmup = st.warmup_days if warmup is None else warmup
+    rows, summary, series = [], {}, {}
+    for group, (msplit, gsplit, days) in GROUPS.items():
+        pairs = st.pairs(msplit, gsplit)
+        keep = _day_mask(st, days, warmup)
+        if len(pairs) == 0 or not keep.any():
+            summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
+            continue
+        pred = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress)
+        obs = st.responses[pairs[:, 0], pairs[:, 1]]
+        series[group] = (pairs, pred, obs, keep)
+        sc = score(np.moveaxis(pred[:, keep], 1, -1), np.moveaxis(obs[:, keep], 1, -1))  # (N, R) each
+        summary[group] = {"n_series": int(len(pairs)), "days": int(keep.sum()), "variables": {}}
+        for r, var in enumerate(st.response_names):
+            summary[group]["variables"][var] = {
+                f"{k}_median": float(np.nanmedian(v[:, r])) if np.isfinite(v[:, r]).any() else None
+                for k, v in sc.items()}
+            summary[group]["variables"][var].update(
+                {f"{k}_mean": float(np.nanmean(v[:, r])) if np.isfinite(v[:, r]).any() else None
+                 for k, v in sc.items() if k in ("NSE", "KGE")})
+            for i, (m, g) in enumerate(pairs):
+                rows.append({"group": group, "member": st.members[m], "gridcell": int(g),
+                             "lat": float(st.lat[g]), "lon": float(st.lon[g]), "variable": var,
+                             **{k: float(v[i, r]) for k, v in sc.items()}})
+    _write_csv(out_dir / "metrics_per_series.csv", rows)
+    per_gc = _per_gridcell(rows)
+    _write_csv(out_dir / "metrics_per_gridcell.csv", per_gc)
+    result = {"checkpoint": str(ckpt), "store": str(store), "warmup_days": int(warmup), "groups": summary,
+              "metric": "daily scores per (member, gridcell); medians over series"}
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    if plots:
+        _plots(st, series, per_gc, out_dir)
+    lines = []
+    for group, s in summary.items():
+        for var, d in s.get("variables", {}).items():
+            lines.append(f"{group:20s} {var:15s} NSE median {_fmt(d['NSE_median'])}  KGE median {_fmt(d['KGE_median'])}"
+                         f"  n={s['n_series']}")
+    return {"out_dir": str(out_dir), "summary": summary, "summary_lines": lines}
+
+
+def _fmt(x):
+    return "  nan" if x is None else f"{x:.3f}"
+
+
+def _write_csv(path: Path, rows: list[dict]):
+    import pandas as pd
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def _per_gridcell(rows: list[dict]) -> list[dict]:
+    import pandas as pd
+
+    if not rows:
+        return []
+    df = pd.DataFrame(rows)
+    agg = df.groupby(["group", "gridcell", "variable"]).agg(
+        lat=("lat", "first"), lon=("lon", "first"), n_members=("member", "count"),
+        NSE=("NSE", "median"), KGE=("KGE", "median"), RMSE=("RMSE", "median"), bias=("bias", "median"),
+        R2=("R2", "median")).reset_index()
+    return agg.to_dict("records")
+
+
+def _plots(st: SequenceStore, series: dict, per_gc: list[dict], out_dir: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = {v: str(st.ds[v].attrs.get("units", "")) for v in st.response_names}
+    group = next((g for g in ("members_x_gridcells", "members", "gridcells", "years") if g in series), None)
+    if group is None:
+        return
+    pairs, pred, obs, keep = series[group]
+    R = len(st.response_names)
+    # example hydrographs: the first series of the group, its first scored year
+    t0 = int(np.flatnonzero(keep)[0])
+    t1 = min(t0 + 365, st.n_time)
+    fig, axes = plt.subplots(R, 1, figsize=(10, 2.4 * R), squeeze=False, sharex=True)
+    for r, var in enumerate(st.response_names):
+        ax = axes[r, 0]
+        ax.plot(np.arange(t0, t1), obs[0, t0:t1, r], label="simulator", lw=1.2, color="k")
+        ax.plot(np.arange(t0, t1), pred[0, t0:t1, r], label="emulator", lw=1.0, color="tab:red")
+        ax.set_ylabel(f"{var}\n[{units[var]}]")
+    axes[0, 0].legend(loc="upper right")
+    axes[-1, 0].set_xlabel("day of series")
+    m, g = pairs[0]
+    fig.suptitle(f"{group}: member {st.members[m]}, gridcell {g}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "hydrographs.png", dpi=110)
+    plt.close(fig)
+    # scatter of daily values, all series of the group (subsampled)
+    fig, axes = plt.subplots(1, R, figsize=(4 * R, 4), squeeze=False)
+    rng = np.random.default_rng(0)
+    for r, var in enumerate(st.response_names):
+        o, p = obs[:, keep, r].ravel(), pred[:, keep, r].ravel()
+        ok = np.flatnonzero(np.isfinite(o) & np.isfinite(p))
+        ok = rng.choice(ok, min(len(ok), 20000), replace=False) if len(ok) else ok
+        ax = axes[0, r]
+        ax.scatter(o[ok], p[ok], s=2, alpha=0.3)
+        if len(ok):
+            lo, hi = float(min(o[ok].min(), p[ok].min())), float(max(o[ok].max(), p[ok].max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"simulator {var} [{units[var]}]")
+        ax.set_ylabel("emulator")
+    fig.suptitle(f"daily values, {group}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "scatter.png", dpi=110)
+    plt.close(fig)
+    # map of per-gridcell NSE (median over members): held-out members, every gridcell that has one
+    fig, axes = plt.subplots(1, R, figsize=(4.5 * R, 3.6), squeeze=False)
+    for r, var in enumerate(st.response_names):
+        ax = axes[0, r]
+        pts = [d for d in per_gc if d["variable"] == var and d["group"] in ("members", "members_x_gridcells")]
+        if pts:
+            sc = ax.scatter([d["lon"] for d in pts], [d["lat"] for d in pts], c=[d["NSE"] for d in pts],
+                            cmap="viridis", vmin=max(0.0, min(d["NSE"] for d in pts if np.isfinite(d["NSE"])) if any(np.isfinite(d["NSE"]) for d in pts) else 0.0), vmax=1.0, s=30, edgecolors="k", linewidths=0.3)
+            fig.colorbar(sc, ax=ax, label="NSE")
+        ax.set_title(f"{var}: per-gridcell NSE")
+        ax.set_xlabel("longitude [deg]")
+        ax.set_ylabel("latitude [deg]")
+    fig.tight_layout()
+    fig.savefig(out_dir / "nse_map.png", dpi=110)
+    plt.close(fig)
+
+
+def _evaluate_tabular(emu, store, cfg, out_dir: Path, plots: bool) -> dict:
+    """Tabular emulators: scores across the validation members (the loop's split, same seed)."""
+    tab = SummaryTable(store, emu.response_names, emu.param_names)
+    seed = (cfg.get("train") or {}).get("seed", 0)
+    frac = (cfg.get("data") or {}).get("val_fraction", 0.2)
+    if tab.split_member is not None:
+        idx = np.flatnonzero(tab.split_member == TEST) if (tab.split_member == TEST).any() else np.flatnonzero(tab.split_member == 1)
+    else:
+        perm = np.random.default_rng([seed, 31]).permutation(len(tab.theta))
+        idx = np.sort(perm[:max(1, int(round(frac * len(tab.theta))))])
+    with torch.no_grad():
+        pred = emu(torch.tensor(tab.theta[idx], dtype=torch.float32)).double().numpy()
+    obs = tab.y[idx]
+    sc = score(pred.T, obs.T)
+    res = {"store": str(store), "n_members": int(len(idx)),
+           "variables": {v: {k: float(sc[k][r]) for k in sc} for r, v in enumerate(tab.response_names)}}
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(res, indent=2))
+    lines = [f"{v:15s} R2 {d['R2']:.3f}  NSE {d['NSE']:.3f}" for v, d in res["variables"].items()]
+    return {"out_dir": str(out_dir), "summary": res, "summary_lines": lines}
