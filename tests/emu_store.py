@@ -98,3 +98,19 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
                     history="tests/emu_store.py", esm_emu_version="test", skipped=json.dumps([]))
     ds.to_netcdf(path)
     return path
+
+
+def write_config(folder, store, run_dir="run", model=None, data=None, train=None, evaluate=None):
+    """An `emulator:` YAML config for tiny, fast runs; returns its path."""
+    import yaml
+    from pathlib import Path
+
+    cfg = {"store": str(store), "run_dir": str(run_dir),
+           "model": {"name": "lstm", "hidden": 16, "embed": 8, **(model or {})},
+           "data": {"window": 120, "warmup": 30, "batch_size": 8, "val_windows": 8, **(data or {})},
+           "train": {"max_steps": 20, "val_every": 5, "checkpoint_every": 5, "threads": 1, "lr": 0.01,
+                     "warmup_steps": 2, **(train or {})},
+           "evaluate": {"at_end": False, **(evaluate or {})}}
+    path = Path(folder) / "emulator.yaml"
+    path.write_text(yaml.safe_dump({"emulator": cfg}))
+    return path
