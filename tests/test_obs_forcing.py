@@ -63,3 +63,39 @@ def test_daymet_mapping_on_real_file(shared_data):
     # daily-mean FSDS is well below the daylight-average srad (dayl < 86400 s)
     assert float(ds.FSDS.mean()) < 0.7 * float(np.mean([float(l.split()[6]) for l in lines[4:]]))
     assert ds.TBOT.attrs["units"] == "K" and ds.RAIN.attrs["units"] == "mm/s"
+
+
+def test_plumber_met_to_ctsm_daily(shared_data, tmp_path):
+    import shutil
+
+    import netCDF4
+
+    from ppe_ingest.obs.plumber import read_plumber_met
+
+    path = shared_data("insitu", "fluxnet_plumber", "DK-Fou_2005-2005_FLUXNET2015_Met.nc")
+    ds = read_plumber_met(path)
+    assert ds.site.values.tolist() == ["DK-Fou"] and ds.sizes["time"] == 365
+    assert set(FORCING_VARS) <= set(ds.data_vars)
+    with netCDF4.Dataset(path) as nc:
+        raw = {v: np.asarray(nc[v][:], dtype=float).ravel() for v in ("Tair", "Precip", "SWdown", "Psurf", "Qair")}
+    day = slice(40 * 48, 41 * 48)  # 2005-02-10, half-hourly local time
+    d = ds.isel(site=0, time=40)
+    assert d.TBOT.item() == pytest.approx(raw["Tair"][day].mean())
+    assert d.FSDS.item() == pytest.approx(raw["SWdown"][day].mean())
+    assert d.PBOT.item() == pytest.approx(raw["Psurf"][day].mean())
+    # no Rainf/Snowf in this FluxnetLSM file: Precip split half-hourly with the CTSM ramp
+    assert (d.RAIN + d.SNOW).item() == pytest.approx(raw["Precip"][day].mean(), rel=1e-6)
+    cold = raw["Tair"] < 273.15
+    assert float(ds.SNOW.sum()) > 0 and np.any(cold)
+    # the observed longwave is near the clear-sky Idso estimate from the same met (clouds add some)
+    e = raw["Qair"] * raw["Psurf"] / (0.622 + 0.378 * raw["Qair"])
+    ratio = float(ds.FLDS.mean()) / float(longwave_idso(raw["Tair"], e).mean())
+    assert 0.95 < ratio < 1.25
+    native = read_plumber_met(path, freq=None)
+    assert native.sizes["time"] == 17520
+    bad = tmp_path / "DK-Fou_bad_Met.nc"
+    shutil.copy(path, bad)
+    with netCDF4.Dataset(bad, "a") as nc:
+        nc["Tair"].units = "degC"
+    with pytest.raises(UserError, match=r"DK-Fou_bad_Met.nc: Tair: units 'degC'"):
+        read_plumber_met(bad)
