@@ -10,6 +10,7 @@ import pytest
 from ppe_ingest.errors import UserError
 from ppe_ingest.obs.camels import (read_camels_attributes, read_camels_forcing,
                                    read_camels_streamflow)
+from ppe_ingest.obs.io import read_obs, write_obs
 from ppe_ingest.obs.schema import make_obs
 
 BASINS = ["01022500", "01547700", "02064000", "03015500"]
@@ -156,3 +157,10 @@ def test_attributes_merged_with_leading_zeros(camels, shared_data):
     assert sel.attrs["units"]["p_mean"] == "mm/day"
     with pytest.raises(UserError, match="99999999"):
         read_camels_attributes(d, basins=["99999999"])
+
+
+def test_streamflow_round_trip(camels, tmp_path):
+    ds = read_camels_streamflow(camels / "usgs_streamflow", BASINS[:2])
+    back = read_obs(write_obs(ds, tmp_path / "qobs.nc"))
+    assert back.identical(ds)
+    assert back.site.values.tolist() == BASINS[:2]  # leading zeros survive netCDF

@@ -48,6 +48,9 @@ def test_plumber_qc_threshold_and_other_site(fp):
     with netCDF4.Dataset(fp / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc") as nc:
         q = np.asarray(nc["Qle_qc"][:], dtype=float).ravel().reshape(365, 48)
     np.testing.assert_array_equal(strict.EFLX_LH_TOT_mask.values[0], np.isin(q, (0, 1)).all(axis=1))
+    both = read_plumber_flux([fp / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc", fp / "US-Wi7_2005-2005_FLUXNET2015_Flux.nc"])
+    assert both.site.values.tolist() == ["DK-Fou", "US-Wi7"]
+    np.testing.assert_array_equal(both.EFLX_LH_TOT.sel(site="DK-Fou").values, loose.EFLX_LH_TOT.values[0])
     fsh = read_plumber_flux(fp / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc", var="Qh")
     assert "FSH" in fsh and fsh.FSH.attrs["source_variable"] == "Qh"
 

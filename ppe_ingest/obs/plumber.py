@@ -60,14 +60,18 @@ def _time(ds: xr.Dataset, path) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(t)
 
 
-def read_plumber_flux(path: os.PathLike | str, var: str = "Qle", min_good_fraction: float = 0.8) -> xr.Dataset:
-    """Daily observations from a PLUMBER2 flux file: ``Qle`` -> ``EFLX_LH_TOT`` W/m^2 (``Qh`` -> FSH).
+def read_plumber_flux(path, var: str = "Qle", min_good_fraction: float = 0.8) -> xr.Dataset:
+    """Daily observations from a PLUMBER2 flux file (or a list of them, one site each, merged on
+    ``site``): ``Qle`` -> ``EFLX_LH_TOT`` W/m^2 (``Qh`` -> FSH).
 
     The daily value is the mean of all (gap-filled) records of the local day; the day is usable
     when records with ``<var>_qc`` 0 or 1 (measured or good gap-fill) cover at least
     `min_good_fraction` of it (the FLUXNET2015 daily ``*_QC`` definition).  Without a QC variable
     every finite record counts as good.
     """
+    if isinstance(path, (list, tuple)):
+        from .io import merge_obs
+        return merge_obs([read_plumber_flux(p, var, min_good_fraction) for p in path], source="PLUMBER2 flux files")
     ds = _open(path, "PLUMBER2 flux")
     if var not in FLUX_VARS:
         raise UserError(f"{path}: {var}: not a supported flux (choose from {', '.join(FLUX_VARS)})")

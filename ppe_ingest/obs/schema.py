@@ -125,7 +125,7 @@ def make_obs(values, var: str, units: str, site_ids: Sequence, lat, lon, area=No
     var_attrs.update(dict(attrs or {}))
     coords = {
         "site": ("site", np.array(site_ids, dtype=object)),
-        "time": ("time", time.values),
+        "time": ("time", time.values.astype("datetime64[ns]")),
         "site_lat": ("site", np.broadcast_to(np.asarray(lat, dtype=float), (len(site_ids),)).copy(),
                      {"units": "degrees_north", "long_name": "site latitude"}),
         "site_lon": ("site", np.broadcast_to(np.asarray(lon, dtype=float), (len(site_ids),)).copy(),
