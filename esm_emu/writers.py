@@ -8,7 +8,9 @@ folder; inputs are never overwritten.
 
 Scalar paramfile and namelist parameters cannot vary in space inside one CTSM case, so a map's
 values are reduced to their median across gridcells/sites by default (a note says so), or written
-as one paramfile per gridcell with ``per_gridcell_paramfiles``.
+as one paramfile per gridcell with ``per_gridcell_paramfiles``. A map's parameters whose file
+was not given are skipped with a note; an explicit ``--set`` of one is an error (except namelist
+names, which go into a new ``user_nl_clm`` when no --user-nl is given).
 """
 from __future__ import annotations
 
@@ -168,7 +170,11 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
             if name in settings:
                 raise UserError(f"{name}: given both by --set and in the parameter map")
             kind = _route(name, table, fsur_vars, pf_vars)
-            need(kind, name)
+            target = {"fsurdat": fsurdat, "paramfile": paramfile, "namelist": user_nl}[kind]
+            if target is None:
+                # a map usually holds every inferred parameter; write those whose file was given
+                log(f"note: {name} ({kind}) from the parameter map not written: no --{kind.replace('namelist', 'user-nl')} given")
+                continue
             spec = table[name] if name in table else None
             col = theta[:, j]
             if not np.all(np.isfinite(col)):

@@ -139,9 +139,17 @@ def test_values_map_sites_matched_by_latlon(inputs, tmp_path):
         write_ctsm_files(tmp_path / "o2", fsurdat=inputs["fsurdat"], values=far.sel(param=["FMAX"]))
 
 
-def test_map_needs_the_right_inputs(inputs, tmp_path):
+def test_map_writes_what_its_files_allow(inputs, tmp_path):
+    notes = []
+    w = write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], values=_map(), log=notes.append)
+    assert [p.name for p in w["fsurdat"]] == ["surfdata_test.nc"] and not w["paramfile"] and not w["user_nl"]
+    assert any("fff (paramfile)" in n and "--paramfile" in n for n in notes)
+    assert any("baseflow_scalar (namelist)" in n and "--user-nl" in n for n in notes)
+    with pytest.raises(UserError, match="no file was written"):
+        write_ctsm_files(tmp_path / "o2", paramfile=inputs["paramfile"], values=_map().sel(param=["FMAX"]),
+                         log=notes.append)
     with pytest.raises(UserError, match="fff: is a paramfile parameter; give --paramfile"):
-        write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], values=_map())
+        write_ctsm_files(tmp_path / "o3", fsurdat=inputs["fsurdat"], settings={"fff": 1.0})
     bad = _map()
     bad["theta"][0, 0] = np.nan
     with pytest.raises(UserError, match="FMAX has missing"):
