@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from ppe_ingest.errors import UserError
 from ppe_ingest.obs.camels import read_camels_forcing
