@@ -1,0 +1,74 @@
+"""Schema of the ``inverse:`` YAML section (validated with ppe_ingest.config)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ppe_ingest.config import Field, load_config, validate
+
+PERIOD = {"start": Field((str, int), None, nullable=True, help="first day (YYYY-MM-DD or year)"),
+          "end": Field((str, int), None, nullable=True, help="last day (YYYY-MM-DD or year)")}
+
+KGSSL = {
+    "embedding": Field(int, 16, min=2, help="embedding size"),
+    "hidden": Field(int, 32, min=2, help="LSTM hidden size"),
+    "window_days": Field(int, 365, min=30, help="window length (one year)"),
+    "pool_days": Field(int, 5, min=1, help="days averaged per encoder step"),
+    "temperature": Field(float, 0.1, gt=0, help="NT-Xent temperature"),
+    "w_recon": Field(float, 1.0, min=0, help="weight of the response reconstruction loss"),
+    "w_forcing": Field(float, 0.1, min=0, help="weight of the forcing (climate) reconstruction loss"),
+    "w_contrast": Field(float, 0.5, min=0, help="weight of the contrastive loss"),
+    "w_inverse": Field(float, 1.0, min=0, help="weight of the pseudo-inverse loss"),
+    "steps": Field(int, 300, min=1), "batch": Field(int, 64, min=4), "lr": Field(float, 3e-3, gt=0),
+    "min_obs_fraction": Field(float, 0.5, min=0, max=1),
+    "ppe_samples": Field(int, 4, min=1, help="forward-model PPE samples per entity for pretraining"),
+    "noise": Field(float, 0.02, min=0, help="noise added to PPE responses, fraction of their std"),
+}
+
+DPL = {
+    "hidden": Field(int, 64, min=2), "dropout": Field(float, 0.1, min=0, max=0.9),
+    "steps": Field(int, 300, min=1), "lr": Field(float, 1e-2, gt=0), "weight_decay": Field(float, 1e-4, min=0),
+    "batch": Field(int, 0, min=0, help="observed sites per step (0: all)"),
+    "loss": Field(str, "nse", choices=("nse", "rmse")),
+    "warmup_days": Field(int, 180, min=0, help="days not scored while the model spins up"),
+    "z_dropout": Field(float, 0.5, min=0, max=1, help="g_z: share of steps a site's embedding is hidden"),
+}
+
+UNCERTAINTY = {
+    "ensemble": Field(int, 3, min=1, help="inverse models trained with different seeds"),
+    "mc_samples": Field(int, 20, min=0, help="MC-dropout draws per member (0: off)"),
+    "level": Field(float, 0.9, gt=0, max=0.999, help="interval level for coverage"),
+}
+
+SCHEMA = {
+    "forward": Field(schema={
+        "kind": Field(str, "emulator", choices=("emulator", "simulator")),
+        "checkpoint": Field(str, None, nullable=True, path=True, help="emulator checkpoint (.pt) or run folder"),
+    }, default={}),
+    "param_table": Field(str, None, nullable=True, path=True, help="parameter table CSV (default: configs/params_hydrology.csv)"),
+    "params": Field(list, None, items=str, nullable=True, help="parameters to infer (default: all the forward model takes)"),
+    "variables": Field(list, ["QRUNOFF"], items=str, help="observed responses in the loss"),
+    "entities": Field(str, None, nullable=True, path=True, help="netCDF with (gridcell|site, time) forcing and static fields"),
+    "store": Field(str, None, nullable=True, path=True, help="training store: forcing and static fields from it"),
+    "observations": Field(list, [], items=str, help="observation netCDF files (observation schema)"),
+    "truth": Field(str, None, nullable=True, path=True, help="true parameter map (twin experiment)"),
+    "train_period": Field(schema=PERIOD, default=None, nullable=True),
+    "test_period": Field(schema=PERIOD, default=None, nullable=True),
+    "method": Field(str, "g_z", choices=("g_z", "g_A", "kgssl")),
+    "ablation": Field(bool, False, help="also run g_A and KGSSL alone and report their recovery"),
+    "clusters": Field(int, 0, min=0, help="k-means clusters of inferred parameters (one paramfile each); 0: none"),
+    "seed": Field(int, 0),
+    "out": Field(str, "inverse_out", output_path=True),
+    "kgssl": Field(schema=KGSSL, default={}),
+    "dpl": Field(schema=DPL, default={}),
+    "uncertainty": Field(schema=UNCERTAINTY, default={}),
+}
+
+
+def load_inverse_config(path: str | Path) -> dict:
+    """The validated ``inverse:`` section of a YAML file."""
+    return load_config(path, SCHEMA, section="inverse")
+
+
+def inverse_config(data: dict | None = None, source: str = "inverse") -> dict:
+    """Validate an ``inverse:`` mapping given in code (defaults filled in)."""
+    return validate(data or {}, SCHEMA, source=source, _prefix="inverse.")

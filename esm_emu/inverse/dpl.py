@@ -1,0 +1,128 @@
+"""Differentiable parameter learning (Tsai et al., 2021): a network maps attributes (g_A), or
+attributes plus the KGSSL embedding of the observed series (g_z), to parameters bounded by the
+parameter table, trained end to end through a frozen forward model with one loss over all sites."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .forward import ForwardModel
+from .problem import InverseProblem
+
+
+@dataclass
+class DPLConfig:
+    hidden: int = 64
+    dropout: float = 0.1
+    steps: int = 300
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch: int = 0  # observed sites per step; 0 = all of them
+    loss: str = "nse"  # nse | rmse
+    warmup_days: int = 180  # not scored: the forward model's state spins up
+    z_dropout: float = 0.5  # g_z: fraction of steps a site's embedding is hidden, so g_z also works without one
+
+
+class ParamNet(nn.Module):
+    """g_A (n_z = 0) or g_z: attributes [+ embedding, has-embedding flag] -> parameters in [0, 1]."""
+
+    def __init__(self, n_attr: int, n_params: int, n_z: int = 0, hidden: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.n_z = n_z
+        n_in = n_attr + (n_z + 1 if n_z else 0)
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_params))
+
+    def forward(self, attrs: torch.Tensor, z: torch.Tensor | None = None, has_z: torch.Tensor | None = None):
+        x = attrs
+        if self.n_z:
+            has = has_z.float()[:, None]
+            x = torch.cat([attrs, z * has, has], -1)
+        return torch.sigmoid(self.net(x))
+
+
+def masked_loss(sim: torch.Tensor, obs: torch.Tensor, time_mask: torch.Tensor, kind: str = "nse",
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One loss over all sites and variables, gaps (NaN) and unscored times masked.
+
+    nse: mean over (site, variable) of sum((s-o)^2) / sum((o-mean o)^2), i.e. 1 - NSE;
+    rmse: RMSE per variable divided by ``scale`` (the variable's observed std), averaged.
+    """
+    m = torch.isfinite(obs) & time_mask[None, :, None]
+    o = torch.nan_to_num(obs)
+    mf = m.float()
+    n = mf.sum(1).clamp_min(1)
+    err = ((sim - o) ** 2 * mf).sum(1)
+    if kind == "nse":
+        mean = (o * mf).sum(1) / n
+        var = (((o - mean[:, None]) ** 2) * mf).sum(1)
+        ok = (mf.sum(1) > 2) & (var > 0)
+        return (err[ok] / var[ok]).mean()
+    per_var = torch.sqrt(err.sum(0) / mf.sum((0, 1)).clamp_min(1))
+    return (per_var / scale).mean()
+
+
+def simulate(problem: InverseProblem, forward: ForwardModel, idx, theta: torch.Tensor) -> torch.Tensor:
+    """Observed variables simulated at entities ``idx`` with inferred parameters ``theta``."""
+    t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    out = forward(problem.forcing[t], problem.static[t], problem.full_theta(theta))
+    return out[..., problem.response_index]
+
+
+def score_mask(problem: InverseProblem, period: np.ndarray, warmup_days: int) -> torch.Tensor:
+    m = torch.as_tensor(period.copy())
+    m[:warmup_days] = False
+    return m
+
+
+def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z: torch.Tensor | None = None,
+              has_z: torch.Tensor | None = None, seed: int = 0, progress=None):
+    """Train g_A (z None) or g_z on the observed entities; returns (net, history)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    obs_idx = np.flatnonzero(problem.observed)
+    if len(obs_idx) == 0:
+        raise ValueError("no observed entity has data in the training period")
+    net = ParamNet(problem.attrs.shape[1], problem.n_params, 0 if z is None else z.shape[1], cfg.hidden, cfg.dropout)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
+    tmask = score_mask(problem, problem.train_time, cfg.warmup_days)
+    scale = torch.as_tensor(np.nanstd(problem.obs[obs_idx][:, problem.train_time].numpy(), axis=(0, 1))).clamp_min(1e-12)
+    hist = {"loss": []}
+    for _ in range(cfg.steps):
+        idx = obs_idx if not cfg.batch or cfg.batch >= len(obs_idx) else rng.choice(obs_idx, cfg.batch, replace=False)
+        t = torch.as_tensor(idx)
+        net.train()
+        if z is None:
+            u = net(problem.attrs[t])
+        else:
+            keep = has_z[t] & (torch.rand(len(idx)) >= cfg.z_dropout)
+            u = net(problem.attrs[t], z[t], keep)
+        sim = simulate(problem, forward, idx, problem.from_unit(u))
+        loss = masked_loss(sim, problem.obs[t], tmask, cfg.loss, scale)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        hist["loss"].append(float(loss))
+        if progress is not None:
+            progress.update(1)
+    return net.eval(), hist
+
+
+def predict(net: ParamNet, problem: InverseProblem, z: torch.Tensor | None = None,
+            has_z: torch.Tensor | None = None, mc_samples: int = 0) -> torch.Tensor:
+    """Parameters (physical units) at every entity: (N, P), or (mc_samples, N, P) with MC dropout on."""
+    with torch.no_grad():
+        if mc_samples:
+            net.train()
+            out = torch.stack([problem.from_unit(net(problem.attrs, z, has_z)) for _ in range(mc_samples)])
+            net.eval()
+            return out
+        net.eval()
+        return problem.from_unit(net(problem.attrs, z, has_z))

@@ -1,0 +1,123 @@
+"""One frozen forward-model interface over the trained emulator and the built-in simulator.
+
+Both adapters are called as ``forward(forcing (B,T,F), static (B,S), theta (B,P)) -> (B,T,R)``
+in physical CTSM units and are differentiable in ``theta``; the inverse models never see which
+one they run through.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ppe_ingest.errors import UserError
+
+SIM_FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
+SIM_STATIC = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE")
+
+
+class ForwardModel(torch.nn.Module):
+    """Frozen forward model with named inputs and outputs."""
+
+    kind = "forward"
+
+    def __init__(self, forcing_names: Sequence[str], static_names: Sequence[str],
+                 param_names: Sequence[str], response_names: Sequence[str]):
+        super().__init__()
+        self.forcing_names = list(forcing_names)
+        self.static_names = list(static_names)
+        self.param_names = list(param_names)
+        self.response_names = list(response_names)
+        self.checkpoint_sha256 = ""
+
+    def response_index(self, names: Sequence[str]) -> list[int]:
+        missing = [n for n in names if n not in self.response_names]
+        if missing:
+            raise UserError(f"{self.kind}: response {missing[0]} is not produced by the forward model "
+                            f"(it gives {', '.join(self.response_names)})")
+        return [self.response_names.index(n) for n in names]
+
+    def chunked(self, forcing, static, theta, batch: int = 256) -> torch.Tensor:
+        """Run without gradients in batches (for PPE generation and evaluation)."""
+        outs = []
+        with torch.no_grad():
+            for i in range(0, forcing.shape[0], batch):
+                outs.append(self(forcing[i:i + batch], static[i:i + batch], theta[i:i + batch]))
+        return torch.cat(outs)
+
+
+class EmulatorForward(ForwardModel):
+    """The trained emulator, frozen: ``emu(forcing, static, theta) -> (B,T,R)``."""
+
+    kind = "emulator"
+
+    def __init__(self, emu: torch.nn.Module, checkpoint: str | Path | None = None):
+        super().__init__(emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
+        self.emu = emu.eval()
+        for p in self.emu.parameters():
+            p.requires_grad_(False)
+        if checkpoint is not None:
+            self.checkpoint_sha256 = sha256_file(checkpoint)
+
+    def forward(self, forcing, static, theta):
+        return self.emu(forcing, static, theta)
+
+
+class SimulatorForward(ForwardModel):
+    """The built-in differentiable land simulator (a stand-in for CTSM, not CTSM itself)."""
+
+    kind = "simulator"
+
+    def __init__(self, param_names: Sequence[str], response_names: Sequence[str] = ("QRUNOFF",),
+                 forcing_names: Sequence[str] = SIM_FORCING, static_names: Sequence[str] = SIM_STATIC,
+                 fixed_params: dict[str, float] | None = None):
+        super().__init__(forcing_names, static_names, param_names, response_names)
+        from ppe_ingest.simulator.physics import run_land
+
+        self._run_land = run_land
+        self.fixed_params = dict(fixed_params or {})
+
+    def forward(self, forcing, static, theta):
+        B = forcing.shape[0]
+        f = {n: forcing[..., i] for i, n in enumerate(self.forcing_names)}
+        s = {n: static[:, i] for i, n in enumerate(self.static_names)}
+        p = {n: torch.full((B,), float(v), dtype=theta.dtype) for n, v in self.fixed_params.items()}
+        p.update({n: theta[:, i] for i, n in enumerate(self.param_names)})
+        out = self._run_land(f, s, p)
+        missing = [n for n in self.response_names if n not in out]
+        if missing:
+            raise UserError(f"simulator: response {missing[0]} is not produced by run_land")
+        return torch.stack([out[n] for n in self.response_names], dim=-1)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (the emulator checkpoint's provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: Sequence[str] | None = None,
+                 response_names: Sequence[str] = ("QRUNOFF",)) -> ForwardModel:
+    """The forward model named in a config: ``emulator`` (from a checkpoint) or ``simulator``."""
+    if kind == "emulator":
+        if checkpoint is None:
+            raise UserError("inverse.forward.checkpoint: required when forward.kind is emulator")
+        from esm_emu.emulator import load_emulator
+
+        fwd = EmulatorForward(load_emulator(checkpoint), checkpoint)
+        if param_names:
+            unknown = [p for p in param_names if p not in fwd.param_names]
+            if unknown:
+                raise UserError(f"inverse.params: {unknown[0]} is not an input of the emulator in {checkpoint} "
+                                f"(it takes {', '.join(fwd.param_names)})")
+        return fwd
+    if kind == "simulator":
+        if not param_names:
+            raise UserError("inverse.params: list the parameters to infer when forward.kind is simulator")
+        return SimulatorForward(param_names, response_names)
+    raise UserError(f"inverse.forward.kind: {kind!r} is not one of emulator, simulator")
