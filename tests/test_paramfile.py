@@ -45,7 +45,8 @@ def test_read_both_layouts(shared_data, parts):
     vals = read_paramfile(p)
     assert vals["medlynslope"].shape == (NPFT,)
     assert vals["kmax"].shape == (4, NPFT)
-    assert vals["aereoxid"].shape == ()  # (allpfts,) in clm5 squeezed to 0-d
+    assert vals["aereoxid"].shape == ()
+    assert vals["br_mr"].shape == ()  # (allpfts=1,) in clm5_params.c171117 reads as 0-d
     assert pft_names(p) == list(PFT_NAMES)
 
 
@@ -60,7 +61,7 @@ def test_write_changes_only_named(shared_data, tmp_path, parts):
     src = shared_data(*parts)
     before = sha(src)
     dst = tmp_path / "out.nc"
-    scalar = "fff" if parts == CTSM51 else "aereoxid"
+    scalar = "fff" if parts == CTSM51 else "br_mr"  # br_mr is (allpfts=1,) in clm5
     write_paramfile(src, dst, {scalar: 0.77, "medlynslope": {"c3_arctic_grass": 5.0, 7: 4.1},
                                "kmax": {"c4_grass": 1e-8}})
     assert sha(src) == before
