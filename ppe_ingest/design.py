@@ -121,3 +121,25 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
             tmp.write_text("\n".join(lines) + "\n")
         written.append(nl)
     return written
+
+
+def design_frame(design: xr.Dataset):
+    """theta as a member x parameter DataFrame (the ``design.csv`` that ingest checks members against)."""
+    df = design["theta"].transpose("member", "param").to_pandas()
+    df.index = [str(m) for m in df.index]
+    df.columns = [str(p) for p in df.columns]
+    return df.rename_axis("member").rename_axis(None, axis=1)
+
+
+def write_design(design: xr.Dataset, out_dir: str | Path) -> list[Path]:
+    """`design.nc` (s, theta, bounds, locations) and `design.csv` (theta per member) in `out_dir`."""
+    out_dir = Path(out_dir)
+    nc, csv = out_dir / "design.nc", out_dir / "design.csv"
+    ds = design.copy()
+    for v in ("member", "param", "location", "transform", "units"):
+        ds[v] = ds[v].astype(str)
+    with atomic_path(nc) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+    with atomic_path(csv) as tmp:
+        design_frame(design).to_csv(tmp, float_format="%.17g")
+    return [nc, csv]

@@ -76,3 +76,19 @@ def test_pft_bounds_member(shared_data, tmp_path):
     assert np.allclose(vals["leafcn"], read_paramfile(base, ["leafcn"])["leafcn"] * f)
     assert read_user_nl(tmp_path / "namelist_mods" / "LHC0002.txt")["jmaxb1"] == pytest.approx(
         float(d.theta.sel(member="LHC0002", param="jmaxb1")))
+
+
+def test_design_files_round_trip(tmp_path):
+    import pandas as pd
+    import xarray as xr
+
+    from ppe_ingest.design import write_design
+
+    t = load_param_table(default_table_path())
+    d = make_design(t, 5, seed=7)
+    nc, csv = write_design(d, tmp_path)
+    back = xr.load_dataset(nc)
+    assert list(back.member.values) == list(d.member.values) and np.array_equal(back.theta.values, d.theta.values)
+    assert back.location.sel(param="baseflow_scalar").item() == "namelist"
+    df = pd.read_csv(csv, index_col="member")
+    assert list(df.columns) == t.names and np.array_equal(df.values, d.theta.values)  # exact (17 digits)
