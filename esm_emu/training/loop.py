@@ -251,8 +251,8 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
         if ck.get("world_size", 1) == dist.world_size and dist.rank < len(ck["rng"]):
             set_rng_state(ck["rng"][dist.rank])
         start, best_val, bad_vals, history = ck["step"], ck["best_val"], ck["bad_vals"], list(ck["history"])
-        if dist.is_root and progress:
-            print(f"resuming {ckpt_path} at step {start}")
+        if dist.is_root:
+            print(f"resuming {ckpt_path} at step {start}", flush=True)
     if dist.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
