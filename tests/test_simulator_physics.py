@@ -1,0 +1,165 @@
+"""The built-in simulator (a stand-in for CTSM): water balance, parameter directions, gradients,
+restartability and the Cosby pedotransfer functions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ppe_ingest.errors import UserError
+from ppe_ingest.simulator import physics
+from ppe_ingest.simulator.physics import DEFAULTS, RESPONSE_VARS, run_land
+from ppe_ingest.simulator.sites import builtin_sites, static_tensors
+from ppe_ingest.simulator.weather import forcing_tensors, generate_weather
+
+torch.set_num_threads(1)
+N_SITES = 4
+
+
+@pytest.fixture(scope="module")
+def world():
+    sites = builtin_sites(N_SITES, seed=3)
+    # Make sure at least half the sites have a real winter (snow) and the others do not.
+    sites["tmean"].values[: N_SITES // 2] = 2.0
+    sites["tamp"].values[: N_SITES // 2] = 14.0
+    sites["tmean"].values[N_SITES // 2:] = 16.0
+    weather = generate_weather(sites, 2001, 2, seed=5)
+    return sites, weather
+
+
+def _repeat(d, k):
+    return {n: (v.repeat(k) if v.dim() == 1 else v.repeat(k, 1)) for n, v in d.items()}
+
+
+def _tws(state):
+    return state["H2OCAN"] + state["H2OSNO"] + state["H2OSOI_LIQ"].sum(1)
+
+
+def test_water_balance_closes_per_gridcell_year(world):
+    sites, weather = world
+    forcing, static = forcing_tensors(weather), static_tensors(sites)
+    state0 = physics.initial_state(static, {}, tbot0=forcing["TBOT"][:, 0])
+    out, _ = run_land(forcing, static, {}, state=state0, return_state=True)
+    day = physics.SECSPDAY
+    tws_prev = _tws(state0)
+    for year in range(2):
+        sl = slice(365 * year, 365 * (year + 1))
+        p = ((forcing["RAIN"] + forcing["SNOW"])[:, sl] * day).sum(1)
+        et = ((out["QSOIL"] + out["QVEGT"] + out["QVEGE"])[:, sl] * day).sum(1)
+        ro = (out["QRUNOFF"][:, sl] * day).sum(1)
+        tws = out["TWS"][:, sl.stop - 1]
+        resid = p - et - ro - (tws - tws_prev)
+        assert torch.all(resid.abs() / p < 1e-6), resid
+        assert torch.all(et > 0) and torch.all(ro > 0)
+        tws_prev = tws
+    # Latent heat is the energy of that evaporation.
+    assert torch.all(out["EFLX_LH_TOT"] >= 0)
+    assert torch.allclose(out["QRUNOFF"], out["QOVER"] + out["QDRAI"])
+
+
+@pytest.fixture(scope="module")
+def sweeps(world):
+    """One batched run: each tested parameter at a low and a high value, all other defaults."""
+    sites, weather = world
+    cases = {"fff": (0.1, 3.0), "FMAX": (0.1, 0.6), "hksat_sf": (0.3, 3.0),
+             "medlynslope": (2.0, 8.0), "n_melt_coef": (50.0, 600.0)}
+    forcing, static = forcing_tensors(weather), static_tensors(sites)
+    k = 2 * len(cases)
+    params = {name: torch.full((k * N_SITES,), float(DEFAULTS[name] if name not in static else 0.0))
+              for name in cases}
+    params["FMAX"] = static["FMAX"].repeat(k).clone()
+    blocks = {}
+    for j, (name, (lo, hi)) in enumerate(cases.items()):
+        for m, v in enumerate((lo, hi)):
+            b = 2 * j + m
+            params[name][b * N_SITES:(b + 1) * N_SITES] = v
+            blocks[(name, m)] = slice(b * N_SITES, (b + 1) * N_SITES)
+    forcing, static = _repeat(forcing, k), _repeat(static, k)
+    with torch.no_grad():
+        # Spin up first so that differences are not a cold-start storage artefact.
+        state = physics.spin_up(forcing, static, params, n_years=2)
+        out = run_land(forcing, static, params, state=state)
+    return out, blocks
+
+
+def _total(out, var, blocks, name, m):
+    return out[var][blocks[(name, m)]].sum(1)
+
+
+@pytest.mark.parametrize("name,var,sign", [
+    ("fff", "QOVER", -1), ("FMAX", "QOVER", +1), ("hksat_sf", "QDRAI", +1), ("medlynslope", "QVEGT", +1)])
+def test_parameter_moves_output_in_expected_direction(sweeps, name, var, sign):
+    out, blocks = sweeps
+    lo, hi = _total(out, var, blocks, name, 0), _total(out, var, blocks, name, 1)
+    assert torch.all(sign * (hi - lo) > 0), (name, var, lo, hi)
+
+
+def test_higher_n_melt_coef_melts_later(sweeps):
+    out, blocks = sweeps
+    snowy = slice(0, N_SITES // 2)
+    spring = slice(365, 365 + 240)   # second winter/spring
+
+    def snow_off(m):
+        swe = out["H2OSNO"][blocks[("n_melt_coef", m)]][snowy, spring]
+        assert torch.all(swe.max(1).values > 20.0), "test sites need a snowpack"
+        return torch.tensor([int(np.flatnonzero(s.numpy() > 1.0).max()) for s in swe])
+
+    lo, hi = snow_off(0), snow_off(1)
+    assert torch.all(hi >= lo) and torch.any(hi > lo), (lo, hi)
+    # Slower melt: more snow stays on the ground over the season.
+    s_lo = out["H2OSNO"][blocks[("n_melt_coef", 0)]][snowy, spring].sum(1)
+    s_hi = out["H2OSNO"][blocks[("n_melt_coef", 1)]][snowy, spring].sum(1)
+    assert torch.all(s_hi > s_lo)
+
+
+def test_gradients_of_runoff_wrt_every_parameter_are_finite_and_nonzero(world):
+    sites, weather = world
+    wx = weather.isel(time=slice(0, 365))
+    forcing, static = forcing_tensors(wx), static_tensors(sites)
+    params = {k: torch.full((N_SITES,), float(v), dtype=torch.float64, requires_grad=True) for k, v in DEFAULTS.items()}
+    out = run_land(forcing, static, params)
+    out["QRUNOFF"].sum().backward()
+    for k, v in params.items():
+        g = v.grad
+        assert g is not None and torch.all(torch.isfinite(g)), k
+        assert g.abs().sum() > 0, f"zero gradient for {k}"
+
+
+def test_restart_two_years_equals_two_one_year_runs(world):
+    sites, weather = world
+    forcing, static = forcing_tensors(weather), static_tensors(sites)
+    params = {"fff": 1.5, "hksat_sf": torch.linspace(0.5, 2.0, N_SITES, dtype=torch.float64)}
+    full = run_land(forcing, static, params)
+    y1 = {k: v[:, :365] for k, v in forcing.items()}
+    y2 = {k: v[:, 365:] for k, v in forcing.items()}
+    a, state = run_land(y1, static, params, return_state=True)
+    b = run_land(y2, static, params, state=state)
+    for k in RESPONSE_VARS:
+        joined = torch.cat([a[k], b[k]], 1)
+        assert torch.allclose(joined, full[k], rtol=1e-12, atol=1e-15), k
+
+
+def test_cosby_pedotransfer_and_scale_factors():
+    static = {"PCT_SAND": torch.tensor([40.0]), "PCT_CLAY": torch.tensor([20.0]), "ORGANIC": torch.tensor([0.0])}
+    one = {k: torch.tensor([1.0], dtype=torch.float64) for k in ("watsat_sf", "bsw_sf", "sucsat_sf", "hksat_sf")}
+    base = physics.soil_properties(static, one)
+    # Cosby et al. (1984) as in CTSM SoilStateInitTimeConstMod.
+    assert base["watsat"].item() == pytest.approx(0.489 - 0.00126 * 40)
+    assert base["bsw"].item() == pytest.approx(2.91 + 0.159 * 20)
+    assert base["sucsat"].item() == pytest.approx(10 * 10 ** (1.88 - 0.0131 * 40))
+    assert base["hksat"].item() == pytest.approx(0.0070556 * 10 ** (-0.884 + 0.0153 * 40))
+    scaled = physics.soil_properties(static, {k: v * 2 for k, v in one.items()})
+    for k in ("bsw", "sucsat", "hksat", "watsat"):
+        assert scaled[k].item() == pytest.approx(2 * base[k].item())
+    # Organic matter moves porosity towards peat's 0.9.
+    peaty = physics.soil_properties({**static, "ORGANIC": torch.tensor([65.0])}, one)
+    assert peaty["watsat"].item() > base["watsat"].item()
+
+
+def test_bad_inputs_name_the_problem(world):
+    sites, weather = world
+    forcing, static = forcing_tensors(weather.isel(time=slice(0, 3))), static_tensors(sites)
+    with pytest.raises(UserError, match="unknown parameter fffx"):
+        run_land(forcing, static, {"fffx": 1.0})
+    with pytest.raises(UserError, match="forcing variable TBOT"):
+        run_land({k: v for k, v in forcing.items() if k != "TBOT"}, static, {})
