@@ -1,0 +1,443 @@
+"""The training store: one chunked netCDF4/HDF5 file holding a whole PPE in the layout the emulator reads.
+
+Contract (DESIGN.md, issue 3): dims member, gridcell, time, param, field, norm_var; forcing
+(gridcell, time) when identical across members (attr ``forcing_shared_across_members=1``), else
+(member, gridcell, time); responses (member, gridcell, time) float32 with NaN = missing;
+theta(member, param); static(gridcell, field); norm_mean/norm_std(norm_var) from the train split;
+split_member/split_gridcell/split_time (0 train, 1 val, 2 test).
+
+How it is assembled: `open_ensemble` builds a lazy dask Dataset over the history files, one task
+per file reading all requested variables. `write_store` computes it one member at a time and
+writes that member into the open output file, so peak memory is about one member's data
+(plus the HDF5 chunk cache), never the ensemble.
+
+Thread safety: reads go through netCDF4-python with the global lock ``NC_LOCK`` held for every
+netCDF4 call. HDF5 and netCDF-C are not thread-safe, and dask's threaded scheduler would
+otherwise crash or corrupt reads. A lock is used rather than h5netcdf because real CTSM history
+files are often NETCDF3_64BIT_OFFSET (see the CLM history file in ctsm/pecan), which h5netcdf
+cannot read, and h5py serialises its calls with its own global lock anyway. Threads therefore
+overlap only the numpy work (fill masking, transposes, statistics) with reading, not two reads.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import UserError
+from .checks import FORCING, RESPONSES, Report, nan_count
+from .discover import NC_LOCK, HistFile, Ppe
+
+STATIC_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")
+DEFAULT_LOG_VARS = ("QRUNOFF", "QOVER", "QDRAI")
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_ATTRS = {"flag_values": np.array([0, 1, 2], dtype="i1"), "flag_meanings": "train val test"}
+
+
+# ---------------------------------------------------------------- reading
+
+def _read_file(path: Path, variables: tuple[str, ...], layout: str) -> dict[str, np.ndarray]:
+    """Read `variables` of one history file as float32 (time, gridcell), fill values -> NaN.
+
+    NaN values that are not fill values are kept as NaN and counted by the caller (bad input).
+    """
+    out = {}
+    try:
+        with NC_LOCK:
+            with netCDF4.Dataset(path, "r") as ds:
+                ds.set_auto_maskandscale(False)
+                for v in variables:
+                    var = ds.variables[v]
+                    raw = var[...]
+                    fills = [getattr(var, a) for a in ("_FillValue", "missing_value") if hasattr(var, a)]
+                    arr = np.asarray(raw, dtype="f4").reshape(raw.shape[0], -1)
+                    for f in fills:
+                        arr[raw.reshape(arr.shape) == f] = np.inf  # marked; NaN stays "bad"
+                    out[v] = arr
+    except (OSError, RuntimeError, KeyError, IndexError, ValueError) as e:
+        raise UserError(f"{path}: cannot read data ({type(e).__name__}: {e}); the file is truncated or corrupt") from None
+    return out
+
+
+def choose_tape(ppe: Ppe, variables) -> dict[str, str]:
+    """For each variable the tape that holds it at the finest time step (all on one time axis)."""
+    ref = ppe.members[0]
+    chosen = {}
+    for v in variables:
+        cands = [h for h in ppe.files(ref) if v in h.variables]
+        if not cands:
+            raise UserError(f"{ppe.root}: variable {v} is in no history file of member {ref}")
+        best = min(cands, key=lambda h: (float(np.median(np.diff(h.times))) if len(h.times) > 1 else 1e9, h.tape))
+        chosen[v] = best.tape
+    axes = {t: np.concatenate([h.times for h in ppe.files(ref, t)]) for t in set(chosen.values())}
+    first = next(iter(axes))
+    for t, ax in axes.items():
+        if ax.shape != axes[first].shape or not np.allclose(ax, axes[first]):
+            raise UserError(f"{ppe.root}: variables come from tapes {first} and {t} with different time axes; "
+                            "ingest one frequency at a time with --vars")
+    return chosen
+
+
+def open_ensemble(ppe: Ppe, variables):
+    """A lazy dask-backed xarray Dataset of `variables` with dims (member, gridcell, time)."""
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    tapes = choose_tape(ppe, variables)
+    ref_files = [h for t in sorted(set(tapes.values())) for h in ppe.files(ppe.members[0], t)]
+    by_tape = {t: [v for v in variables if tapes[v] == t] for t in set(tapes.values())}
+    G = ref_files[0].lat.size
+    per_var = {v: [] for v in variables}
+    for m in ppe.members:
+        pieces = {v: [] for v in variables}
+        for t, vs in sorted(by_tape.items()):
+            for h in ppe.files(m, t):
+                block = dask.delayed(_read_file, pure=True)(h.path, tuple(vs), h.layout,
+                                                          dask_key_name=f"read-{h.path}-{t}")
+                for v in vs:
+                    part = da.from_delayed(block[v], shape=(len(h.times), G), dtype="f4")
+                    pieces[v].append(part)
+        for v in variables:
+            per_var[v].append(da.concatenate(pieces[v], axis=0).T)
+    h0 = ppe.files(ppe.members[0], tapes[variables[0]])
+    times = np.concatenate([h.times for h in h0])
+    data = {v: (("member", "gridcell", "time"), da.stack(per_var[v])) for v in variables}
+    ds = xr.Dataset(data, coords={
+        "member": np.array(ppe.members, dtype=object), "gridcell": np.arange(G),
+        "time": ("time", times, {"units": h0[0].time_units, "calendar": h0[0].calendar}),
+        "grid1d_lat": ("gridcell", h0[0].lat, {"units": "degrees_north"}),
+        "grid1d_lon": ("gridcell", h0[0].lon, {"units": "degrees_east"})})
+    return xr.decode_cf(ds)
+
+
+def _var_attrs(h: HistFile, v: str) -> dict:
+    with NC_LOCK, netCDF4.Dataset(h.path) as ds:
+        var = ds.variables[v]
+        return {a: var.getncattr(a) for a in ("long_name", "units", "cell_methods") if a in var.ncattrs()}
+
+
+# ---------------------------------------------------------------- split and statistics
+
+def _pick(n: int, frac: float, rng, pool: np.ndarray) -> np.ndarray:
+    k = int(round(frac * n)) if frac < 1 else int(frac)
+    if frac > 0 and k == 0 and len(pool) >= 3:
+        k = 1
+    return pool[:k]
+
+
+def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val_members=0.1,
+               test_members=0.1, val_gridcells=0.1, test_gridcells=0.1, test_years=1):
+    """split_member, split_gridcell, split_time (0 train, 1 val, 2 test) chosen by `seed`.
+
+    Held-out years are drawn from all years but the first (which serves as warm-up).
+    """
+    rng = np.random.default_rng(seed)
+
+    def split(n, fv, ft):
+        s = np.zeros(n, dtype="i1")
+        perm = rng.permutation(n)
+        test = _pick(n, ft, rng, perm)
+        val = _pick(n, fv, rng, perm[len(test):])
+        if n - len(test) - len(val) < 1:
+            raise UserError(f"split: {n} items leave none for training (val {fv}, test {ft})")
+        s[test], s[val] = TEST, VAL
+        return s
+
+    sm = split(n_member, val_members, test_members)
+    sg = split(n_gridcell, val_gridcells, test_gridcells)
+    uy = np.unique(years)
+    st = np.zeros(len(years), dtype="i1")
+    if len(uy) > 1 and test_years:
+        held = rng.choice(uy[1:], size=min(int(test_years), len(uy) - 1), replace=False)
+        st[np.isin(years, held)] = TEST
+    return sm, sg, st
+
+
+class _Moments:
+    """Streaming mean/variance (Chan et al. pairwise merge), float64, NaN-aware."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype="f8")
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return
+        n, mean = x.size, float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        tot = self.n + n
+        d = mean - self.mean
+        self.mean += d * n / tot
+        self.m2 += m2 + d * d * self.n * n / tot
+        self.n = tot
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else float("nan")
+
+
+def _log(x: np.ndarray, eps: float) -> np.ndarray:
+    # Runoff can be slightly negative in CTSM output: clip at 0 before the log (attr log_clip_min).
+    return np.log(np.maximum(x, 0) + eps)
+
+
+# ---------------------------------------------------------------- static fields
+
+def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
+    """static(gridcell, field) from a 1-D or (lsmlat, lsmlon) surfdata, matched to the history gridcells by lat/lon.
+
+    Soil fields on nlevsoi (PCT_SAND, PCT_CLAY, ORGANIC) are reduced by an unweighted mean over the levels.
+    """
+    if surfdata is None:
+        return np.zeros((lat.size, 0)), [], {}
+    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
+        fields = [f for f in STATIC_FIELDS if f in ds.variables]
+        if "LATIXY" not in ds.variables or "LONGXY" not in ds.variables:
+            raise UserError(f"{surfdata}: LATIXY/LONGXY not found; cannot match surfdata to history gridcells")
+        slat = np.asarray(ds.variables["LATIXY"][...], dtype="f8").ravel()
+        slon = np.asarray(ds.variables["LONGXY"][...], dtype="f8").ravel()
+        cols, units = [], {}
+        for f in fields:
+            var = ds.variables[f]
+            a = np.ma.filled(np.ma.asarray(var[...], dtype="f8"), np.nan)
+            if "nlevsoi" in var.dimensions:
+                a = a.mean(axis=var.dimensions.index("nlevsoi"))
+            cols.append(a.ravel())
+            units[f] = getattr(var, "units", "")
+    d = (np.abs(slat[None, :] - lat[:, None]) + np.abs(((slon[None, :] - lon[:, None]) + 180) % 360 - 180))
+    idx = d.argmin(axis=1)
+    far = d[np.arange(lat.size), idx] > 1e-3
+    if far.any():
+        g = int(np.flatnonzero(far)[0])
+        raise UserError(f"{surfdata}: no surfdata gridcell at history gridcell {g} "
+                        f"(lat {lat[g]:.4f}, lon {lon[g]:.4f}); mismatched gridcell sets")
+    return np.stack([c[idx] for c in cols], axis=1) if cols else np.zeros((lat.size, 0)), fields, units
+
+
+# ---------------------------------------------------------------- writing
+
+class _ForcingDiffers(Exception):
+    pass
+
+
+def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int = 0, split: dict | None = None,
+                log_vars=DEFAULT_LOG_VARS, log_eps: float = 1e-8, chunk_gridcell: int = 64,
+                chunk_time: int = 365, catalog: str | None = None, progress: bool = True,
+                forcing_per_member: bool = False, theta=None) -> Path:
+    """Stream the PPE into the training store at `out` (atomically); return its path."""
+    from .theta import check_design, member_theta, read_design
+
+    report = ppe.report
+    if variables is None:
+        present = set().union(*(set(h.variables) for h in ppe.hist)) if ppe.hist else set()
+        variables = [v for v in (*FORCING, *RESPONSES) if v in present]
+    variables = list(dict.fromkeys(variables))
+    if not variables:
+        raise UserError(f"{ppe.root}: none of the CTSM forcing/response variables "
+                        f"({', '.join(FORCING + RESPONSES)}) is in the history files")
+    if theta is None:
+        theta, location, reduction = member_theta(ppe, table=table)
+        if ppe.design is not None:
+            check_design(theta, read_design(ppe.design), str(ppe.design), report)
+    else:
+        theta, location, reduction = theta
+    # members dropped while reading parameters
+    ppe.members = [m for m in ppe.members if m not in report.bad_members()]
+    theta = theta.loc[[m for m in theta.index if m in ppe.members]]
+    if not ppe.members:
+        raise UserError(f"{ppe.root}: no member left to ingest")
+    try:
+        return _write(ppe, Path(out), variables, table, seed, split or {}, log_vars, log_eps, chunk_gridcell,
+                      chunk_time, catalog, progress, forcing_per_member, theta, location, reduction)
+    except _ForcingDiffers:
+        return _write(ppe, Path(out), variables, table, seed, split or {}, log_vars, log_eps, chunk_gridcell,
+                      chunk_time, catalog, progress, True, theta, location, reduction)
+
+
+def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gridcell, chunk_time, catalog,
+           progress, forcing_per_member, theta, location, reduction) -> Path:
+    import dask
+    from tqdm import tqdm
+
+    from ..ctsmio._ncfile import history_line
+
+    report: Report = ppe.report
+    ens = open_ensemble(ppe, variables)
+    G, T = ens.sizes["gridcell"], ens.sizes["time"]
+    tapes = choose_tape(ppe, variables)
+    ref_files = {v: ppe.files(ppe.members[0], tapes[v]) for v in variables}
+    attrs = {v: _var_attrs(ref_files[v][0], v) for v in variables}
+    forcing = [v for v in variables if v in FORCING]
+    responses = [v for v in variables if v not in FORCING]
+    years = np.array([t.year for t in ens.indexes["time"]]) if T else np.array([], int)
+    sm_all, sg, st = make_split(len(ppe.members), G, years, seed, **split)
+    split_of = dict(zip(ppe.members, sm_all))
+    static, fields, static_units = read_static(ppe.surfdata, ens.grid1d_lat.values, ens.grid1d_lon.values)
+    params = list(theta.columns)
+    lo = np.array([table[p].bounds()[0] if table is not None and p in table else np.nan for p in params])
+    hi = np.array([table[p].bounds()[1] if table is not None and p in table else np.nan for p in params])
+    train_g = sg == TRAIN
+    train_t = st == TRAIN
+    log_vars = [v for v in log_vars if v in variables]
+    norm_vars = [*variables, *fields, *params]
+    moments = {v: _Moments() for v in variables}
+    raw_time = np.concatenate([h.times for h in ref_files[variables[0]]])
+    cg, ct = max(1, min(G, chunk_gridcell)), max(1, min(T, chunk_time))
+
+    with atomic_path(out, inputs=[h.path for h in ppe.hist]) as tmp:
+        nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        try:
+            nc.createDimension("member", None)
+            for d, n in (("gridcell", G), ("time", T), ("param", len(params)), ("field", len(fields)),
+                         ("norm_var", len(norm_vars))):
+                nc.createDimension(d, n)
+            vmem = nc.createVariable("member", str, ("member",))
+            vmem.long_name = "PPE member"
+            nc.createVariable("gridcell", "i4", ("gridcell",))[:] = np.arange(G)
+            vt = nc.createVariable("time", "f8", ("time",))
+            vt[:] = raw_time
+            vt.units, vt.calendar = ref_files[variables[0]][0].time_units, ref_files[variables[0]][0].calendar
+            vt.long_name = "time"
+            for name, vals, units in (("grid1d_lat", ens.grid1d_lat.values, "degrees_north"),
+                                      ("grid1d_lon", ens.grid1d_lon.values, "degrees_east")):
+                x = nc.createVariable(name, "f8", ("gridcell",))
+                x[:], x.units = vals, units
+            for name, vals in (("param", params), ("field", fields), ("norm_var", norm_vars)):
+                x = nc.createVariable(name, str, (name,))
+                for i, s in enumerate(vals):
+                    x[i] = s
+            out_vars = {}
+            for v in variables:
+                per_member = v not in FORCING or forcing_per_member
+                dims = ("member", "gridcell", "time") if per_member else ("gridcell", "time")
+                chunks = (1, cg, ct) if per_member else (cg, ct)
+                x = nc.createVariable(v, "f4", dims, chunksizes=chunks, fill_value=np.float32(np.nan))
+                x.setncatts(attrs[v])
+                out_vars[v] = x
+            forcing_ref = None
+            k = 0
+            bar = tqdm(ppe.members, desc="ingest", unit="member", disable=not progress)
+            for i, m in enumerate(bar):
+                with dask.config.set(scheduler="threads"):
+                    block = dask.compute({v: ens[v].data[i] for v in variables})[0]
+                bad = False
+                for v in variables:
+                    a = block[v]
+                    n_nan = nan_count(a)
+                    if n_nan:
+                        t_bad = int(np.flatnonzero(np.isnan(a).any(axis=0))[0])
+                        f = _file_at(ppe, m, tapes[v], t_bad)
+                        report.add(f, m, f"variable {v} has {n_nan} NaN values (first at time index {t_bad})")
+                        bad = True
+                        break
+                    a[np.isinf(a)] = np.nan  # fill values: missing
+                    if v in FORCING and np.isnan(a).any():
+                        f = _file_at(ppe, m, tapes[v], int(np.flatnonzero(np.isnan(a).any(axis=0))[0]))
+                        report.add(f, m, f"forcing {v} has missing (fill) values")
+                        bad = True
+                        break
+                if bad:
+                    continue
+                if forcing and not forcing_per_member:
+                    if forcing_ref is None:
+                        forcing_ref = {v: _digest(block[v]) for v in forcing}
+                    elif any(_digest(block[v]) != forcing_ref[v] for v in forcing):
+                        raise _ForcingDiffers
+                is_train = split_of[m] == TRAIN
+                for v in variables:
+                    a = block[v]
+                    if v in FORCING and not forcing_per_member:
+                        if k == 0:
+                            out_vars[v][:, :] = a
+                    else:
+                        out_vars[v][k, :, :] = a
+                    if is_train or (v in FORCING and not forcing_per_member and k == 0):
+                        sub = a[train_g][:, train_t]
+                        moments[v].add(_log(sub, log_eps) if v in log_vars else sub)
+                vmem[k] = m
+                k += 1
+                del block
+            if k == 0:
+                raise UserError(f"{ppe.root}: no member left to ingest; first problem: {report.lines()[0]}")
+            kept = [vmem[j] for j in range(k)]
+            sm = np.array([split_of[m] for m in kept], dtype="i1")
+            th = theta.loc[kept].to_numpy("f8")
+            x = nc.createVariable("theta", "f8", ("member", "param"))
+            x[:, :] = th
+            x.long_name = "parameter values each member ran with (from its paramfile and namelist_mods)"
+            for name, vals in (("theta_min", lo), ("theta_max", hi)):
+                y = nc.createVariable(name, "f8", ("param",))
+                y[:] = vals
+                y.long_name = "table bound (NaN where unknown)"
+            y = nc.createVariable("param_location", str, ("param",))
+            z = nc.createVariable("theta_reduction", str, ("param",))
+            for j, p in enumerate(params):
+                y[j], z[j] = location[p], reduction[p]
+            s = nc.createVariable("static", "f8", ("gridcell", "field"))
+            s[:, :] = static
+            s.long_name = "static surface fields (surfdata)"
+            s.soil_layer_reduction = "PCT_SAND, PCT_CLAY, ORGANIC: unweighted mean over the nlevsoi levels"
+            s.units = " ".join(f"{f}:{static_units[f] or '1'}" for f in fields)
+            for name, vals, dim in (("split_member", sm, "member"), ("split_gridcell", sg, "gridcell"),
+                                    ("split_time", st, "time")):
+                y = nc.createVariable(name, "i1", (dim,))
+                y[:] = vals
+                y.setncatts(SPLIT_ATTRS)
+            means, stds = [], []
+            for v in variables:
+                means.append(moments[v].mean if moments[v].n else np.nan)
+                stds.append(moments[v].std)
+            trm = sm == TRAIN
+            for j in range(len(fields)):
+                col = static[train_g, j]
+                means.append(np.nanmean(col))
+                stds.append(np.nanstd(col))
+            for j in range(len(params)):
+                col = th[trm, j]
+                means.append(np.nanmean(col) if trm.any() else np.nan)
+                stds.append(np.nanstd(col) if trm.any() else np.nan)
+            for name, vals in (("norm_mean", means), ("norm_std", stds)):
+                y = nc.createVariable(name, "f8", ("norm_var",))
+                y[:] = np.asarray(vals, dtype="f8")
+                y.long_name = f"{name[5:]} over the train split (log(max(x,0)+log_eps) for log_transform_vars)"
+            nc.setncatts({
+                "title": "esm-emu training store", "source_ppe": str(ppe.root), "catalog": catalog or "",
+                "history": history_line(f"ingest {ppe.root}"), "esm_emu_version": _version(),
+                "forcing_shared_across_members": int(bool(forcing) and not forcing_per_member),
+                "log_transform_vars": " ".join(log_vars), "log_eps": float(log_eps), "log_clip_min": 0.0,
+                "split_seed": int(seed), "warmup_days": int(min(365, T)),
+                "layout": ppe.layout, "skipped": report.to_json(),
+                "history_tapes": " ".join(f"{v}:{tapes[v]}" for v in variables)})
+        finally:
+            nc.close()
+    return out
+
+
+def _digest(a: np.ndarray) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(a).view(np.uint8), digest_size=16).digest()
+
+
+def _file_at(ppe: Ppe, member: str, tape: str, t: int) -> Path:
+    """The history file of `member` holding time index `t` of `tape`."""
+    for h in ppe.files(member, tape):
+        if t < len(h.times):
+            return h.path
+        t -= len(h.times)
+    return ppe.files(member, tape)[-1].path
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("esm-emu")
+    except Exception:  # noqa: BLE001 - not installed: source checkout
+        return "unknown"
