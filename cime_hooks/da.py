@@ -255,12 +255,25 @@ def update_parameters(fwd, forcing, static, y_model, y_obs, theta: dict, spec: d
     return {n: float(t[i]) for i, n in enumerate(names)}, predicted
 
 
-def _forward_model(cfg: dict):
-    from esm_emu.inverse.forward import load_forward
+def _forward_model(cfg: dict, static_available: set[str]):
+    """The configured forward model; the simulator takes whichever optional static fields fsurdat has."""
+    from esm_emu.inverse.forward import SIM_STATIC, SIM_STATIC_OPTIONAL, SimulatorForward, load_forward
 
     da = cfg["da"]
-    return load_forward(da["forward"]["kind"], da["forward"]["checkpoint"], list(da["parameters"]),
-                        response_names=(cfg["observations"]["variable"],))
+    params, response = list(da["parameters"]), (cfg["observations"]["variable"],)
+    if da["forward"]["kind"] == "simulator":
+        static = [n for n in SIM_STATIC if n in static_available or n not in SIM_STATIC_OPTIONAL]
+        return SimulatorForward(params, response, static_names=static)
+    return load_forward("emulator", da["forward"]["checkpoint"], params, response_names=response)
+
+
+def _static_fields(fsurdat: str | None) -> set[str]:
+    if not fsurdat:
+        return set()
+    from ppe_ingest.ctsmio._ncfile import open_dataset
+
+    with open_dataset(fsurdat) as ds:
+        return set(ds.variables)
 
 
 def _fixed_parameters(fwd, cfg: dict) -> dict:
@@ -303,14 +316,16 @@ def run_da(caseroot, cycle: int) -> dict | None:
     user_nl = read_user_nl(user_nl_path) if user_nl_path.exists() else {}
 
     files = history_files(case, cfg["history_tape"])
-    fwd = _forward_model(cfg)
-    hist = read_history(files, [var] + [n for n in fwd.forcing_names if n != var], after)
-    if hist["days"].size == 0:
+    fsurdat = user_nl.get("fsurdat") or cfg["fsurdat"]
+    probe = read_history(files, [var], after)  # cheap check before the forward model is loaded
+    if probe["days"].size == 0:
         done = last["cycle"] if last else None
         print(f"esm-emu da: CIME cycle {cycle}: no history after {after} in RUNDIR; "
               f"cycle {done} already recorded, nothing to do")
         return None
 
+    fwd = _forward_model(cfg, _static_fields(fsurdat))
+    hist = read_history(files, [var] + [n for n in fwd.forcing_names if n != var], after)
     theta_now = dict(last["parameters"]) if last else initial_parameters(cfg, user_nl)
     obs, mask = read_observations(cfg["observations"])
     cell = match_sites(obs, hist["lat"], hist["lon"], cfg["observations"]["max_distance_deg"])
@@ -330,7 +345,6 @@ def run_da(caseroot, cycle: int) -> dict | None:
               "parameters unchanged")
     else:
         use = cell >= 0
-        fsurdat = user_nl.get("fsurdat") or cfg["fsurdat"]
         forcing, static = forward_inputs(fwd, hist, cell[use], fsurdat)
         theta_new, predicted = update_parameters(
             fwd, forcing, static, y_model[use], y_obs[use], theta_now, cfg["da"]["parameters"],
