@@ -9,6 +9,7 @@ attributes and in the `esm_emu.json` extra file.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import List, Tuple
 
@@ -69,7 +70,10 @@ def to_torchscript(emu: nn.Module) -> torch.jit.ScriptModule:
     """A scripted copy of an Emulator or TabularEmulator (eval mode, on CPU)."""
     emu = emu.cpu().eval()
     wrapper = _ScriptableTabular(emu) if isinstance(emu, TabularEmulator) else _ScriptableSequence(emu)
-    return torch.jit.script(wrapper)
+    with warnings.catch_warnings():
+        # torch marks TorchScript deprecated, but it is the format FTorch loads from Fortran
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(wrapper)
 
 
 def export_torchscript(source: str | Path, out: str | Path) -> Path:
@@ -86,5 +90,7 @@ def export_torchscript(source: str | Path, out: str | Path) -> Path:
             if emu.kind == "sequence" else "forward(theta[B,P]) -> outputs[B,R]", "units": "physical (CTSM)"}
     src_file = source / "best.pt" if source.is_dir() else source
     with atomic_path(out, inputs=[src_file]) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={"esm_emu.json": json.dumps(meta)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(scripted, str(tmp), _extra_files={"esm_emu.json": json.dumps(meta)})
     return out
