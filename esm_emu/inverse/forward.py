@@ -15,7 +15,8 @@ import torch
 from ppe_ingest.errors import UserError
 
 SIM_FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
-SIM_STATIC = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE")
+SIM_STATIC = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV", "LAI_MAX", "LAI_MIN")
+SIM_STATIC_OPTIONAL = ("ORGANIC", "STD_ELEV", "LAI_MAX", "LAI_MIN")
 
 
 class ForwardModel(torch.nn.Module):
@@ -89,7 +90,13 @@ class SimulatorForward(ForwardModel):
         missing = [n for n in self.response_names if n not in out]
         if missing:
             raise UserError(f"simulator: response {missing[0]} is not produced by run_land")
-        return torch.stack([out[n] for n in self.response_names], dim=-1)
+        return torch.stack([out[n] for n in self.response_names], dim=-1).to(theta.dtype)
+
+    @classmethod
+    def for_entities(cls, entities, param_names, response_names=("QRUNOFF",)) -> "SimulatorForward":
+        """The simulator taking the static fields ``entities`` has (optional ones may be absent)."""
+        static = [n for n in SIM_STATIC if n in entities.variables or n not in SIM_STATIC_OPTIONAL]
+        return cls(param_names, response_names, static_names=static)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -102,7 +109,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: Sequence[str] | None = None,
-                 response_names: Sequence[str] = ("QRUNOFF",)) -> ForwardModel:
+                 response_names: Sequence[str] = ("QRUNOFF",), entities=None) -> ForwardModel:
     """The forward model named in a config: ``emulator`` (from a checkpoint) or ``simulator``."""
     if kind == "emulator":
         if checkpoint is None:
@@ -119,5 +126,7 @@ def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: S
     if kind == "simulator":
         if not param_names:
             raise UserError("inverse.params: list the parameters to infer when forward.kind is simulator")
+        if entities is not None:
+            return SimulatorForward.for_entities(entities, param_names, response_names)
         return SimulatorForward(param_names, response_names)
     raise UserError(f"inverse.forward.kind: {kind!r} is not one of emulator, simulator")

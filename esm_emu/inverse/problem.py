@@ -213,11 +213,14 @@ def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variable
         m = _qc_mask(obs, v)
         if m is not None:
             da = da.where(m)
-        da = da.transpose(odim, "time").reindex(time=entities["time"].values)
+        da = da.transpose(odim, "time")
+        # align on calendar days, so datetime64 observations meet a noleap model calendar
+        pos = pd.Index(day_key(da["time"].values)).get_indexer(day_key(entities["time"].values))
+        vals = np.where(pos[None] >= 0, da.values[:, np.clip(pos, 0, None)], np.nan)
         arr = np.full((entities.sizes[dim], entities.sizes["time"]), np.nan, np.float32)
-        arr[np.asarray(loc)] = da.values
+        arr[np.asarray(loc)] = vals
         out[v] = ((dim, "time"), arr)
-    return xr.Dataset(out, coords={"time": entities["time"].values})
+    return xr.Dataset(out)
 
 
 def attributes(entities: xr.Dataset, dim: str, static_names: Sequence[str], forcing_names: Sequence[str],
@@ -242,23 +245,33 @@ def attributes(entities: xr.Dataset, dim: str, static_names: Sequence[str], forc
     return np.nan_to_num((a - mu) / sd).astype(np.float32), names
 
 
+def day_key(time) -> np.ndarray:
+    """YYYYMMDD integers for datetime64 or cftime times (so noleap and standard calendars align)."""
+    da = xr.DataArray(np.asarray(time), dims="time")
+    return (da.dt.year * 10000 + da.dt.month * 100 + da.dt.day).values.astype(np.int64)
+
+
+def _bound_key(v, end: bool) -> int:
+    s = str(v).strip()
+    if s.isdigit() and len(s) <= 4:
+        return int(s) * 10000 + (1231 if end else 101)
+    t = pd.Timestamp(s)
+    return t.year * 10000 + t.month * 100 + t.day
+
+
 def _period_mask(time: np.ndarray, period) -> np.ndarray:
+    """Days inside a period {start, end} (dates or bare years, inclusive) or a list of years."""
+    key = day_key(time)
     if period is None:
-        return np.ones(len(time), bool)
-    t = pd.DatetimeIndex(pd.to_datetime(time))
-    if isinstance(period, Mapping):
-        start, end = period.get("start"), period.get("end")
-    elif isinstance(period, (list, tuple)) and len(period) and all(isinstance(y, int) for y in period):
-        return np.isin(t.year, list(period))
-    else:
-        start, end = period
-    m = np.ones(len(t), bool)
+        return np.ones(len(key), bool)
+    if isinstance(period, (list, tuple)) and period and all(isinstance(y, int) for y in period):
+        return np.isin(key // 10000, list(period))
+    start, end = (period.get("start"), period.get("end")) if isinstance(period, Mapping) else period
+    m = np.ones(len(key), bool)
     if start is not None:
-        m &= t >= pd.Timestamp(str(start))
+        m &= key >= _bound_key(start, False)
     if end is not None:
-        # a bare year means the whole year
-        last = pd.Timestamp(f"{end}-12-31") if isinstance(end, int) or str(end).isdigit() else pd.Timestamp(str(end))
-        m &= t <= last + pd.Timedelta("23h59m")
+        m &= key <= _bound_key(end, True)
     return m
 
 

@@ -105,13 +105,13 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             inf = forward.chunked(problem.forcing[t], problem.static[t],
                                   problem.full_theta(torch.nan_to_num(theta[t])))[..., problem.response_index]
         fig, axs = plt.subplots(len(idx), 1, figsize=(9, 2.4 * len(idx)), squeeze=False)
-        tt = problem.time[period]
+        tt = np.flatnonzero(period)  # day index (model calendars may be noleap)
         for i in range(len(idx)):
             a = axs[i][0]
             a.plot(tt, problem.obs[idx[i], period, 0].numpy(), "k", lw=0.8, label="observed")
             a.plot(tt, dflt[i, period, 0].numpy(), lw=0.8, label="default")
             a.plot(tt, inf[i, period, 0].numpy(), lw=0.8, label="inferred")
-            a.set_title(f"{problem.entity_dim} {problem.entity[idx[i]]}: {problem.variables[0]}", fontsize=9)
+            a.set_title(f"{problem.entity_dim} {problem.entity[idx[i]]}: {problem.variables[0]} (test period, day index)", fontsize=9)
         axs[0][0].legend(fontsize=7)
         fig.tight_layout(); p = out / "hydrographs.png"; fig.savefig(p, dpi=90); plt.close(fig)
         paths["hydrographs"] = p
