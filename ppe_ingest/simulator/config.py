@@ -1,0 +1,48 @@
+"""The `simulate:` section of a config (e.g. configs/quickstart.yaml) for the built-in simulator."""
+from __future__ import annotations
+
+from ..config import Field
+
+DEFAULT_PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar", "n_baseflow", "d_max", "medlynslope",
+                  "n_melt_coef"]
+OBS_VARIABLES = ("QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM")
+
+TRUTH = {
+    "n_gridcells": Field(int, None, min=1, nullable=True,
+                         help="gridcells of the truth run (default: the PPE's gridcells)"),
+    "seed": Field(int, None, nullable=True, help="seed of the truth maps (default: seed + 1)"),
+    "params": Field(list, None, items=str, nullable=True,
+                    help="parameters with spatial truth maps (default: the perturbed ones)"),
+    "length_deg": Field(float, 6.0, gt=0, help="correlation length of the truth maps (degrees)"),
+    "n_obs_sites": Field(int, 20, min=0, help="gridcells that get observations"),
+    "variables": Field(list, list(OBS_VARIABLES), items=str, choices=OBS_VARIABLES),
+    "streamflow_log_sigma": Field(float, 0.1, min=0, max=2, help="log-normal streamflow noise"),
+    "latent_heat_sigma": Field(float, 10.0, min=0, help="additive latent heat noise (W/m2)"),
+    "soil_moisture_sigma": Field(float, 0.02, min=0, max=0.5, help="additive soil moisture noise (m3/m3)"),
+    "gap_fraction": Field(float, 0.05, min=0, max=0.9, help="fraction of days missing"),
+}
+
+SCHEMA = {
+    "case": Field(str, "esmemu_sim", help="case name in history file names"),
+    "n_members": Field(int, 64, min=1, max=9999),
+    "seed": Field(int, 0, min=0),
+    "prefix": Field(str, "LHC", choices=("LHC", "OAAT", "SIM")),
+    "params": Field(list, list(DEFAULT_PARAMS), items=str, help="table rows to perturb"),
+    "table": Field(str, None, path=True, nullable=True,
+                   help="parameter table CSV (default: configs/params_hydrology.csv)"),
+    "n_gridcells": Field(int, 200, min=1, max=100000),
+    "grid": Field(str, "builtin", choices=("builtin", "camels", "sparsegrid")),
+    "camels_attributes": Field(str, None, path=True, nullable=True,
+                               help="folder of camels_*.txt tables (grid: camels)"),
+    "sparsegrid": Field(str, None, path=True, nullable=True, help="whitkey.nc (grid: sparsegrid)"),
+    "forcing": Field(str, "generator", choices=("generator", "camels")),
+    "forcing_dir": Field(str, None, path=True, nullable=True,
+                         help="CAMELS basin_mean_forcing/<source> folder (forcing: camels)"),
+    "start_year": Field(int, 2000, min=1, max=9999),
+    "n_years": Field(int, 5, min=1, max=200),
+    "spinup_years": Field(int, 2, min=0, max=100),
+    "years_per_file": Field(int, None, min=1, nullable=True, help="default: all years in one file"),
+    "members_per_batch": Field(int, 64, min=1, help="members run together (memory ~ batch x gridcells x days)"),
+    "compress": Field(bool, True, help="zlib-compress history files (NETCDF4_CLASSIC)"),
+    "truth": Field(dict, None, schema=TRUTH, nullable=True, help="twin-experiment truth and observations"),
+}
