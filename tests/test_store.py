@@ -1,0 +1,109 @@
+"""The training store follows the contract the emulator reads (dims, dtypes, split, normalisation)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+
+from _ingest_ppe import make_ppe
+from ppe_ingest.ingest.discover import discover
+from ppe_ingest.ingest.store import write_store
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, shared_data):
+    root = tmp_path_factory.mktemp("ppe")
+    make_ppe(root, shared_data("ppe", "paramfiles", "OAAT0000.nc"), members=("LHC0001", "LHC0002", "LHC0003",
+                                                                              "LHC0004", "LHC0005"), years=3)
+    out = write_store(discover(root), root.parent / "store.nc", seed=3, progress=False,
+                      split=dict(val_members=1, test_members=1, test_years=1))
+    return root, out
+
+
+def _file_values(root, member, var):
+    files = sorted((root / "hist").glob(f"*_{member}.clm2.h1.*.nc"))
+    return np.concatenate([netCDF4.Dataset(f)[var][:] for f in files]).T
+
+
+def test_contract_layout(built):
+    root, out = built
+    ds = xr.open_dataset(out, chunks={})
+    assert set(ds.dims) == {"member", "gridcell", "time", "param", "field", "norm_var"}
+    assert list(ds.member.values) == ["LHC0001", "LHC0002", "LHC0003", "LHC0004", "LHC0005"]
+    assert ds.QRUNOFF.dims == ("member", "gridcell", "time") and ds.QRUNOFF.dtype == np.float32
+    assert ds.RAIN.dims == ("gridcell", "time") and ds.attrs["forcing_shared_across_members"] == 1
+    assert ds.QRUNOFF.attrs["units"] == "mm/s" and ds.EFLX_LH_TOT.attrs["units"] == "W/m^2"
+    assert ds.time.dt.calendar == "noleap" and ds.sizes["time"] == 3 * 365
+    assert ds.QRUNOFF.encoding["chunksizes"] == (1, 6, 365)
+    assert ds.theta.dims == ("member", "param") and ds.theta.dtype == np.float64
+    assert list(ds.param.values) == ["fff", "d_max", "jmaxb1"]
+    assert list(ds.param_location.values) == ["paramfile", "paramfile", "namelist"]
+    assert set(ds.field.values) == {"PCT_SAND", "FMAX"} and ds.static.dims == ("gridcell", "field")
+    assert json.loads(ds.attrs["skipped"]) == []
+    for v in ("split_member", "split_gridcell", "split_time"):
+        assert ds[v].dtype == np.int8 and ds[v].attrs["flag_meanings"] == "train val test"
+    assert (ds.split_member.values == 1).sum() == 1 and (ds.split_member.values == 2).sum() == 1
+    held = np.unique(ds.time.dt.year.values[ds.split_time.values == 2])
+    assert len(held) == 1 and held[0] != 2000  # never the warm-up year
+
+
+def test_values_equal_history_files(built):
+    root, out = built
+    ds = xr.open_dataset(out)
+    np.testing.assert_array_equal(ds.QRUNOFF.sel(member="LHC0004").values, _file_values(root, "LHC0004", "QRUNOFF"))
+    np.testing.assert_array_equal(ds.RAIN.values, _file_values(root, "LHC0001", "RAIN"))
+    assert ds.theta.sel(member="LHC0002", param="fff") == pytest.approx(1.5)
+    np.testing.assert_allclose(ds.static.sel(field="PCT_SAND").values, np.linspace(10, 60, 6))
+
+
+def test_normalisation_on_train_split_with_log_runoff(built):
+    _, out = built
+    ds = xr.open_dataset(out)
+    assert ds.attrs["log_transform_vars"] == "QRUNOFF"
+    eps = ds.attrs["log_eps"]
+    tm, tg, tt = (ds[v].values == 0 for v in ("split_member", "split_gridcell", "split_time"))
+    q = ds.QRUNOFF.values[tm][:, tg][:, :, tt].astype("f8")
+    lq = np.log(np.maximum(q, 0) + eps)
+    assert ds.norm_mean.sel(norm_var="QRUNOFF") == pytest.approx(lq.mean(), rel=1e-6)
+    assert ds.norm_std.sel(norm_var="QRUNOFF") == pytest.approx(lq.std(), rel=1e-5)
+    e = ds.EFLX_LH_TOT.values[tm][:, tg][:, :, tt].astype("f8")
+    assert ds.norm_mean.sel(norm_var="EFLX_LH_TOT") == pytest.approx(e.mean(), rel=1e-6)
+    assert ds.norm_mean.sel(norm_var="fff") == pytest.approx(ds.theta.sel(param="fff").values[tm].mean())
+
+
+def test_split_is_chosen_by_seed(built, tmp_path):
+    root, out = built
+    other = write_store(discover(root), tmp_path / "s.nc", seed=4, progress=False,
+                        split=dict(val_members=1, test_members=1, test_years=1))
+    again = write_store(discover(root), tmp_path / "t.nc", seed=3, progress=False,
+                        split=dict(val_members=1, test_members=1, test_years=1))
+    a, b, c = (xr.open_dataset(p) for p in (out, other, again))
+    assert (a.split_member.values == c.split_member.values).all() and (a.split_time.values == c.split_time.values).all()
+    assert not ((a.split_member.values == b.split_member.values).all() and
+                (a.split_gridcell.values == b.split_gridcell.values).all())
+
+
+def test_forcing_that_differs_between_members_gets_a_member_dim(built, tmp_path):
+    root, _ = built
+    d = tmp_path / "ppe"
+    shutil.copytree(root, d)
+    f = sorted((d / "hist").glob("*_LHC0003.clm2.h1.*.nc"))[0]
+    with netCDF4.Dataset(f, "a") as ds:
+        ds["TBOT"][0, 0] = ds["TBOT"][0, 0] + 1.0
+    out = write_store(discover(d), tmp_path / "s.nc", progress=False)
+    ds = xr.open_dataset(out)
+    assert ds.attrs["forcing_shared_across_members"] == 0 and ds.TBOT.dims == ("member", "gridcell", "time")
+    assert ds.TBOT.sel(member="LHC0003").values[0, 0] == ds.TBOT.sel(member="LHC0001").values[0, 0] + 1
+
+
+def test_refuses_to_overwrite_an_input(built):
+    root, _ = built
+    from ppe_ingest.errors import UserError
+
+    f = sorted((root / "hist").glob("*.nc"))[0]
+    with pytest.raises(UserError, match="refusing to overwrite an input"):
+        write_store(discover(root), f, progress=False)
