@@ -95,7 +95,7 @@ def _dlnd(args) -> int:
 
     grid = read_grid(args.grid)
     try:
-        ds = xr.open_dataset(args.runoff, use_cftime=True)
+        ds = xr.open_dataset(args.runoff, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{args.runoff}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
     with ds:

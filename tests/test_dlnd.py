@@ -12,7 +12,7 @@ from ppe_ingest.errors import UserError
 
 
 def _runoff(g, start="2003-01-01", days=730):
-    time = xr.cftime_range(start, periods=days, freq="D", calendar="noleap")
+    time = xr.date_range(start, periods=days, freq="D", calendar="noleap", use_cftime=True)
     rng = np.random.default_rng(0)
     shape = (days, *g.shape)
     return xr.Dataset({"QOVER": (("time", "lat", "lon"), rng.random(shape) * 1e-5),

@@ -63,7 +63,7 @@ def test_bad_inputs_exit_nonzero_with_one_line(tmp_path, shared_data, capsys):
 def test_dlnd_command_prints_case_settings(tmp_path, capsys):
     g = grids.regular(4, 8)
     grids.write_scrip(g, tmp_path / "lnd.nc")
-    time = xr.cftime_range("2001-01-01", periods=31, freq="D", calendar="noleap")
+    time = xr.date_range("2001-01-01", periods=31, freq="D", calendar="noleap", use_cftime=True)
     xr.Dataset({"QOVER": (("time", "lat", "lon"), np.full((31, 4, 8), 1e-5))}, coords={"time": time}).to_netcdf(tmp_path / "ro.nc")
     r = _run("regrid", "dlnd", tmp_path / "ro.nc", "--grid", tmp_path / "lnd.nc", "--case", "emu", "--out", tmp_path / "out", capsys=capsys)
     assert r.returncode == 0, r.stderr
