@@ -80,6 +80,14 @@ def _flat(ds, var: str, form: str, path: Path) -> np.ndarray:
     return np.asarray(a.values, float).reshape(a.shape[0], -1)
 
 
+def _time_coder():
+    """Decode CTSM's noleap times as cftime dates (the keyword moved in newer xarray)."""
+    import xarray as xr
+
+    coders = getattr(xr, "coders", None)
+    return coders.CFDatetimeCoder(use_cftime=True) if coders is not None else True
+
+
 def read_history(files: list[Path], variables: list[str], after: str | None) -> dict:
     """Daily means of `variables` (day, gridcell) from the files, for days after `after`."""
     import xarray as xr
@@ -87,7 +95,7 @@ def read_history(files: list[Path], variables: list[str], after: str | None) -> 
     days, data, lat, lon, units = [], {v: [] for v in variables}, None, None, {}
     for path in files:
         try:
-            ds = xr.open_dataset(path, decode_times=True, use_cftime=True)
+            ds = xr.open_dataset(path, decode_times=_time_coder())
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: cannot read history file ({e})") from None
         with ds:
@@ -167,7 +175,7 @@ def normalised_mse(sim: np.ndarray, obs: np.ndarray) -> float:
     ok = np.isfinite(sim) & np.isfinite(obs)
     if ok.sum() < 2:
         return float("nan")
-    mean = np.nanmean(np.where(ok, obs, np.nan), axis=1, keepdims=True)
+    mean = np.where(ok, obs, 0.0).sum(axis=1, keepdims=True) / np.maximum(ok.sum(axis=1, keepdims=True), 1)
     den = np.sum(np.where(ok, (obs - mean) ** 2, 0.0))
     return float(np.sum(np.where(ok, (sim - obs) ** 2, 0.0)) / den) if den > 0 else float("nan")
 
