@@ -109,7 +109,7 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         sched.step()
-        hist["loss"].append(float(loss))
+        hist["loss"].append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
     return net.eval(), hist

@@ -63,7 +63,16 @@ class EmulatorForward(ForwardModel):
             self.checkpoint_sha256 = sha256_file(checkpoint)
 
     def forward(self, forcing, static, theta):
-        return self.emu(forcing, static, theta)
+        core, norm = getattr(self.emu, "core", None), getattr(self.emu, "norm", None)
+        sc = getattr(norm, "response", None)
+        if core is None or sc is None or not hasattr(self.emu, "conditioning"):
+            return self.emu(forcing, static, theta)
+        self.emu._check(forcing, static, theta)
+        zn, _ = core(norm.forcing(forcing), self.emu.conditioning(static, theta), None)
+        # Scaler.inverse evaluates exp() on every response (e.g. exp(80 W/m2) = inf in float32) and
+        # torch.where then gives NaN gradients; exponentiate only the log-transformed ones.
+        x = zn * sc.std + sc.mean
+        return torch.where(sc.log, torch.exp(torch.where(sc.log, x, torch.zeros_like(x))) - sc.eps, x)
 
 
 class SimulatorForward(ForwardModel):

@@ -150,7 +150,7 @@ def train_kgssl(data: KGSSLData, n_params: int, cfg: KGSSLConfig, seed: int = 0,
         loss.backward()
         opt.step()
         for k, v in (("loss", loss), ("recon", recon), ("contrast", contrast), ("inverse", inv)):
-            hist[k].append(float(v))
+            hist[k].append(float(torch.as_tensor(v).detach()))
         if progress is not None:
             progress.update(1)
     return model.eval(), hist
