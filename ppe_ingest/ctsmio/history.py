@@ -140,7 +140,7 @@ def read_history(path: os.PathLike | str, variables: Sequence[str] | None = None
     """Open a history file as an xarray Dataset (gridcell, time) with cftime noleap times."""
     import xarray as xr
 
-    ds = xr.open_dataset(path, use_cftime=True)
+    ds = xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
     if variables is not None:
         missing = [v for v in variables if v not in ds]
         if missing:
