@@ -1,0 +1,60 @@
+"""Throughput of the built-in simulator: the quickstart PPE (64 members x 200 gridcells x 5 years).
+
+Times physics.run_land over the flat batch (member x gridcell), year by year with the state
+carried (as `esm-emu simulate` runs it), after a 1-year spin-up; prints member-gridcell-years/s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench._record import record  # noqa: E402
+from ppe_ingest.simulator import physics  # noqa: E402
+from ppe_ingest.simulator.sites import builtin_sites, static_tensors  # noqa: E402
+from ppe_ingest.simulator.weather import forcing_tensors, generate_weather  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--members", type=int, default=64)
+    ap.add_argument("--gridcells", type=int, default=200)
+    ap.add_argument("--years", type=int, default=5)
+    ap.add_argument("--spinup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    sites = builtin_sites(a.gridcells, 0)
+    wx = generate_weather(sites, 2000, a.years, 0)
+    rng = np.random.default_rng(0)
+    B = a.members * a.gridcells
+    params = {"fff": rng.uniform(0.02, 5, a.members), "hksat_sf": rng.uniform(0.1, 10, a.members),
+              "medlynslope": rng.uniform(1.5, 9, a.members), "n_melt_coef": rng.uniform(50, 600, a.members)}
+    params = {k: torch.as_tensor(np.repeat(v, a.gridcells)) for k, v in params.items()}
+    static = {k: v.repeat(a.members) for k, v in static_tensors(sites).items()}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        first = forcing_tensors(wx.isel(time=slice(0, 365)), repeat=a.members)
+        state = physics.spin_up(first, static, params, n_years=a.spinup)
+        t1 = time.perf_counter()
+        for y in range(a.years):
+            f = forcing_tensors(wx.isel(time=slice(365 * y, 365 * (y + 1))), repeat=a.members)
+            _, state = physics.run_land(f, static, params, state=state, return_state=True)
+    t2 = time.perf_counter()
+    mgy = B * a.years
+    lines = [f"batch B = {a.members} members x {a.gridcells} gridcells = {B}, {a.years} years (+{a.spinup} spin-up), "
+             f"torch threads {a.threads}",
+             f"wall time: {t2 - t0:.1f} s total ({t1 - t0:.1f} s spin-up, {t2 - t1:.1f} s run)",
+             f"member-gridcell-years per second (run only): {mgy / (t2 - t1):.0f}",
+             f"member-gridcell-years per second (incl. spin-up): {B * (a.years + a.spinup) / (t2 - t0):.0f}"]
+    record("simulate: built-in simulator throughput", lines)
+
+
+if __name__ == "__main__":
+    main()
