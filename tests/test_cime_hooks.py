@@ -31,6 +31,7 @@ import yaml
 from cime_case_util import make_case
 from cime_hooks.case import open_case
 from cime_hooks.da import run_da
+from cime_hooks.prerun import run_prerun
 from esm_emu.cli import main
 from ppe_ingest.ctsmio.paramfile import create_paramfile, read_paramfile
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d
@@ -246,12 +247,11 @@ def test_three_da_cycles_with_restart_then_report(setup):
     assert [c["cycle"] for c in after_two["cycles"]] == [0, 1]
 
     # The job stops after cycle 1. Calling cycle 1 again redoes nothing.
-    out = run_exe(hooks / "esm_emu_da", root, 1).stdout
-    assert "nothing to do" in out
+    assert run_da(root, 1) is None  # prints "... nothing to do"
     assert json.loads(state_file.read_text()) == after_two
     # Resubmitted (CONTINUE_RUN): PRERUN keeps the latest estimate, CIME counts cycles from 0 again.
     subprocess.run([str(root / "xmlchange"), "CONTINUE_RUN=TRUE"], cwd=root, check=True)
-    run_exe(hooks / "esm_emu_prerun.py", root)
+    run_prerun(root)
     latest = after_two["cycles"][-1]["parameters"]
     assert case_parameters(root) == pytest.approx(latest)
     st = model_segment(root, f_all, 2, st)
