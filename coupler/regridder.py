@@ -54,19 +54,21 @@ class Regridder:
     """Regrid xarray objects from `src_grid` to `dst_grid`.
 
     weights: None (build them), a `Weights`, or the path of an ESMF weight file to reuse.
+    normalization: for conservative weights, 'fracarea' (built by default) or 'destarea'; weights
+    given or read keep theirs unless one is named here (converted with frac_b, as ESMF defines them).
     input_dims: the names of the source grid's dimensions in the data when they differ from
     `src_grid.dims` (e.g. ('lat', 'lon') for a SCRIP grid read with ('nj', 'ni')).
     skipna / na_thres: see `smm.apply_weights`.
     """
 
     def __init__(self, src_grid: Grid | None, dst_grid: Grid | None, method: str = "conserve",
-                 weights: Weights | os.PathLike | str | None = None, normalization: str = "fracarea",
+                 weights: Weights | os.PathLike | str | None = None, normalization: str | None = None,
                  backend: str = "auto", input_dims: tuple | None = None, output_dims: tuple | None = None,
                  skipna: bool = False, na_thres: float = 1.0):
         if weights is None:
             if src_grid is None or dst_grid is None:
                 raise UserError("Regridder: give both grids, or a weight file")
-            weights = build_weights(src_grid, dst_grid, method, normalization, backend)
+            weights = build_weights(src_grid, dst_grid, method, normalization or "fracarea", backend)
         elif not isinstance(weights, Weights):
             weights = read_weights(weights)
         if isinstance(weights, Weights) and weights.normalization in ("destarea", "fracarea") \

@@ -153,6 +153,11 @@ def test_regridder_on_dask_dataset_is_lazy_and_equal(t42_ll):
     assert "time_only" in out
     np.testing.assert_allclose(out.QRUNOFF.values.reshape(4, -1), apply_weights(rg.weights, data.reshape(4, -1)))
     np.testing.assert_allclose(out.lat.values, np.arange(-88.75, 90, 2.5))
+    # the sparse applier alone keeps dask arrays lazy, even with the horizontal axis chunked
+    x = da.from_array(data.reshape(4, -1), chunks=(2, 1000))
+    y = apply_weights(rg.weights, x)
+    assert isinstance(y, da.Array) and y.shape == (4, dst.n)
+    np.testing.assert_allclose(y.compute(), apply_weights(rg.weights, data.reshape(4, -1)))
 
 
 def test_skipna_renormalises_over_missing_sources(t42_ll):
