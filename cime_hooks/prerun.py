@@ -84,23 +84,17 @@ def run_prerun(caseroot) -> dict:
 
 def _fsurdat_from_map(cfg: dict, dest: Path) -> Path:
     """fsurdat with the parameter map's per-gridcell values written in (through esm_emu.writers)."""
-    try:
-        from esm_emu.writers import write_ctsm_files
-    except ImportError as e:
-        raise UserError(f"parameter_map: the CTSM writers (esm_emu.writers) are not available: {e}") from None
-    import xarray as xr
+    from esm_emu.writers import write_ctsm_files
 
     out = dest / "from_map"
     target = out / Path(cfg["fsurdat"]).name
     if target.exists() and target.stat().st_mtime >= max(Path(cfg["fsurdat"]).stat().st_mtime,
                                                          Path(cfg["parameter_map"]).stat().st_mtime):
         return target  # already written from these inputs
-    with xr.open_dataset(cfg["parameter_map"]) as values:
-        written = write_ctsm_files(out, fsurdat=cfg["fsurdat"], values=values.load())
-    paths = [Path(p) for p in (written.values() if isinstance(written, dict) else written or [])]
-    for p in paths:
-        if p.name == target.name or "surf" in p.name:
-            return p
-    if target.exists():
-        return target
-    raise UserError(f"parameter_map: the writer did not produce an fsurdat in {out}")
+    written = write_ctsm_files(out, fsurdat=cfg["fsurdat"], values=cfg["parameter_map"],
+                               log=lambda msg: print(f"esm-emu prerun: {msg}"))
+    paths = [Path(p) for p in written.get("fsurdat", [])]
+    if len(paths) != 1:
+        raise UserError(f"parameter_map: {cfg['parameter_map']} holds no fsurdat parameter to write "
+                        f"into {cfg['fsurdat']}")
+    return paths[0]

@@ -293,3 +293,28 @@ def test_da_without_history_names_the_pattern(setup):
     proc = run_exe(root / HOOKS / "esm_emu_da", root, 0, check=False)
     assert proc.returncode != 0
     assert "no CTSM history files ctsm_da.clm2.h1.*.nc" in proc.stderr
+
+
+def test_prerun_writes_fsurdat_from_a_parameter_map(setup):
+    """A parameter map from `esm-emu invert` goes into the case's own copy of fsurdat."""
+    from esm_emu.inverse.param_map import build_param_map, write_param_map
+
+    root, _ = setup
+    fmax = np.array([0.11, 0.52, 0.33])
+    pmap = build_param_map(np.arange(3), fmax[:, None], np.zeros((3, 1)), ["FMAX"], lat=LAT, lon=LON)
+    inputs = root.parent.parent / "inputs"
+    write_param_map(pmap, inputs / "theta_map.nc")
+    cfg = yaml.safe_load((inputs / "hooks.yaml").read_text())
+    cfg["parameter_map"] = "theta_map.nc"
+    (inputs / "hooks.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["cime", "install", str(root), "--config", str(inputs / "hooks.yaml")]) == 0
+    settings = run_prerun(root)
+    placed = Path(settings["fsurdat"])
+    assert placed.parent == root / "esm_emu" / "calibrated" / "from_map"
+    assert read_user_nl(root / "user_nl_clm")["fsurdat"] == str(placed)
+    with netCDF4.Dataset(placed) as ds:
+        assert np.allclose(ds["FMAX"][:], fmax)
+        assert np.allclose(ds["SLOPE"][:], STATIC["SLOPE"])  # other fields kept
+    text = (root / "user_nl_clm").read_text()
+    run_prerun(root)  # again: same file, same user_nl_clm
+    assert (root / "user_nl_clm").read_text() == text
