@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         table = load_param_table(cfg["params"], base_paramfile=base)
     theta = member_theta(ppe, table=table)
     if ppe.design is not None:
-        check_design(theta[0], read_design(ppe.design), str(ppe.design), report)
+        check_design(theta[0], read_design(ppe.design), str(ppe.design), report, theta[2])
     catalog = None
     if args.catalog:
         catalog = str(write_catalog(ppe, args.catalog, theta[0].loc[[m for m in theta[0].index

@@ -244,7 +244,7 @@ def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int
     if theta is None:
         theta, location, reduction = member_theta(ppe, table=table)
         if ppe.design is not None:
-            check_design(theta, read_design(ppe.design), str(ppe.design), report)
+            check_design(theta, read_design(ppe.design), str(ppe.design), report, reduction)
     else:
         theta, location, reduction = theta
     # members dropped while reading parameters

@@ -4,7 +4,9 @@ The files are the truth of what ran; the design table (``design.csv`` or a membe
 is only checked against them. theta is one float per (member, parameter): the value itself for a
 scalar parameter; for a parameter with per-PFT bounds in the parameter table, the unit-cube
 position s that gives the member's array (the `ParamSpec` convention, least-squares fit over the
-PFTs); for other arrays, the mean over the array (attribute ``theta_reduction`` says which).
+PFTs); for a multiplicative/additive array parameter, default x median(array / base array) (or
+default + median difference) against the PPE's default paramfile (``paramfile_default.nc`` or the
+``*0000`` member); for other arrays, the mean over the array (``theta_reduction`` says which).
 """
 from __future__ import annotations
 
@@ -30,10 +32,18 @@ def _as_float(value, where: str) -> float:
         raise UserError(f"{where}: value {value!r} is not a number") from None
 
 
-def _reduce(name: str, arr: np.ndarray, spec) -> tuple[float, str]:
+def _reduce(name: str, arr: np.ndarray, spec, base=None) -> tuple[float, str]:
     arr = np.asarray(arr, dtype="f8")
     if arr.ndim == 0 or arr.size == 1:
         return float(arr.reshape(())), "value"
+    if (spec is not None and spec.default is not None and base is not None and spec.transform != "value"
+            and np.shape(base) == arr.shape):
+        base = np.asarray(base, dtype="f8")
+        nz = base != 0
+        if spec.transform == "multiplicative" and nz.any():
+            return float(spec.default * np.median(arr[nz] / base[nz])), "multiplicative: default x median(array / base array)"
+        if spec.transform == "additive":
+            return float(spec.default + np.median(arr - base)), "additive: default + median(array - base array)"
     if spec is not None and spec.pft_bounds and spec.pft_min.shape == arr.shape[-1:]:
         d = np.broadcast_to(spec.pft_max - spec.pft_min, arr.shape)
         lo = np.broadcast_to(spec.pft_min, arr.shape)
@@ -60,11 +70,14 @@ def _perturbed(paramfiles: dict[str, Path], names_nl: set[str]) -> list[str]:
     return sorted(differ) + sorted(names_nl - differ)
 
 
+FROM_DESIGN = "design table (not in the member's paramfile or namelist_mods, e.g. an fsurdat parameter)"
+
+
 def member_theta(ppe, table=None, params=None, report: Report | None = None):
     """theta(member, param) DataFrame and per-parameter (location, reduction) from the member files.
 
-    `table`: a ParamTable (its parameters are the perturbed ones); `params`: explicit names;
-    otherwise the design table's columns, else whatever differs between members.
+    Which parameters: `params` if given, else the design table's columns, else the rows of
+    `table` (a ParamTable, also the source of bounds/transforms), else whatever differs between members.
     """
     from ..ctsmio.user_nl import read_user_nl
 
@@ -77,15 +90,26 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
                 nl[m] = dict(read_user_nl(p))
             except UserError as e:
                 report.add(p, m, f"unreadable namelist_mods file ({e})")
+    design = read_design(ppe.design) if ppe.design is not None else None
+    if params is None and design is not None:
+        params = list(design.columns)
     if params is None and table is not None:
         params = list(table.names)
-    if params is None and ppe.design is not None:
-        params = [c for c in read_design(ppe.design).columns]
     if params is None:
         params = _perturbed({m: ppe.paramfiles[m] for m in ppe.members if m in ppe.paramfiles},
                             set().union(*[set(d) for d in nl.values()]) if nl else set())
     from ..ctsmio.paramfile import read_paramfile
 
+    base = {}
+    base_file = ppe.root / "paramfile_default.nc"
+    if not base_file.is_file():
+        base_file = next((ppe.paramfiles[m] for m in sorted(ppe.paramfiles) if m.endswith("0000")), None)
+    if base_file is not None and table is not None:
+        import netCDF4
+
+        with netCDF4.Dataset(base_file) as ds:
+            have = [p for p in params if p in ds.variables]
+        base = read_paramfile(base_file, have)
     rows, location, reduction = {}, {}, {}
     for m in ppe.members:
         if m in report.bad_members():
@@ -110,9 +134,13 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
                 location[p] = "namelist"
                 reduction.setdefault(p, "value")
             elif p in pf:
-                row[p], reduction[p] = _reduce(p, pf[p], spec)
+                row[p], reduction[p] = _reduce(p, pf[p], spec, base.get(p))
                 location.setdefault(p, "paramfile")
-            elif spec is not None and spec.default is not None:
+            elif design is not None and p in design.columns and m in design.index:
+                row[p] = float(design.at[m, p])
+                reduction[p] = FROM_DESIGN
+                location.setdefault(p, spec.location if spec is not None else "unknown")
+            elif spec is not None and spec.location == "namelist" and spec.default is not None:
                 row[p] = float(spec.default)  # a namelist parameter left at its default
                 location.setdefault(p, spec.location)
             else:
@@ -148,14 +176,19 @@ def read_design(path: str | Path) -> pd.DataFrame:
     return df.astype("f8")
 
 
-def check_design(theta: pd.DataFrame, design: pd.DataFrame, source: str, report: Report) -> None:
-    """Report every member whose files disagree with the design table (member, parameter, both values)."""
+def check_design(theta: pd.DataFrame, design: pd.DataFrame, source: str, report: Report,
+                 reduction: dict | None = None) -> None:
+    """Report every member whose files disagree with the design table (member, parameter, both values).
+
+    Parameters taken from the design itself (`reduction` == FROM_DESIGN) are not checked.
+    """
+    reduction = reduction or {}
     for m in theta.index:
         if m not in design.index:
             report.add(source, m, "member is not in the design table")
             continue
         for p in design.columns:
-            if p not in theta.columns:
+            if p not in theta.columns or reduction.get(p) == FROM_DESIGN:
                 continue
             want, got = float(design.at[m, p]), float(theta.at[m, p])
             if np.isnan(got) or not np.isclose(got, want, rtol=RTOL, atol=0):
