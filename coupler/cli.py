@@ -1,7 +1,6 @@
 """`esm-emu regrid weights|apply|dlnd`: build ESMF weight files, apply them, feed DLND."""
 from __future__ import annotations
 
-import argparse
 
 
 def register(subparsers) -> None:

@@ -109,7 +109,6 @@ def write_weights(w: Weights, path: os.PathLike | str, inputs=(), extra_attrs: d
     """Write `w` as an ESMF offline weight file (temporary name, then rename)."""
     import xarray as xr
     from ppe_ingest.atomic import atomic_path
-    from . import __name__ as _pkg  # noqa: F401
 
     try:
         from esm_emu import __version__ as version
