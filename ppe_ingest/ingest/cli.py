@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from .checks import Report
     from .discover import discover
     from .store import write_store
-    from .theta import check_design, member_theta, read_design
+    from .theta import check_design, member_theta, ppe_table, read_design
 
     report = Report(cfg["skip_bad"])
     ppe = discover(args.ppe_dir, variables=cfg["vars"], report=report)
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg["params"]:
         base = next(iter(ppe.paramfiles.values()), None)
         table = load_param_table(cfg["params"], base_paramfile=base)
+    else:
+        table = ppe_table(ppe)  # PPE_DIR/params.csv when the PPE carries its own table
     theta = member_theta(ppe, table=table)
     if ppe.design is not None:
         check_design(theta[0], read_design(ppe.design), str(ppe.design), report, theta[2])

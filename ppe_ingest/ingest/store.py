@@ -231,7 +231,7 @@ def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int
                 chunk_time: int = 365, catalog: str | None = None, progress: bool = True,
                 forcing_per_member: bool = False, theta=None) -> Path:
     """Stream the PPE into the training store at `out` (atomically); return its path."""
-    from .theta import check_design, member_theta, read_design
+    from .theta import check_design, member_theta, ppe_table, read_design
 
     report = ppe.report
     if variables is None:
@@ -241,6 +241,8 @@ def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int
     if not variables:
         raise UserError(f"{ppe.root}: none of the CTSM forcing/response variables "
                         f"({', '.join(FORCING + RESPONSES)}) is in the history files")
+    if table is None:
+        table = ppe_table(ppe)
     if theta is None:
         theta, location, reduction = member_theta(ppe, table=table)
         if ppe.design is not None:

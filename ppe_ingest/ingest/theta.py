@@ -155,6 +155,17 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
     return theta, location, reduction
 
 
+def ppe_table(ppe):
+    """The PPE's own parameter table ``params.csv`` (as the simulator writes it), or None."""
+    path = ppe.root / "params.csv"
+    if not path.is_file():
+        return None
+    from ..param_table import load_param_table
+
+    base = ppe.root / "paramfile_default.nc"
+    return load_param_table(path, base_paramfile=base if base.is_file() else None)
+
+
 def read_design(path: str | Path) -> pd.DataFrame:
     """A member x parameter design table (CSV or whitespace text), indexed by member."""
     path = Path(path)
