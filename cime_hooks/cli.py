@@ -11,7 +11,7 @@ def register(subparsers) -> None:
                               "DATA_ASSIMILATION and POSTRUN scripts.")
     sub = p.add_subparsers(dest="cime_command", metavar="ACTION", required=True)
     inst = sub.add_parser("install", help="register the esm-emu hooks in a case",
-                          description="Copy the esm-emu hook scripts and config into CASEROOT/esm_emu/ and "
+                          description="Copy the esm-emu hook scripts and config into CASEROOT/esm-emu/ and "
                           "set PRERUN_SCRIPT, DATA_ASSIMILATION_SCRIPT, DATA_ASSIMILATION_CYCLES and "
                           "POSTRUN_SCRIPT with the case's ./xmlchange.")
     inst.add_argument("caseroot", metavar="CASEROOT", help="the case directory (has env_run.xml, xmlchange)")

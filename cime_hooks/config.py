@@ -1,7 +1,7 @@
 """The hook configuration: which calibrated files go into the case, what to assimilate, how.
 
 `esm-emu cime install` validates the user's YAML, resolves its paths to absolute ones and stores
-the result as ``CASEROOT/esm_emu/config.yaml``; every hook reads that copy.
+the result as ``CASEROOT/esm-emu/config.yaml``; every hook reads that copy.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from ppe_ingest.config import Field, read_yaml, validate
 from ppe_ingest.errors import UserError
 
-CASE_DIR = "esm_emu"  # everything esm-emu keeps in a case lives under CASEROOT/esm_emu
+CASE_DIR = "esm-emu"  # everything esm-emu keeps in a case lives under CASEROOT/esm-emu
 CONFIG_NAME = "config.yaml"
 STATE_NAME = "da_state.json"
 

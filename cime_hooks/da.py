@@ -314,7 +314,7 @@ def run_da(caseroot, cycle: int) -> dict | None:
     root = case.caseroot
     cfg = load_case_config(root)
     if cfg["da"] is None:
-        raise UserError(f"{root}/esm_emu/config.yaml: da: not configured, but DATA_ASSIMILATION_SCRIPT "
+        raise UserError(f"{root}/esm-emu/config.yaml: da: not configured, but DATA_ASSIMILATION_SCRIPT "
                         "calls the esm-emu DA hook; add a da section and re-install")
     state = read_state(root)
     last = latest(state)

@@ -41,7 +41,7 @@ def initial_parameters(cfg: dict, user_nl: dict) -> dict[str, float]:
 
 def write_parameter_set(caseroot: Path, cfg: dict, values: dict[str, float], tag: str,
                         overwrite: bool = True) -> dict:
-    """Write `CASEROOT/esm_emu/params/<tag>/` files for `values`; return the user_nl_clm settings.
+    """Write `CASEROOT/esm-emu/params/<tag>/` files for `values`; return the user_nl_clm settings.
     With overwrite=False an existing file is kept (so re-running PRERUN changes nothing)."""
     from ppe_ingest.ctsmio.paramfile import write_paramfile
 

@@ -33,7 +33,7 @@ def run_postrun(caseroot) -> Path:
     check_single_instance(case)
     cfg = load_case_config(case.caseroot)
     if cfg["observations"] is None:
-        raise UserError(f"{case.caseroot}/esm_emu/config.yaml: observations: needed by the POSTRUN report")
+        raise UserError(f"{case.caseroot}/esm-emu/config.yaml: observations: needed by the POSTRUN report")
     var = cfg["observations"]["variable"]
     hist = read_history(history_files(case, cfg["history_tape"]), [var], None)
     obs, mask = read_observations(cfg["observations"])

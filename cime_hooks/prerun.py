@@ -76,7 +76,7 @@ def run_prerun(caseroot) -> dict:
         print("esm-emu prerun: nothing to place (no paramfile, fsurdat, namelist or da in the config)")
         return settings
     set_user_nl(user_nl if user_nl.exists() else None, user_nl, settings,
-                history_comment="set by esm-emu PRERUN (esm_emu/config.yaml)")
+                history_comment="set by esm-emu PRERUN (esm-emu/config.yaml)")
     for name, value in settings.items():
         print(f"esm-emu prerun: user_nl_clm {name} = {value}")
     return settings

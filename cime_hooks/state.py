@@ -1,4 +1,4 @@
-"""The DA state file `CASEROOT/esm_emu/da_state.json`: one record per assimilated cycle, written
+"""The DA state file `CASEROOT/esm-emu/da_state.json`: one record per assimilated cycle, written
 atomically, so a resubmitted or restarted case resumes where it stopped instead of starting over."""
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ LON = np.array([-105.2, -104.1, -106.0])
 SEG_DAYS = 30
 TRUE = {"fff": 2.5, "baseflow_scalar": 4e-3}
 FIRST = {"fff": 0.5, "baseflow_scalar": 1e-3}
-HOOKS = Path("esm_emu") / "hooks"
+HOOKS = Path("esm-emu") / "hooks"
 
 
 def cime_import_call(script: Path, *args):
@@ -183,15 +183,15 @@ def test_prerun_places_files_and_is_idempotent(setup):
     nl_text = (root / "user_nl_clm").read_text()
     nl = read_user_nl(root / "user_nl_clm")
     assert "hist_fincl2 = 'QRUNOFF','RAIN'   ! my own output, must survive" in nl_text
-    assert Path(nl["fsurdat"]) == root / "esm_emu" / "calibrated" / "surfdata_3pt.nc"
+    assert Path(nl["fsurdat"]) == root / "esm-emu" / "calibrated" / "surfdata_3pt.nc"
     assert Path(nl["fsurdat"]).read_bytes() == (root.parent.parent / "inputs" / "surfdata_3pt.nc").read_bytes()
-    assert nl["paramfile"].startswith(str(root / "esm_emu" / "params" / "initial"))
+    assert nl["paramfile"].startswith(str(root / "esm-emu" / "params" / "initial"))
     assert case_parameters(root) == FIRST
-    placed = sorted((root / "esm_emu").rglob("*.nc"))
+    placed = sorted((root / "esm-emu").rglob("*.nc"))
     stamps = {p: p.stat().st_mtime_ns for p in placed}
     run_exe(prerun, root)  # as an executable, a second time: nothing changes
     assert (root / "user_nl_clm").read_text() == nl_text
-    assert {p: p.stat().st_mtime_ns for p in sorted((root / "esm_emu").rglob("*.nc"))} == stamps
+    assert {p: p.stat().st_mtime_ns for p in sorted((root / "esm-emu").rglob("*.nc"))} == stamps
 
 
 def test_hook_works_from_an_interpreter_without_esm_emu(setup):
@@ -222,7 +222,7 @@ def test_nothing_is_imported_from_the_case_directory(setup):
 
 def test_missing_configuration_fails_with_one_line(setup):
     root, _ = setup
-    (root / "esm_emu" / "config.yaml").unlink()
+    (root / "esm-emu" / "config.yaml").unlink()
     proc = run_exe(root / HOOKS / "esm_emu_prerun.py", root, check=False)
     assert proc.returncode != 0
     lines = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if "configuration missing" in l]
@@ -234,7 +234,7 @@ def test_missing_configuration_fails_with_one_line(setup):
 def test_three_da_cycles_with_restart_then_report(setup):
     root, f_all = setup
     hooks = root / HOOKS
-    state_file = root / "esm_emu" / "da_state.json"
+    state_file = root / "esm-emu" / "da_state.json"
     cime_import_call(hooks / "esm_emu_prerun.py", str(root))
 
     # First job: CIME cycles 0 and 1 (cycle 1 is a restart run).
@@ -310,7 +310,7 @@ def test_prerun_writes_fsurdat_from_a_parameter_map(setup):
     assert main(["cime", "install", str(root), "--config", str(inputs / "hooks.yaml")]) == 0
     settings = run_prerun(root)
     placed = Path(settings["fsurdat"])
-    assert placed.parent == root / "esm_emu" / "calibrated" / "from_map"
+    assert placed.parent == root / "esm-emu" / "calibrated" / "from_map"
     assert read_user_nl(root / "user_nl_clm")["fsurdat"] == str(placed)
     with netCDF4.Dataset(placed) as ds:
         assert np.allclose(ds["FMAX"][:], fmax)

@@ -58,11 +58,11 @@ def test_dry_run_prints_the_changes_and_changes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dry run" in out
     for name in HOOKS:
-        assert f"write {root}/esm_emu/hooks/{name}" in out
-    assert f"./xmlchange PRERUN_SCRIPT={root}/esm_emu/hooks/esm_emu_prerun.py" in out
-    assert f"./xmlchange DATA_ASSIMILATION_SCRIPT={root}/esm_emu/hooks/esm_emu_da" in out
+        assert f"write {root}/esm-emu/hooks/{name}" in out
+    assert f"./xmlchange PRERUN_SCRIPT={root}/esm-emu/hooks/esm_emu_prerun.py" in out
+    assert f"./xmlchange DATA_ASSIMILATION_SCRIPT={root}/esm-emu/hooks/esm_emu_da" in out
     assert "./xmlchange DATA_ASSIMILATION_CYCLES=3   (now: 1)" in out
-    assert not (root / "esm_emu").exists()
+    assert not (root / "esm-emu").exists()
     assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
 
 
@@ -72,7 +72,7 @@ def test_install_sets_case_variables_and_writes_executable_hooks(tmp_path, capsy
     args = ["cime", "install", str(root), "--config", str(cfg), "--cycles", "3"]
     assert main(args) == 0
     case = open_case(root)
-    hooks = root / "esm_emu" / "hooks"
+    hooks = root / "esm-emu" / "hooks"
     assert case.get_value("PRERUN_SCRIPT") == str(hooks / "esm_emu_prerun.py")
     assert case.get_value("DATA_ASSIMILATION_SCRIPT") == str(hooks / "esm_emu_da")
     assert case.get_value("POSTRUN_SCRIPT") == str(hooks / "esm_emu_postrun.py")
@@ -85,7 +85,7 @@ def test_install_sets_case_variables_and_writes_executable_hooks(tmp_path, capsy
         # CIME calls the function named after the file (DA: the whole file name).
         func = name.split(".", 1)[0]
         assert f"\ndef {func}(caseroot" in text
-    stored = yaml.safe_load((root / "esm_emu" / "config.yaml").read_text())
+    stored = yaml.safe_load((root / "esm-emu" / "config.yaml").read_text())
     assert stored["paramfile"] == str(tmp_path / "params_calibrated.nc")  # made absolute
     # Installing again is harmless and leaves the same settings.
     first = (root / "env_run.xml").read_text()
