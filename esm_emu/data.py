@@ -182,8 +182,9 @@ def validation_windows(store: SequenceStore, n: int, window: int, warmup: int, s
 class SummaryTable:
     """A summary PPE: theta (N,P) and outputs (N,R), no time (tabular mode).
 
-    Reads a netCDF with `theta(member, param)` and output variables on `member` alone, as written
-    by `ppe_ingest.ingest.summary.build_summary_store`.
+    Reads a netCDF with `theta(member, param)` and outputs as `y(member, output)` (as written by
+    `ppe_ingest.ingest.summary.build_summary_store`) or as variables on `member` alone; an optional
+    `split_member` (0 train, 1 val, 2 test) fixes the split.
     """
 
     def __init__(self, path, responses: Sequence[str] | None = None, params: Sequence[str] | None = None):
@@ -192,11 +193,21 @@ class SummaryTable:
         if "theta" not in ds:
             raise UserError(f"{path}: variable 'theta' is missing (not a summary store)")
         ds = ds.load()
-        candidates = [str(v) for v, da in ds.data_vars.items() if da.dims == ("member",) and not str(v).startswith("split")]
-        self.response_names = _pick(responses, candidates, "output", path)
+        if "y" in ds and set(ds["y"].dims) == {"member", "output"}:  # y(member, output) layout
+            candidates = [str(o) for o in ds["output"].values]
+            self.response_names = _pick(responses, candidates, "output", path)
+            y = ds["y"].assign_coords(output=candidates).sel(output=self.response_names)
+            self.y = y.transpose("member", "output").values.astype(np.float64)
+        else:  # one variable per output on `member`
+            candidates = [str(v) for v, da in ds.data_vars.items()
+                          if da.dims == ("member",) and not str(v).startswith("split")]
+            self.response_names = _pick(responses, candidates, "output", path)
+            self.y = np.stack([ds[v].values.astype(np.float64) for v in self.response_names], -1)
+        if not self.response_names:
+            raise UserError(f"{path}: no outputs on the member dimension")
         self.param_names = _pick(params, [str(p) for p in ds["param"].values], "param", path)
-        self.theta = ds["theta"].sel(param=self.param_names).transpose("member", "param").values.astype(np.float64)
-        self.y = np.stack([ds[v].values.astype(np.float64) for v in self.response_names], -1)
+        theta = ds["theta"].assign_coords(param=[str(p) for p in ds["param"].values])
+        self.theta = theta.sel(param=self.param_names).transpose("member", "param").values.astype(np.float64)
         ok = np.all(np.isfinite(self.theta), 1) & np.all(np.isfinite(self.y), 1)
         self.theta, self.y = self.theta[ok], self.y[ok]
         self.members = [str(m) for m, k in zip(ds["member"].values, ok) if k]
