@@ -27,8 +27,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..config import load_config, validate
     from ..errors import UserError
     from .config import INGEST_SCHEMA
@@ -50,35 +48,8 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             cfg[key] = v
-
-    from ..param_table import load_param_table
-    from .catalog import write_catalog
-    from .checks import Report
-    from .discover import discover
-    from .store import write_store
-    from .theta import check_design, member_theta, ppe_table, read_design
-
-    report = Report(cfg["skip_bad"])
-    ppe = discover(args.ppe_dir, variables=cfg["vars"], report=report)
-    if args.design:
-        ppe.design = Path(args.design)
-    table = None
-    if cfg["params"]:
-        base = next(iter(ppe.paramfiles.values()), None)
-        table = load_param_table(cfg["params"], base_paramfile=base)
-    else:
-        table = ppe_table(ppe)  # PPE_DIR/params.csv when the PPE carries its own table
-    theta = member_theta(ppe, table=table)
-    if ppe.design is not None:
-        check_design(theta[0], read_design(ppe.design), str(ppe.design), report, theta[2])
-    catalog = None
-    if args.catalog:
-        catalog = str(write_catalog(ppe, args.catalog, theta[0].loc[[m for m in theta[0].index
-                                                                     if m not in report.bad_members()]]))
-    out = write_store(ppe, args.out, variables=cfg["vars"], table=table, seed=cfg["seed"], split=cfg["split"],
-                      log_vars=cfg["log_transform_vars"], log_eps=cfg["log_eps"],
-                      chunk_gridcell=cfg["chunk_gridcell"], chunk_time=cfg["chunk_time"], catalog=catalog,
-                      progress=not args.no_progress, theta=theta)
+    out, catalog, report = ingest_ppe(args.ppe_dir, args.out, cfg, catalog=args.catalog, design=args.design,
+                                      progress=not args.no_progress)
     for line in report.lines():
         print(f"skipped: {line}")
     import netCDF4
@@ -88,3 +59,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}" + (f" and {catalog}" if catalog else "") + f": {n} members"
           + (f", {len(report.problems)} problem(s) skipped (see the store's 'skipped' attribute)" if report.problems else ""))
     return 0
+
+
+def ingest_ppe(ppe_dir, out, cfg: dict, catalog=None, design=None, progress: bool = True):
+    """Discover a PPE, check its parameters, write the catalog (optional) and the training store.
+
+    ``cfg`` is a validated ``ingest:`` section. Returns (store path, catalog path or None, Report).
+    """
+    from pathlib import Path
+
+    from ..param_table import load_param_table
+    from .catalog import write_catalog
+    from .checks import Report
+    from .discover import discover
+    from .store import write_store
+    from .theta import check_design, member_theta, ppe_table, read_design
+
+    report = Report(cfg["skip_bad"])
+    ppe = discover(ppe_dir, variables=cfg["vars"], report=report)
+    if design:
+        ppe.design = Path(design)
+    if cfg["params"]:
+        base = next(iter(ppe.paramfiles.values()), None)
+        table = load_param_table(cfg["params"], base_paramfile=base)
+    else:
+        table = ppe_table(ppe)  # PPE_DIR/params.csv when the PPE carries its own table
+    theta = member_theta(ppe, table=table)
+    if ppe.design is not None:
+        check_design(theta[0], read_design(ppe.design), str(ppe.design), report, theta[2])
+    if catalog:
+        good = [m for m in theta[0].index if m not in report.bad_members()]
+        catalog = str(write_catalog(ppe, catalog, theta[0].loc[good]))
+    out = write_store(ppe, out, variables=cfg["vars"], table=table, seed=cfg["seed"], split=cfg["split"],
+                      log_vars=cfg["log_transform_vars"], log_eps=cfg["log_eps"],
+                      chunk_gridcell=cfg["chunk_gridcell"], chunk_time=cfg["chunk_time"], catalog=catalog,
+                      progress=progress, theta=theta)
+    return out, catalog, report
