@@ -234,3 +234,38 @@ def check_names(names, table) -> None:
     for n in names:
         if n not in table:
             raise UserError(f"truth: parameter {n} is not in the parameter table {table.source}")
+
+
+def read_observations(truth_dir: str | Path, variables=("QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM")) -> xr.Dataset:
+    """Read the synthetic observations of `write_observations` back through the real format
+    readers (CAMELS-US streamflow, PLUMBER2 flux, ISMN soil moisture) into one observation schema."""
+    from ..obs.camels import read_camels_streamflow
+    from ..obs.io import merge_obs
+    from ..obs.ismn import read_ismn_stm
+    from ..obs.plumber import read_plumber_flux
+
+    truth_dir = Path(truth_dir)
+    sites_csv = truth_dir / "obs_sites.csv"
+    if not sites_csv.is_file():
+        raise UserError(f"{sites_csv}: not found; is {truth_dir} the truth/ folder of `esm-emu simulate`?")
+    ids = [str(s) for s in pd.read_csv(sites_csv, dtype={"site_id": str})["site_id"]]
+    parts = []
+    if "QRUNOFF" in variables:
+        parts.append(read_camels_streamflow(truth_dir / "usgs_streamflow", ids,
+                                            forcing_dir=truth_dir / "basin_mean_forcing" / "daymet",
+                                            attributes=truth_dir / "camels_attributes_v2.0"))
+    if "EFLX_LH_TOT" in variables:
+        files = sorted((truth_dir / "fluxnet_plumber").glob("*_Flux.nc"))
+        if files:
+            parts.append(read_plumber_flux(files))
+    if "SOILWATER_10CM" in variables:
+        sm = [read_ismn_stm(p) for p in sorted((truth_dir / "ismn").glob("*.stm"))]
+        if sm:
+            sm = merge_obs(sm, source=str(truth_dir / "ismn"))
+            # ISMN names a sensor network.station.depth; each synthetic station has one 0-10 cm sensor.
+            sm = sm.assign_coords(site=[str(s).split(".")[1] for s in sm.site.values])
+            sm = sm.drop_vars([c for c in ("depth_from", "depth_to", "H2OSOI", "H2OSOI_mask") if c in sm.variables])
+            parts.append(sm)
+    if not parts:
+        raise UserError(f"{truth_dir}: no observations of {', '.join(variables)} found")
+    return parts[0] if len(parts) == 1 else merge_obs(parts, source=str(truth_dir))
