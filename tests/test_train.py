@@ -77,3 +77,27 @@ def test_unknown_response_is_named(tmp_path, store, capsys):
     cfg.write_text(yaml.safe_dump(d))
     assert main(["train", str(cfg)]) == 2
     assert "QFLX_BOGUS" in capsys.readouterr().err
+
+
+def test_tabular_mode_on_the_real_ppe_summary(tmp_path, shared_data):
+    import yaml
+
+    from ppe_ingest.ingest.summary import build_summary_store
+
+    ppe = shared_data("ppe")
+    build_summary_store(ppe / "outputs" / "fivevars_gmean_amean_2005-2014.nc", ppe / "outputs" / "lhc220926.nc",
+                        ppe / "param_tables" / "lhc_220926.csv", out=tmp_path / "summary.nc")
+    cfg = tmp_path / "tab.yaml"
+    cfg.write_text(yaml.safe_dump({"emulator": {
+        "store": "summary.nc", "run_dir": "tab", "model": {"name": "tabular", "hidden": 32, "layers": 2},
+        "data": {"batch_size": 64}, "train": {"max_steps": 150, "val_every": 50, "lr": 0.005, "threads": 1},
+        "evaluate": {"at_end": True, "plots": False}}}))
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    emu = load_emulator(tmp_path / "tab")
+    assert emu.kind == "tabular" and emu.response_names == ["TLAI", "GPP", "SOILWATER_10CM", "EFLX_LH_TOT", "QHR"]
+    assert len(emu.param_names) == 32
+    import json
+
+    m = json.loads((tmp_path / "tab" / "eval" / "metrics.json").read_text())
+    assert m["n_members"] == 100  # the validation members (default val_fraction 0.2), chosen by seed
+    assert m["variables"]["EFLX_LH_TOT"]["R2"] > 0.3  # learns the main parameter effects already
