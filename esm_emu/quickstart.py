@@ -153,8 +153,11 @@ def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path 
 
         table = load_param_table(ppe / "params.csv")
         fsurdat = next(iter(sorted(ppe.glob("surfdata_*.nc"))), None)
+        # spatially varying paramfile parameters: one paramfile per k-means cluster when the
+        # inversion made clusters (inverse.clusters), else the median
         files = write_ctsm_files(ctsm_dir, fsurdat=fsurdat, paramfile=ppe / "paramfile_default.nc",
-                                 user_nl=None, values=inv_dir / "parameter_map.nc", table=table)
+                                 user_nl=None, values=inv_dir / "parameter_map.nc", table=table,
+                                 per_cluster_paramfiles=bool(inv_cfg.get("clusters")))
         stages.record("write-ctsm", time.perf_counter() - t0,
                       files={k: [str(p) for p in v] for k, v in files.items()})
 

@@ -85,12 +85,15 @@ def _map_cells(values, lat, lon, n, fsurdat, tol_deg):
 
 def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values=None, table=None,
                      settings: Mapping | None = None, per_gridcell_paramfiles: bool = False,
-                     tol_deg: float = 1.0, log=print) -> dict[str, list[Path]]:
+                     per_cluster_paramfiles: bool = False, tol_deg: float = 1.0, log=print) -> dict[str, list[Path]]:
     """Write new CTSM files in `out_dir` from `settings` (name -> value) and/or a parameter map.
 
     `values` is a Dataset (or a path to one) ``theta(gridcell|site, param)``; `table` a
     ParamTable or a path (default: configs/params_hydrology.csv). Returns
     ``{"fsurdat": [...], "paramfile": [...], "user_nl": [...]}`` of the paths written.
+    Paramfile parameters that vary across the map go, per option, into one paramfile per
+    gridcell/site, one per cluster (the map's ``cluster``/``theta_cluster`` from k-means, as
+    CTSM is calibrated over basins), or else their median into one paramfile.
     """
     import numpy as np
     import xarray as xr
@@ -114,7 +117,12 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
         if not path.is_file():
             raise UserError(f"{path}: parameter map not found")
         values = xr.load_dataset(path)
+    if per_gridcell_paramfiles and per_cluster_paramfiles:
+        raise UserError("write-ctsm: choose one of --per-gridcell-paramfiles and --per-cluster-paramfiles")
     if values is not None:
+        if per_cluster_paramfiles and not {"cluster", "theta_cluster"} <= set(values.variables):
+            raise UserError("parameter map: --per-cluster-paramfiles needs cluster and theta_cluster "
+                            "(set inverse.clusters when inverting)")
         if "theta" not in values or "param" not in values["theta"].dims or \
                 not ({"gridcell", "site"} & set(values["theta"].dims)):
             raise UserError("parameter map: needs a variable theta(gridcell|site, param)")
@@ -192,7 +200,7 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
                 new[..., uniq] = spec.to_field(col_u, base[..., uniq]) if spec else \
                     np.broadcast_to(col_u, base[..., uniq].shape)
                 fsur_updates[name] = new
-            elif kind == "paramfile" and per_gridcell_paramfiles:
+            elif kind == "paramfile" and (per_gridcell_paramfiles or per_cluster_paramfiles):
                 per_cell_pf[name] = col
             else:
                 v = float(np.median(col))
@@ -218,7 +226,10 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
             log(f"note: no surface dataset parameters given; {fsurdat.name} not written")
     if paramfile is not None:
         paramfile = Path(paramfile)
-        if per_cell_pf:
+        if per_cell_pf and per_cluster_paramfiles:
+            written["paramfile"] += _cluster_paramfiles(paramfile, out_dir, values, dim, per_cell_pf, pf_updates,
+                                                        table, base_pf)
+        elif per_cell_pf:
             from tqdm import tqdm
 
             labels = [str(x) for x in values[dim].values]
@@ -252,10 +263,39 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
     return written
 
 
+def _cluster_paramfiles(paramfile: Path, out_dir: Path, values, dim: str, per_cell_pf: dict, pf_updates: dict,
+                        table, base_pf: dict) -> list[Path]:
+    """One paramfile per cluster of the map, plus ``paramfile_clusters.csv``: entity -> cluster -> file."""
+    import numpy as np
+    import pandas as pd
+
+    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.ctsmio.paramfile import write_paramfile
+
+    cluster = values["cluster"].values.astype(int)
+    centers = values["theta_cluster"]
+    paths = {}
+    for k in np.unique(cluster):
+        vals = dict(pf_updates)
+        for name in per_cell_pf:
+            v = float(centers.sel(param=name).isel(cluster_id=int(k)))
+            spec = table[name] if name in table else None
+            vals[name] = spec.to_field(v, base_pf[name]) if spec else v
+        dst = out_dir / f"{paramfile.stem}_cluster{k}{paramfile.suffix}"
+        paths[k] = write_paramfile(paramfile, dst, vals, history=f"write-ctsm: cluster {k}")
+    table_path = out_dir / "paramfile_clusters.csv"
+    frame = pd.DataFrame({dim: [str(x) for x in values[dim].values], "cluster": cluster,
+                          "paramfile": [paths[k].name for k in cluster]})
+    with atomic_path(table_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return [paths[k] for k in sorted(paths)]
+
+
 def _handler(args) -> int:
     written = write_ctsm_files(args.out, fsurdat=args.fsurdat, paramfile=args.paramfile, user_nl=args.user_nl,
                                values=args.values, table=args.table, settings=parse_set(args.set),
-                               per_gridcell_paramfiles=args.per_gridcell_paramfiles, tol_deg=args.tol_deg)
+                               per_gridcell_paramfiles=args.per_gridcell_paramfiles,
+                               per_cluster_paramfiles=args.per_cluster_paramfiles, tol_deg=args.tol_deg)
     for paths in written.values():
         for p in paths:
             print(p)
@@ -280,6 +320,9 @@ def register(subparsers) -> None:
     p.add_argument("--table", help="parameter table CSV (default: configs/params_hydrology.csv)")
     p.add_argument("--per-gridcell-paramfiles", action="store_true",
                    help="one paramfile per gridcell/site of the map instead of the median value")
+    p.add_argument("--per-cluster-paramfiles", action="store_true",
+                   help="one paramfile per k-means cluster of the map (its cluster/theta_cluster variables), "
+                   "with paramfile_clusters.csv mapping each gridcell/site to its file")
     p.add_argument("--tol-deg", type=float, default=1.0,
                    help="max distance (degrees) matching map lat/lon to fsurdat gridcells")
     p.set_defaults(func=_handler)

@@ -128,6 +128,23 @@ def test_values_map_file_per_gridcell_paramfiles(inputs, tmp_path):
     assert [float(read_paramfile(p, ["fff"])["fff"]) for p in w["paramfile"]] == [0.3, 0.9, 2.0]
 
 
+def test_values_map_per_cluster_paramfiles(inputs, tmp_path):
+    import pandas as pd
+
+    m = _map().assign(cluster=("gridcell", np.array([1, 0, 1], np.int32)),
+                      theta_cluster=(("cluster_id", "param"), np.array([[0.5, 5.0, 0.9, 0.02], [0.4, 5.0, 1.15, 0.025]])))
+    m = m.assign_coords(cluster_id=[0, 1])
+    w = write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], paramfile=inputs["paramfile"], values=m,
+                         per_cluster_paramfiles=True, log=lambda s: None)
+    assert [p.name for p in w["paramfile"]] == ["ctsm51_params.c210217_kwo.c210222_cluster0.nc",
+                                                "ctsm51_params.c210217_kwo.c210222_cluster1.nc"]
+    assert [float(read_paramfile(p, ["fff"])["fff"]) for p in w["paramfile"]] == [0.9, 1.15]
+    key = pd.read_csv(tmp_path / "o" / "paramfile_clusters.csv")
+    assert list(key.cluster) == [1, 0, 1] and key.paramfile[1].endswith("_cluster0.nc")
+    with pytest.raises(UserError, match="needs cluster and theta_cluster"):
+        write_ctsm_files(tmp_path / "o2", paramfile=inputs["paramfile"], values=_map(), per_cluster_paramfiles=True)
+
+
 def test_values_map_sites_matched_by_latlon(inputs, tmp_path):
     sites = _map(2, lat=np.array([44.2, 40.1]), lon=np.array([-103.1, 254.8])).rename(
         {"gridcell": "site", "grid1d_lat": "site_lat", "grid1d_lon": "site_lon"})
