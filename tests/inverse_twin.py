@@ -22,6 +22,7 @@ from ppe_ingest.simulator.weather import generate_weather
 
 PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar"]
 RESPONSES = ["QRUNOFF", "EFLX_LH_TOT"]
+UNITS = {"QRUNOFF": "mm/s", "EFLX_LH_TOT": "W/m^2"}
 
 
 def true_theta(sites: xr.Dataset, lo, hi, seed: int = 0) -> np.ndarray:
@@ -84,8 +85,10 @@ def observations(twin: dict, observed: np.ndarray, variables=("QRUNOFF",), gap_f
     out = {}
     for v in variables:
         vals = twin["y_true"][observed, :, RESPONSES.index(v)].astype(np.float64)
+        if v == "QRUNOFF":
+            vals = np.clip(vals, 0, None)  # the emulator can dip slightly below zero; runoff cannot
         good = rng.random(vals.shape) >= gap_fraction
-        out[v] = (("site", "time"), np.where(good, vals, np.nan))
+        out[v] = (("site", "time"), np.where(good, vals, np.nan), {"units": UNITS[v]})
         out[f"{v}_mask"] = (("site", "time"), good)
     ids = ent["gridcell"].values[observed]
     return xr.Dataset(out, coords={"site": [str(i) for i in ids], "time": twin["time"]}).assign(
