@@ -80,8 +80,11 @@ def score_mask(problem: InverseProblem, period: np.ndarray, warmup_days: int) ->
 
 
 def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z: torch.Tensor | None = None,
-              has_z: torch.Tensor | None = None, seed: int = 0, progress=None):
-    """Train g_A (z None) or g_z on the observed entities; returns (net, history)."""
+              has_z: torch.Tensor | None = None, seed: int = 0, progress=None, on_step=None):
+    """Train g_A (z None) or g_z on the observed entities; returns (net, history).
+
+    ``on_step(step, net)``, when given, is called after every optimiser step (benchmarks use it).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     obs_idx = np.flatnonzero(problem.observed)
@@ -93,7 +96,7 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
     tmask = score_mask(problem, problem.train_time, cfg.warmup_days)
     scale = torch.as_tensor(np.nanstd(problem.obs[obs_idx][:, problem.train_time].numpy(), axis=(0, 1))).clamp_min(1e-12)
     hist = {"loss": []}
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         idx = obs_idx if not cfg.batch or cfg.batch >= len(obs_idx) else rng.choice(obs_idx, cfg.batch, replace=False)
         t = torch.as_tensor(idx)
         net.train()
@@ -112,6 +115,8 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
         hist["loss"].append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
+        if on_step is not None:
+            on_step(step, net)
     return net.eval(), hist
 
 

@@ -227,11 +227,12 @@ def attributes(entities: xr.Dataset, dim: str, static_names: Sequence[str], forc
                extra: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
     """Attributes known everywhere (also at unobserved gridcells): static fields, climate means, lat/lon."""
     cols, names = [], []
-    for n in static_names:
-        cols.append(_static_values(entities, [n], dim)[:, 0]); names.append(n)
-    for n in extra:
-        if n not in static_names:
-            cols.append(_static_values(entities, [n], dim)[:, 0]); names.append(n)
+    for n in list(static_names) + [e for e in extra if e not in static_names]:
+        v = _static_values(entities, [n], dim)[:, 0].astype(np.float64)
+        cols.append(v); names.append(n)
+        if np.all(v > 0) and v.max() > 10 * v.min():
+            # skewed positive fields (SLOPE, STD_ELEV, ...) also enter on a log scale
+            cols.append(np.log(v)); names.append(f"log_{n}")
     for n in forcing_names:
         if n in entities.data_vars:
             cols.append(entities[n].transpose(dim, "time").mean("time").values); names.append(f"mean_{n}")
