@@ -38,12 +38,15 @@ TRAIN = {
     "threads": Field(int, 0, min=0, help="torch CPU threads per rank (0: torch default)"),
     "deterministic": Field(bool, True, help="torch.use_deterministic_algorithms on CPU"),
     "bf16": Field(bool, True, help="bf16 autocast on CUDA (ignored on CPU)"),
+    "loss": Field(str, "both", choices=["normalized", "physical", "both"],
+                  help="squared error of normalised responses, of physical ones / their std, or the mean of both"),
 }
 
 EVALUATE = {
     "at_end": Field(bool, True, help="evaluate on the held-out splits after training"),
     "plots": Field(bool, True),
     "batch_size": Field(int, 64, min=1),
+    "max_series": Field(int, 2000, min=1, help="at most this many member x gridcell series per group (seeded subset)"),
 }
 
 SCHEMA = {

@@ -40,15 +40,25 @@ class SequenceLoss(nn.Module):
     A module so DistributedDataParallel sees the whole forward pass.
     """
 
-    def __init__(self, emu: Emulator):
+    def __init__(self, emu: Emulator, space: str = "normalized", phys_std: np.ndarray | None = None):
         super().__init__()
         self.emu = emu
+        self.space = space
+        scale = torch.ones(len(emu.response_names)) if phys_std is None else torch.as_tensor(phys_std, dtype=torch.float32)
+        self.register_buffer("phys_scale", torch.where(scale > 0, scale, torch.ones_like(scale)))
 
     def forward(self, forcing, static, theta, target, mask):
         emu = self.emu
         zp, _ = emu.forward_normalized(emu.norm.forcing(forcing), emu.conditioning(static, theta))
+        zp = zp.float()
         zt = emu.norm.response(target)
-        se = torch.where(mask, (zp.float() - zt) ** 2, torch.zeros_like(zt))
+        err = (zp - zt) ** 2
+        if self.space != "normalized":
+            # errors in physical units / the variable's std: what NSE scores (log-normalised
+            # runoff otherwise weighs low flows as much as peaks)
+            perr = ((emu.norm.response.inverse(zp) - target) / self.phys_scale) ** 2
+            err = perr if self.space == "physical" else 0.5 * (err + perr)
+        se = torch.where(mask, err, torch.zeros_like(err))
         return se.sum((0, 1)), mask.sum((0, 1)).to(se.dtype)
 
 
@@ -80,7 +90,11 @@ class SequenceTask:
         vm, vg, vt = validation_windows(store, d["val_windows"], d["window"], self.warmup, t["seed"])
         sl = slice(dist.rank, None, dist.world_size)
         self.val = make_batch(store, vm[sl], vg[sl], vt[sl], d["window"] + self.warmup, self.warmup)
-        self.loss = SequenceLoss(self.emu)
+        phys_std = None
+        if t["loss"] != "normalized":  # std of each response over the training split, physical units
+            tr = store.responses[np.ix_(store.split_member == 0, store.split_gridcell == 0)]
+            phys_std = np.array([np.nanstd(tr[..., store.split_time == 0, r]) for r in range(tr.shape[-1])])
+        self.loss = SequenceLoss(self.emu, t["loss"], phys_std)
 
     def batch_args(self, device):
         b = self.sampler.next_batch().to(device)
