@@ -20,6 +20,9 @@ from .problem import InverseProblem, build_problem
 from .uncertainty import combine, coverage
 
 
+IDENTIFIABLE_MIN = 0.05
+
+
 def _sub(cls, d: Mapping | None):
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in (d or {}).items() if k in names})
@@ -223,6 +226,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         "default": skill(problem, forward, default, obs_idx, score),
         "inferred": skill(problem, forward, torch.nan_to_num(theta), obs_idx, score)}
     metrics["sensitivity"] = sensitivity(problem, forward, obs_idx)
+    # one-at-a-time response change below 5 % of the observed std: the data cannot pin it down
+    metrics["identifiable"] = {p: bool(v >= IDENTIFIABLE_MIN) for p, v in metrics["sensitivity"].items()}
     metrics["training"] = {"dpl_loss": dpl_hist, "kgssl": kg_hist}
     unobs = ~problem.observed
     if truth is not None:
