@@ -50,7 +50,8 @@ def _train(args: argparse.Namespace) -> int:
         dist.shutdown()
     if not dist.is_root:
         return 0
-    msg = (f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['stop']}); "
+    msg = (f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['cpu_s']:.1f} s CPU on rank 0; "
+           f"{summary['stop']}); "
            f"best validation loss {summary['best_val']:.4g}; run directory {summary['run_dir']}")
     print(msg)
     if summary["stop"] == "sigterm":

@@ -236,7 +236,7 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
     """Train the emulator described by a validated `emulator:` config; returns a summary dict.
 
     summary: steps done, final and best validation loss, stop reason ("max_steps", "early_stop",
-    "sigterm"), wall time, losses per step (this process's view of the global loss).
+    "sigterm"), wall and CPU time of this process, losses per step (this process's view of the global loss).
     """
     dist = dist or Distributed()
     t = cfg["train"]
@@ -289,7 +289,7 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
                                         "history": history, "world_size": dist.world_size, "config": _plain(cfg)})
             _write_log(run_dir / LOG, history)
 
-    stop, t0 = "max_steps", time.perf_counter()
+    stop, t0, c0 = "max_steps", time.perf_counter(), time.process_time()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=t["max_steps"], initial=start, desc="train", disable=not (progress and dist.is_root),
@@ -339,11 +339,11 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
             if step % t["checkpoint_every"] == 0 or step == t["max_steps"]:
                 checkpoint(step)
     bar.close()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if dist.is_root and not (run_dir / BEST).exists():  # no validation happened (e.g. SIGTERM at once)
         save_checkpoint(run_dir / BEST, {"emulator": emu.payload(), "step": step, "val_loss": best_val,
                                          "config": _plain(cfg)})
-    return {"steps": step, "stop": stop, "best_val": best_val, "wall_s": wall,
+    return {"steps": step, "stop": stop, "best_val": best_val, "wall_s": wall, "cpu_s": cpu,
             "losses": [h["loss"] for h in history], "run_dir": str(run_dir)}
 
 
