@@ -49,6 +49,9 @@ class SequenceLoss(nn.Module):
 
     def forward(self, forcing, static, theta, target, mask):
         emu = self.emu
+        # masked targets are NaN (gaps, held-out years); where() alone would still back-propagate
+        # 0 * NaN = NaN through the unselected branch, so they are replaced before the error is formed
+        target = torch.where(mask, target, torch.zeros_like(target))
         zp, _ = emu.forward_normalized(emu.norm.forcing(forcing), emu.conditioning(static, theta))
         zp = zp.float()
         zt = emu.norm.response(target)
@@ -68,6 +71,7 @@ class TabularLoss(nn.Module):
         self.emu = emu
 
     def forward(self, theta, target, mask):
+        target = torch.where(mask, target, torch.zeros_like(target))  # see SequenceLoss
         zp = self.emu.forward_normalized(self.emu.norm.theta(theta))
         zt = self.emu.norm.response(target)
         se = torch.where(mask, (zp.float() - zt) ** 2, torch.zeros_like(zt))
