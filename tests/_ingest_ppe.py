@@ -95,3 +95,23 @@ def make_ppe(root: Path, real_paramfile: Path, members=("LHC0001", "LHC0002", "L
         f[:] = np.linspace(0.1, 0.4, G)
         f.units = "unitless"
     return theta
+
+
+REPO = Path(__file__).resolve().parents[1]
+SIM = dict(n_members=3, n_gridcells=5, n_years=2, spinup_years=0, compress=False, seed=7)
+
+
+def sim_ppe(tmp_path_factory) -> Path:
+    """A tiny PPE written by `esm-emu simulate` (3 members x 5 gridcells x 2 years, netCDF-3 history
+    files as real CTSM writes them), built once per test session however many modules ask for it."""
+    from esm_emu.cli import main
+
+    root = tmp_path_factory.getbasetemp() / "sim_ppe"
+    if not (root / "complete").is_file():
+        root.mkdir(exist_ok=True)
+        cfg = root / "simulate.yaml"
+        lines = [f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in SIM.items()]
+        cfg.write_text("\n".join(["simulate:", *lines, f"  table: {REPO / 'configs' / 'params_hydrology.csv'}"]) + "\n")
+        assert main(["simulate", str(cfg), "--out", str(root / "ppe"), "--quiet"]) == 0
+        (root / "complete").touch()
+    return root / "ppe"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _ingest_ppe import make_ppe
+from _ingest_ppe import make_ppe, sim_ppe
 from ppe_ingest.ingest.catalog import write_catalog
 from ppe_ingest.ingest.discover import discover
 from ppe_ingest.ingest.theta import member_theta
@@ -22,6 +22,18 @@ def catalog(tmp_path_factory, shared_data):
     ppe = discover(root)
     theta, _, _ = member_theta(ppe)
     return write_catalog(ppe, root.parent / "cat.json", theta), ppe, theta
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory):
+    return sim_ppe(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def sim_catalog(sim, tmp_path_factory):
+    ppe = discover(sim)
+    theta, _, _ = member_theta(ppe)
+    return write_catalog(ppe, tmp_path_factory.mktemp("cat") / "sim.json", theta), ppe, theta
 
 
 def test_spec_and_csv_columns(catalog):
@@ -41,19 +53,22 @@ def test_spec_and_csv_columns(catalog):
     assert row.fff == pytest.approx(theta.at["LHC0003", "fff"])
 
 
-def test_reopens_with_intake_and_loads_values_equal_to_files(catalog):
+@pytest.mark.parametrize("which", ["tiny", "sim"])
+def test_reopens_with_intake_and_loads_values_equal_to_files(which, request):
     import intake
 
-    path, ppe, _ = catalog
+    path, ppe, _ = request.getfixturevalue("catalog" if which == "tiny" else "sim_catalog")
     cat = intake.open_esm_datastore(str(path))
     assert set(cat.df.member_id) == set(ppe.members)
-    # intake-esm opens assets on dask threads and xarray reads netCDF4 attributes outside its lock,
-    # which crashes HDF5 intermittently: open single-threaded.
-    with dask.config.set(scheduler="single-threaded"):
-        dsets = cat.search(variable="QRUNOFF").to_dataset_dict(progressbar=False)
-        (ds,) = dsets.values()
-        got = ds["QRUNOFF"].sel(member_id="LHC0002").load()
-    assert got.sizes["time"] == 730 and ds.sizes["member_id"] == 4
-    files = ppe.files("LHC0002")
-    want = np.concatenate([netCDF4.Dataset(h.path)["QRUNOFF"][:] for h in files])
-    np.testing.assert_array_equal(got.transpose("time", "gridcell").values, want)
+    # intake-esm opens assets on dask threads by default, and xarray's netCDF4 backend reads
+    # attributes outside its lock, which crashes HDF5 (double free) intermittently
+    # (intake-esm#697, xarray#9779). threaded=False (intake-esm's switch for this) opens the
+    # files in this thread; the values are then read lazily on dask threads under xarray's lock.
+    dsets = cat.search(variable="QRUNOFF").to_dataset_dict(progressbar=False, threaded=False)
+    (ds,) = dsets.values()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        got = ds["QRUNOFF"].load()
+    assert got.sizes["time"] == 730 and ds.sizes["member_id"] == len(ppe.members)
+    for m in ppe.members:
+        want = np.concatenate([netCDF4.Dataset(h.path)["QRUNOFF"][:] for h in ppe.files(m)])
+        np.testing.assert_array_equal(got.sel(member_id=m).transpose("time", "gridcell").values, want)

@@ -7,10 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from _ingest_ppe import CASE, make_ppe
+from _ingest_ppe import CASE, make_ppe, sim_ppe
 from ppe_ingest.errors import UserError
+from ppe_ingest.ingest.checks import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ingest.theta import check_design, member_theta, read_design
+from ppe_ingest.ingest.theta import check_design, member_theta, ppe_table, read_design
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory):
+    return sim_ppe(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +101,18 @@ def test_multi_year_file_time_range(tmp_path, shared_data):
         ds["time"][:] = np.arange(365 * 3) + 1.0
     (h,) = discover(tmp_path).hist
     assert h.time_range == "20000102-20030101" and len(h.times) == 3 * 365
+
+
+def test_simulator_ppe_members_files_and_theta_agree_with_its_design(sim):
+    ppe = discover(sim)
+    assert ppe.members == ["LHC0001", "LHC0002", "LHC0003"]
+    assert ppe.tapes == ["h1"] and ppe.layout == "1d" and len(ppe.hist) == 3
+    (h,) = ppe.files("LHC0002")  # one multi-year file per member
+    assert h.time_range == "20000102-20020101" and h.frequency == "day" and len(h.times) == 730
+    assert h.calendar == "noleap" and h.lat.size == 5
+    assert set(FORCING) | set(RESPONSES) <= set(h.variables)
+    theta, location, _ = member_theta(ppe, table=ppe_table(ppe))
+    design = read_design(ppe.design)
+    np.testing.assert_allclose(theta.loc[design.index, design.columns].to_numpy(), design.to_numpy(), rtol=1e-6)
+    assert location["fff"] == "paramfile" and location["baseflow_scalar"] == "namelist"
+    check_design(theta, design, str(ppe.design), ppe.report)

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from _ingest_ppe import make_ppe
+from _ingest_ppe import make_ppe, sim_ppe
+from ppe_ingest.ingest.checks import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
 from ppe_ingest.ingest.store import write_store
+from ppe_ingest.ingest.theta import read_design
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,50 @@ def test_refuses_to_overwrite_an_input(built):
     f = sorted((root / "hist").glob("*.nc"))[0]
     with pytest.raises(UserError, match="refusing to overwrite an input"):
         write_store(discover(root), f, progress=False)
+
+
+def test_fill_values_become_missing_and_are_left_out_of_the_statistics(built, tmp_path):
+    root, _ = built
+    d = tmp_path / "ppe"
+    shutil.copytree(root, d)
+    f = sorted((d / "hist").glob("*_LHC0002.clm2.h1.*.nc"))[1]
+    with netCDF4.Dataset(f, "a") as ds:  # CTSM's spval where a value is missing
+        ds["EFLX_LH_TOT"].set_auto_mask(False)
+        ds["EFLX_LH_TOT"][10, 3] = np.float32(1e36)
+    split = dict(val_members=0, test_members=0, val_gridcells=0, test_gridcells=0, test_years=0)
+    ds = xr.open_dataset(write_store(discover(d), tmp_path / "s.nc", progress=False, split=split))
+    e = ds.EFLX_LH_TOT.sel(member="LHC0002").values
+    assert np.isnan(e[3, 365 + 10]) and np.isfinite(np.delete(e.ravel(), 3 * e.shape[1] + 375)).all()
+    every = ds.EFLX_LH_TOT.values.astype("f8")
+    assert ds.norm_mean.sel(norm_var="EFLX_LH_TOT") == pytest.approx(np.nanmean(every), rel=1e-6)
+    assert ds.norm_std.sel(norm_var="EFLX_LH_TOT") == pytest.approx(np.nanstd(every), rel=1e-5)
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory):
+    return sim_ppe(tmp_path_factory)
+
+
+def test_simulator_ppe_store(sim, tmp_path):
+    """A PPE from `esm-emu simulate` (netCDF-3 history files, one per member) ingests to the contract."""
+    out = write_store(discover(sim), tmp_path / "store.nc", progress=False, seed=1,
+                      split=dict(val_members=0, test_members=1, test_years=1))
+    ds = xr.open_dataset(out, chunks={})
+    assert ds.attrs["forcing_shared_across_members"] == 1
+    for v in FORCING:
+        assert ds[v].dims == ("gridcell", "time") and ds[v].dtype == np.float32
+    for v in RESPONSES:
+        assert ds[v].dims == ("member", "gridcell", "time") and ds[v].dtype == np.float32
+        assert ds[v].encoding["chunksizes"] == (1, 5, 365)
+    assert ds.sizes["time"] == 730 and ds.time.dt.calendar == "noleap" and ds.sizes["gridcell"] == 5
+    design = read_design(sim / "design.csv")
+    np.testing.assert_allclose(ds.theta.sel(member=list(design.index), param=list(design.columns)).values,
+                               design.to_numpy(), rtol=1e-6)
+    assert np.isfinite(ds.theta_min.values).all() and (ds.theta_min <= ds.theta.min("member")).all()
+    assert set(ds.field.values) == {"PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV"}
+    assert set(ds.norm_var.values) == {*FORCING, *RESPONSES, *ds.field.values, *ds.param.values}
+    assert np.isfinite(ds.norm_mean.values).all() and (ds.norm_std.values >= 0).all()
+    (f,) = sorted((sim / "hist").glob("*_LHC0003.clm2.h1.*.nc"))
+    with netCDF4.Dataset(f) as h:
+        np.testing.assert_array_equal(ds.ZWT.sel(member="LHC0003").values, h["ZWT"][:].T)
+        np.testing.assert_array_equal(ds.PBOT.values, h["PBOT"][:].T)

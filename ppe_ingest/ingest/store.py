@@ -403,14 +403,14 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
                     a = bufs[v]
                     if a.size == 0:
                         continue
-                    lo, hi = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in hi
-                    if np.isnan(hi):
+                    amin, amax = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in amax
+                    if np.isnan(amax):
                         t_bad = int(np.flatnonzero(np.isnan(a).any(axis=0))[0])
                         f = _file_at(ppe, m, tapes[v], t_bad)
                         report.add(f, m, f"variable {v} has {nan_count(a)} NaN values (first at time index {t_bad})")
                         bad = True
                         break
-                    if np.isinf(hi) or np.isinf(lo):
+                    if np.isinf(amax) or np.isinf(amin):
                         filled = np.isinf(a)
                         if v in FORCING:
                             t_bad = int(np.flatnonzero(filled.any(axis=0))[0])
