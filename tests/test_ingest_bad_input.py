@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from _ingest_ppe import make_ppe
+from _ingest_ppe import make_ppe, sim_ppe
 from ppe_ingest.errors import UserError
 from ppe_ingest.ingest.checks import Report
 from ppe_ingest.ingest.discover import discover
@@ -104,3 +104,17 @@ def test_cli_prints_one_line_and_skip_report(base, tmp_path):
     r = subprocess.run(cmd + ["--skip-bad"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "skipped:" in r.stdout and "LHC0004" in r.stdout and "3 members" in r.stdout
+
+
+def test_nan_in_a_simulator_member_is_an_error_or_a_recorded_skip(tmp_path, tmp_path_factory):
+    d = tmp_path / "ppe"
+    shutil.copytree(sim_ppe(tmp_path_factory), d)
+    (f,) = (d / "hist").glob("*_LHC0002.clm2.h1.*.nc")  # netCDF-3, all years in one file
+    with netCDF4.Dataset(f, "a") as ds:
+        ds["QDRAI"][400, 4] = np.nan
+    with pytest.raises(UserError, match=r"variable QDRAI has 1 NaN values \(first at time index 400\)") as err:
+        write_store(discover(d), tmp_path / "a.nc", progress=False)
+    assert str(f) in str(err.value) and "LHC0002" in str(err.value)
+    ds = xr.open_dataset(write_store(discover(d, report=Report(skip_bad=True)), tmp_path / "b.nc", progress=False))
+    assert [s["member"] for s in json.loads(ds.attrs["skipped"])] == ["LHC0002"]
+    assert list(ds.member.values) == ["LHC0001", "LHC0003"]
