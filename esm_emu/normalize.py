@@ -38,7 +38,10 @@ class Scaler(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         x = z * self.std + self.mean
-        return torch.where(self.log, torch.exp(x) - self.eps, x)
+        # exp only where log-transformed: exp of e.g. TWS (~600 mm) is inf, and where() would
+        # back-propagate 0 * inf = NaN through the unselected branch
+        xe = torch.where(self.log, x, torch.zeros_like(x))
+        return torch.where(self.log, torch.exp(xe) - self.eps, x)
 
 
 class Normalizer(nn.Module):

@@ -26,3 +26,13 @@ def test_nan_targets_outside_the_mask_leave_gradients_finite():
     grads = [p.grad for p in emu.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert torch.isfinite(sse).all() and n.sum() == 3 * 10 * 2
+
+
+def test_inverse_scaling_of_large_untransformed_variables_has_finite_gradients():
+    # TWS (~600 mm) is not log-transformed: the inverse must not evaluate exp(600) on it
+    sc = Scaler(np.array([-12.0, 600.0]), np.array([2.0, 250.0]), [True, False], 1e-8)
+    z = torch.zeros(4, 2, requires_grad=True)
+    sc.inverse(z).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    np.testing.assert_allclose(sc.inverse(sc(torch.tensor([[1e-5, 650.0]]))).detach().numpy(), [[1e-5, 650.0]],
+                               rtol=1e-5)
