@@ -156,3 +156,23 @@ def test_simulator_ppe_store(sim, tmp_path):
     with netCDF4.Dataset(f) as h:
         np.testing.assert_array_equal(ds.ZWT.sel(member="LHC0003").values, h["ZWT"][:].T)
         np.testing.assert_array_equal(ds.PBOT.values, h["PBOT"][:].T)
+
+
+def test_classic_reader_equals_netcdf4_and_refuses_truncated_or_hdf5_files(sim, built, tmp_path):
+    from ppe_ingest.ingest.classic import NotClassic, read_header, read_record_vars
+
+    (f,) = sorted((sim / "hist").glob("*_LHC0001.clm2.h1.*.nc"))  # netCDF-3 64-bit offset, as CTSM writes
+    names = ["time", "time_bounds", "mcdate", "RAIN", "QRUNOFF", "ZWT"]
+    got = read_record_vars(f, names)
+    with netCDF4.Dataset(f) as ds:
+        ds.set_auto_maskandscale(False)
+        for v in names:
+            np.testing.assert_array_equal(got[v], ds[v][:])
+            assert got[v].dtype == ds[v].dtype
+    assert read_header(f).variables["QRUNOFF"].attrs["units"] == "mm/s"
+    cut = tmp_path / f.name
+    cut.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    with pytest.raises(OSError, match="truncated"):
+        read_record_vars(cut, ["QRUNOFF"])
+    with pytest.raises(NotClassic):  # netCDF-4/HDF5 files are read with netCDF4-python instead
+        read_header(next((built[0] / "hist").glob("*.nc")))

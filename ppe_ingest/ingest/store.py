@@ -281,29 +281,65 @@ def _member_buffers(variables, G: int, T: int) -> dict[str, np.ndarray]:
 def _read_member(ppe: Ppe, member: str, by_tape: dict[str, list[str]], bufs: dict[str, np.ndarray]) -> None:
     """Fill `bufs` with `member`'s values: each history file opened once, every variable read once.
 
-    Fill values (``_FillValue``/``missing_value``, CTSM's 1e36) become +inf here so that NaN stored
-    in a file (bad input) can still be told apart from missing; the caller turns inf into NaN.
+    netCDF-3 files with 1-D (gridcell) output go through `classic.read_record_vars` (block reads,
+    no netCDF-C, no lock); anything else through netCDF4-python under ``NC_LOCK``. Fill values
+    (``_FillValue``/``missing_value``, CTSM's 1e36) become +inf here so that NaN stored in a file
+    (bad input) can still be told apart from missing; the caller turns inf into NaN.
     """
     for tape, vs in by_tape.items():
         t0 = 0
         for h in ppe.files(member, tape):
             n = len(h.times)
+            dst = {v: bufs[v][:, t0:t0 + n] for v in vs}
             try:
-                with NC_LOCK, netCDF4.Dataset(h.path, "r") as ds:
-                    ds.set_auto_maskandscale(False)
-                    for v in vs:
-                        var = ds.variables[v]
-                        raw = var[...]
-                        fills = {var.getncattr(a) for a in ("_FillValue", "missing_value") if a in var.ncattrs()}
-                        raw = raw.reshape(n, -1)
-                        for f in fills:
-                            np.putmask(raw, raw == f, np.inf)
-                        bufs[v][:, t0:t0 + n] = raw.T  # file layout (time, gridcell) -> (gridcell, time), as f4
-                        del raw
+                fills = _read_classic(h, vs, dst)
+                if fills is None:
+                    fills = _read_netcdf4(h, vs, dst)
             except (OSError, RuntimeError, KeyError, IndexError, ValueError) as e:
                 raise UserError(f"{h.path}: cannot read data ({type(e).__name__}: {e}); "
                                 "the file is truncated or corrupt") from None
+            for v in vs:
+                for f in fills[v]:
+                    np.putmask(dst[v], dst[v] == f, np.inf)
             t0 += n
+
+
+def _fill_values(attrs: dict, dtype) -> list:
+    vals = {np.asarray(attrs[a]).astype(dtype).item() for a in ("_FillValue", "missing_value") if a in attrs}
+    return [dtype.type(f) for f in vals]
+
+
+def _read_classic(h: HistFile, vs, dst: dict[str, np.ndarray]) -> dict[str, list] | None:
+    """Read `vs` of a netCDF-3 1-D history file into the (gridcell, time) views `dst`; None if not such a file."""
+    from .classic import NotClassic, read_header, read_record_vars
+
+    try:
+        hdr = read_header(h.path)
+    except NotClassic:
+        return None
+    shape = (next(iter(dst.values())).shape[0],)
+    for v in vs:
+        cv = hdr.variables[v]
+        if not cv.is_record or cv.shape != shape:
+            return None  # e.g. lat/lon output: netCDF4 flattens it
+    if hdr.numrecs != next(iter(dst.values())).shape[1]:
+        raise ValueError(f"{hdr.numrecs} records, discovery read {next(iter(dst.values())).shape[1]} time steps")
+    read_record_vars(h.path, vs, out={v: dst[v].T for v in vs}, header=hdr)
+    return {v: _fill_values(hdr.variables[v].attrs, dst[v].dtype) for v in vs}
+
+
+def _read_netcdf4(h: HistFile, vs, dst: dict[str, np.ndarray]) -> dict[str, list]:
+    """Read `vs` with netCDF4-python under NC_LOCK into the (gridcell, time) views `dst`."""
+    fills = {}
+    with NC_LOCK, netCDF4.Dataset(h.path, "r") as ds:
+        ds.set_auto_maskandscale(False)
+        for v in vs:
+            var = ds.variables[v]
+            raw = var[...]
+            dst[v][...] = raw.reshape(raw.shape[0], -1).T  # (time, gridcell) -> (gridcell, time), as f4
+            fills[v] = _fill_values({a: var.getncattr(a) for a in var.ncattrs()}, dst[v].dtype)
+            del raw
+    return fills
 
 
 def _train_moments(m: _Moments, a: np.ndarray, rows: np.ndarray, cols: np.ndarray, log_eps: float | None,
