@@ -14,6 +14,7 @@ with netCDF4-python instead.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class ClassicHeader:
     recsize: int
     variables: dict[str, ClassicVar]
     size: int  # file size in bytes
+    dims: dict[str, int] = field(default_factory=dict)  # name -> length (0: the record dimension)
+    attrs: dict = field(default_factory=dict)  # global attributes
 
 
 class _Cursor:
@@ -127,7 +130,7 @@ def _parse(buf: bytes, size: int) -> ClassicHeader:
     if tag not in (0, _DIMENSION):
         raise NotClassic("bad dimension list tag")
     dims = [(c.name(), c.u4()) for _ in range(n)]
-    c.attrs()  # global attributes
+    gattrs = c.attrs()
     tag, n = c.u4(), c.u4()
     if tag not in (0, _VARIABLE):
         raise NotClassic("bad variable list tag")
@@ -149,7 +152,22 @@ def _parse(buf: bytes, size: int) -> ClassicHeader:
     # A lone record variable is not padded to 4 bytes (the format's one exception).
     recsize = (int(np.prod(rec[0].shape, dtype=np.int64)) * rec[0].dtype.itemsize if len(rec) == 1
                else sum(v.vsize for v in rec))
-    return ClassicHeader(numrecs, recsize, variables, size)
+    return ClassicHeader(numrecs, recsize, variables, size, dict(dims), gattrs)
+
+
+def read_fixed_var(path: str | Path, name: str, header: ClassicHeader | None = None) -> np.ndarray:
+    """A variable without the record dimension (e.g. grid1d_lat), in native byte order."""
+    h = header or read_header(path)
+    v = h.variables[name]
+    if v.is_record:
+        raise NotClassic("a record variable")
+    nb = int(np.prod(v.shape, dtype=np.int64)) * v.dtype.itemsize
+    with open(path, "rb") as fh:
+        fh.seek(v.begin)
+        raw = fh.read(nb)
+    if len(raw) < nb:
+        raise OSError(f"file is {h.size} bytes, shorter than its header says (truncated)")
+    return np.frombuffer(raw, v.dtype).reshape(v.shape).astype(v.dtype.newbyteorder("="))
 
 
 def read_record_vars(path: str | Path, names, out: dict[str, np.ndarray] | None = None,
@@ -170,6 +188,15 @@ def read_record_vars(path: str | Path, names, out: dict[str, np.ndarray] | None 
     nbytes = {v.name: int(np.prod(v.shape, dtype=np.int64)) * v.dtype.itemsize for v in vs}
     if n and vs and first + (n - 1) * h.recsize + max(v.begin - first + nbytes[v.name] for v in vs) > h.size:
         raise OSError(f"file is {h.size} bytes, shorter than its header's {n} records (truncated)")
+    if n and 8 * sum(nbytes.values()) < h.recsize:
+        # A few bytes per record (the time axis): gather them through a memory map instead of
+        # reading every record whole.
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for v in vs:
+                rows = np.ndarray((n, nbytes[v.name]), np.uint8, buffer=mm, offset=v.begin, strides=(h.recsize, 1))
+                out[v.name][...] = rows.view(v.dtype).reshape(n, *v.shape)
+                del rows
+        return out
     per = max(1, BLOCK_BYTES // max(h.recsize, 1))
     buf = np.empty(per * h.recsize, np.uint8)
     fd = os.open(path, os.O_RDONLY)

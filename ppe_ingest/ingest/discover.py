@@ -103,8 +103,7 @@ def _split_name(stem: str, known: set[str]) -> tuple[str, str] | None:
     return (stem[: mt.start()], mt.group("member")) if mt else None
 
 
-def _frequency(ds: netCDF4.Dataset, times: np.ndarray) -> str:
-    attr = getattr(ds, "time_period_freq", None)
+def _frequency(attr: str | None, times: np.ndarray) -> str:
     if attr:
         return FREQ_NAMES.get(attr, attr)
     if len(times) < 2:
@@ -118,6 +117,9 @@ def _frequency(ds: netCDF4.Dataset, times: np.ndarray) -> str:
 
 def read_header(path: Path, case: str, member: str, tape: str) -> HistFile:
     """Header, time axis and gridcell coordinates of one history file (raises on unreadable files)."""
+    h = _read_header_classic(path, case, member, tape)
+    if h is not None:
+        return h
     with NC_LOCK:
         with netCDF4.Dataset(path, "r") as ds:
             if "time" not in ds.variables:
@@ -147,8 +149,37 @@ def read_header(path: Path, case: str, member: str, tape: str) -> HistFile:
             space = SPATIAL_DIMS[layout]
             variables = {n: getattr(v, "units", None) for n, v in ds.variables.items()
                          if n not in TIME_BOOKKEEPING and v.dimensions == ("time", *space)}
-            freq = _frequency(ds, times)
+            freq = _frequency(getattr(ds, "time_period_freq", None), times)
     return HistFile(path, case, member, f"h{tape}", layout, freq, units, calendar, times, variables, lat, lon)
+
+
+def _read_header_classic(path: Path, case: str, member: str, tape: str) -> HistFile | None:
+    """`read_header` for a netCDF-3 1-D history file without netCDF-C (None: not such a file).
+
+    netCDF-C reads the time axis, a record variable, with one read() per time step, which made
+    discovery cost as much as reading a sixth of the data; here it is a few block reads.
+    """
+    from .classic import NotClassic, read_fixed_var, read_record_vars
+    from .classic import read_header as classic_header
+
+    try:
+        hdr = classic_header(path)
+    except NotClassic:
+        return None
+    tv = hdr.variables.get("time")
+    if tv is None or not tv.is_record or tv.shape or "gridcell" not in hdr.dims or "grid1d_lat" not in hdr.variables:
+        return None  # no time axis, lat/lon output...: the netCDF4 path reads (or rejects) it
+    times = read_record_vars(path, ["time"], header=hdr)["time"].astype("f8")
+    units = tv.attrs.get("units")
+    if not isinstance(units, str) or "since" not in units:
+        raise ValueError(f"time has units {units!r}, expected 'days since ...'")
+    calendar = tv.attrs.get("calendar", "standard")
+    lat = read_fixed_var(path, "grid1d_lat", hdr).astype("f8")
+    lon = read_fixed_var(path, "grid1d_lon", hdr).astype("f8")
+    variables = {n: v.attrs.get("units") for n, v in hdr.variables.items()
+                 if n not in TIME_BOOKKEEPING and v.dims == ("time", "gridcell")}
+    freq = _frequency(hdr.attrs.get("time_period_freq"), times)
+    return HistFile(path, case, member, f"h{tape}", "1d", freq, units, calendar, times, variables, lat, lon)
 
 
 def discover(root: str | Path, variables=None, skip_bad: bool = False, report: Report | None = None) -> Ppe:
