@@ -121,6 +121,7 @@ def main():
         met &= a >= b
         lines.append(f"{o:16s} {a:8.4f} {b:8.4f}  {'yes' if a >= b else 'no'}")
     lines.append(f"target (tabular R2 >= GP R2 on every output): {'met' if met else 'NOT met'}")
+    lines.append(f"GP: {args.gp_restarts} optimiser restart(s); tabular: {Path(args.config).name}")
     lines.append(f"wall time: tabular {t_emu:.1f} s (ensemble of {args.ensemble} per fold), GP {t_gp:.1f} s; "
                  f"CPU shared with other jobs while measured")
     record("PPE summary: tabular emulator vs GP (5-fold CV R2)", lines)
