@@ -7,6 +7,7 @@ kill during the write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the temporary file is 0600; give the usual permissions
     return path
 
 
