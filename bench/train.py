@@ -53,14 +53,14 @@ def train_throughput(cfg, device: str, steps: int, threads: int):
         step()
     if dist.device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if dist.device.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     B, L = cfg["data"]["batch_size"], task.sampler.length
-    return B * L * steps / dt, dt / steps, task
+    return B * L * steps / dt, dt / steps, task, dc / steps
 
 
 def inference_speed(task, n_gc: int, threads: int):
@@ -111,10 +111,15 @@ def main():
     m = cfg["model"]
     lines = [f"model {m['name']} hidden {m['hidden']}, batch {cfg['data']['batch_size']} x "
              f"{cfg['data']['window']} + warm-up days, store {Path(args.store).name}"]
-    tps, sps, task = train_throughput(cfg, "cpu", args.steps, args.threads)
-    lines.append(f"CPU ({args.threads} threads): {tps:,.0f} sequence-timesteps/s training ({sps:.3f} s/step)")
+    tps, sps, task, cps = train_throughput(cfg, "cpu", args.steps, args.threads)
+    lines.append(f"CPU ({args.threads} threads): {tps:,.0f} sequence-timesteps/s training ({sps:.3f} s/step wall, "
+                 f"{cps:.3f} CPU-s/step)")
+    steps_cfg = cfg["train"]["max_steps"]
+    lines.append(f"projected training time for max_steps={steps_cfg}: {steps_cfg * sps / 60:.1f} min at the measured "
+                 f"wall rate; {steps_cfg * cps / args.threads / 60:.1f} min if the {args.threads} threads had "
+                 f"their cores to themselves (CPU-s / threads)")
     if torch.cuda.is_available():
-        gtps, gsps, _ = train_throughput(cfg, "cuda", args.steps * 5, args.threads)
+        gtps, gsps, _, _ = train_throughput(cfg, "cuda", args.steps * 5, args.threads)
         lines.append(f"GPU {torch.cuda.get_device_name()}: {gtps:,.0f} sequence-timesteps/s ({gsps:.4f} s/step, bf16)")
     else:
         lines.append("GPU: none available on this machine (no GPU lent to this task); GPU throughput not measured")
