@@ -1,0 +1,99 @@
+"""The quickstart chain end to end at toy size: report, CTSM files, resume after the last stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from esm_emu.quickstart import STAGES, default_config, run_quickstart
+from ppe_ingest.config import read_yaml, validate
+
+TINY = """
+simulate:
+  case: tiny
+  n_members: 6
+  seed: 0
+  params: [fff, FMAX, hksat_sf]
+  n_gridcells: 12
+  n_years: 3
+  spinup_years: 1
+  truth: {n_obs_sites: 6, variables: [QRUNOFF, EFLX_LH_TOT]}
+ingest:
+  split: {val_members: 1, test_members: 1, val_gridcells: 1, test_gridcells: 2, test_years: 1}
+emulator:
+  store: unused.nc
+  model: {name: lstm, hidden: 16, embed: 8}
+  data: {window: 200, batch_size: 8}
+  train: {max_steps: 12, val_every: 6, checkpoint_every: 6, warmup_steps: 2}
+  evaluate: {plots: false}
+inverse:
+  params: [fff, FMAX, hksat_sf]
+  variables: [QRUNOFF]
+  train_period: {start: 2000, end: 2001}
+  test_period: {start: 2002, end: 2002}
+  clusters: 2
+  kgssl: {steps: 5, hidden: 8, embedding: 4, window_days: 200}
+  dpl: {steps: 5, warmup_days: 60}
+  uncertainty: {ensemble: 2, mc_samples: 2}
+"""
+
+
+def test_shipped_quickstart_config_validates():
+    from esm_emu.inverse.config import SCHEMA as INV
+    from esm_emu.training.config import SCHEMA as EMU
+    from ppe_ingest.ingest.config import INGEST_SCHEMA
+    from ppe_ingest.simulator.config import SCHEMA as SIM
+
+    raw = read_yaml(default_config())
+    for name, schema in (("simulate", SIM), ("ingest", INGEST_SCHEMA), ("emulator", EMU), ("inverse", INV)):
+        section = dict(raw[name])
+        if "store" in section:  # the quickstart points this at its own store
+            section["store"] = str(default_config())
+        validate(section, schema, source="quickstart.yaml", base_dir=default_config().parent)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qs")
+    cfg = d / "tiny.yaml"
+    cfg.write_text(TINY)
+    report = run_quickstart(d / "out", config=cfg, progress=False)
+    return d / "out", cfg, report
+
+
+def test_report_has_every_figure_the_issue_names(quick):
+    out, _, report = quick
+    on_disk = json.loads((out / "report" / "metrics.json").read_text())
+    assert on_disk["parameter_recovery"].keys() >= {"observed", "unobserved"}
+    for where in ("observed", "unobserved"):
+        for p in ("fff", "FMAX", "hksat_sf"):
+            assert {"r", "rmse", "coverage"} <= set(on_disk["parameter_recovery"][where][p])
+    assert set(on_disk["skill_held_out_years"]) == {"default", "inferred"}
+    assert np.isfinite(on_disk["skill_held_out_years"]["inferred"]["QRUNOFF"]["nse_median"])
+    assert set(on_disk["wall_s"]) >= set(STAGES[:-1]) and on_disk["wall_s"]["total"] > 0
+    assert on_disk["emulator"], "emulator skill on held-out splits is missing"
+    assert list((out / "report").glob("*.png")), "no plots in the report folder"
+
+
+def test_ctsm_files_carry_the_inferred_map(quick):
+    out, _, report = quick
+    pmap = xr.load_dataset(out / "inverse" / "parameter_map.nc")
+    fs = xr.load_dataset(next((out / "ctsm").glob("surfdata_*.nc")))
+    np.testing.assert_allclose(fs["FMAX"].values, pmap["theta"].sel(param="FMAX").values, rtol=1e-6)
+    clusters = sorted((out / "ctsm").glob("paramfile_default_cluster*.nc"))
+    assert len(clusters) == len(np.unique(pmap["cluster"].values)) >= 1
+    for k, path in enumerate(clusters):
+        with xr.open_dataset(path) as pf:
+            assert float(pf["fff"]) == pytest.approx(float(pmap["theta_cluster"].sel(param="fff").isel(cluster_id=k)))
+
+
+def test_rerun_continues_after_the_last_finished_stage(quick, capsys):
+    out, cfg, _ = quick
+    stamp = (out / "inverse" / "parameter_map.nc").stat().st_mtime_ns
+    run_quickstart(out, config=cfg, progress=False)
+    printed = capsys.readouterr().out
+    for name in STAGES[:-1]:
+        assert f"[{name}] already done" in printed
+    assert (out / "inverse" / "parameter_map.nc").stat().st_mtime_ns == stamp
