@@ -176,3 +176,17 @@ def test_classic_reader_equals_netcdf4_and_refuses_truncated_or_hdf5_files(sim, 
         read_record_vars(cut, ["QRUNOFF"])
     with pytest.raises(NotClassic):  # netCDF-4/HDF5 files are read with netCDF4-python instead
         read_header(next((built[0] / "hist").glob("*.nc")))
+
+
+def test_open_ensemble_is_lazy_and_equals_the_store(built):
+    import dask
+
+    from ppe_ingest.ingest.store import open_ensemble
+
+    root, out = built
+    ens = open_ensemble(discover(root), ["QRUNOFF", "TBOT"])
+    assert ens.QRUNOFF.chunks is not None and ens.QRUNOFF.dims == ("member", "gridcell", "time")
+    with dask.config.set(scheduler="threads", num_workers=4):  # netCDF4 reads under NC_LOCK
+        got = ens.QRUNOFF.values
+    np.testing.assert_array_equal(got, xr.open_dataset(out).QRUNOFF.values)
+    assert ens.time.dt.calendar == "noleap"
