@@ -32,7 +32,6 @@ netCDF-3 files real CTSM PPEs are made of and h5py serialises its calls with its
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
