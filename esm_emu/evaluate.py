@@ -59,7 +59,8 @@ def score(sim: np.ndarray, obs: np.ndarray) -> dict:
 
 
 def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str | Path | None = None,
-                 plots: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
+                 plots: bool = True, batch_size: int = 64, progress: bool = True,
+                 max_series: int | None = None) -> dict:
     """Evaluate the emulator of a run directory (or checkpoint); write CSV/JSON/PNG into `out_dir`."""
     run = Path(run)
     ckpt = run / "best.pt" if run.is_dir() else run
@@ -73,7 +74,8 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     if emu.kind == "tabular":
         return _evaluate_tabular(emu, store, cfg, out_dir, plots)
-    max_series = int((cfg.get("evaluate") or {}).get("max_series", 2000))
+    if max_series is None:
+        max_series = int((cfg.get("evaluate") or {}).get("max_series", 2000))
     st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
     warmup = (cfg.get("data") or {}).get("warmup")
     warmup = st.warmup_days if warmup is None else warmup

@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder (default RUN_DIR/eval)")
     p.add_argument("--store", help="training store to evaluate on (default: the one the run trained on)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--max-series", type=int, help="at most this many series per group (default: the run's config)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="write the trained emulator as TorchScript (normalisation inside), "
@@ -73,7 +74,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         from .config import load_emulator_config
 
         target = Path(load_emulator_config(target)["run_dir"])
-    res = evaluate_run(target, out_dir=args.out, store=args.store, plots=not args.no_plots)
+    if args.max_series is not None and args.max_series < 1:
+        from ppe_ingest.errors import UserError
+        raise UserError("--max-series: must be >= 1")
+    res = evaluate_run(target, out_dir=args.out, store=args.store, plots=not args.no_plots,
+                       max_series=args.max_series)
     print(f"evaluation written to {res['out_dir']}")
     for line in res["summary_lines"]:
         print(line)
