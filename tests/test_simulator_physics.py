@@ -163,3 +163,53 @@ def test_bad_inputs_name_the_problem(world):
         run_land(forcing, static, {"fffx": 1.0})
     with pytest.raises(UserError, match="forcing variable TBOT"):
         run_land({k: v for k, v in forcing.items() if k != "TBOT"}, static, {})
+
+
+def _has_cxx() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx(), reason="torch.compile's CPU backend needs a C++ compiler (g++ or clang++)")
+def test_compiled_daily_step_matches_eager(world, monkeypatch):
+    sites, weather = world
+    wx = weather.isel(time=slice(0, 150))        # a winter and spring: snow, melt and drainage branches
+    forcing, static = forcing_tensors(wx), static_tensors(sites)
+    params = {"fff": torch.linspace(0.2, 3.0, N_SITES, dtype=torch.float64), "n_baseflow": 1.5,
+              "hksat_sf": torch.linspace(3.0, 0.4, N_SITES, dtype=torch.float64)}
+    monkeypatch.setitem(physics._compiled, "failed", False)
+    with torch.no_grad():
+        monkeypatch.setenv("ESM_EMU_SIM_COMPILE", "0")
+        eager, s_eager = run_land(forcing, static, params, return_state=True)
+        monkeypatch.setenv("ESM_EMU_SIM_COMPILE", "1")
+        comp, s_comp = run_land(forcing, static, params, return_state=True)
+    assert physics._compiled["ok"] and not physics._compiled["failed"], "the daily step was not compiled"
+    for k in RESPONSE_VARS:
+        scale = eager[k].abs().max()
+        assert torch.allclose(comp[k], eager[k], rtol=1e-8, atol=1e-10 * scale), k
+    for k, v in s_eager.items():
+        assert torch.allclose(s_comp[k], v, rtol=1e-8, atol=1e-10), k
+
+
+def test_failed_compile_falls_back_to_eager_with_a_warning(world, monkeypatch):
+    sites, weather = world
+    forcing, static = forcing_tensors(weather.isel(time=slice(0, 20))), static_tensors(sites)
+
+    def broken():
+        def step(*args):
+            raise RuntimeError("no C++ compiler found")
+        return step
+
+    monkeypatch.setattr(physics, "_compiled_step", broken)
+    monkeypatch.setitem(physics._compiled, "failed", False)
+    monkeypatch.setitem(physics._compiled, "ok", False)
+    with torch.no_grad():
+        monkeypatch.setenv("ESM_EMU_SIM_COMPILE", "0")
+        eager = run_land(forcing, static, {})
+        monkeypatch.setenv("ESM_EMU_SIM_COMPILE", "1")
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+            out = run_land(forcing, static, {})
+        assert physics._compiled["failed"]
+    for k in RESPONSE_VARS:
+        assert torch.equal(out[k], eager[k]), k

@@ -12,6 +12,8 @@ Water is carried in float64 so the water balance closes to round-off.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from typing import Mapping
 
 import torch
@@ -186,76 +188,295 @@ def initial_state(static: Mapping, params: Mapping | None = None, B: int | None 
             "H2OSOI_LIQ": torch.stack(c["w_fc"], 1).detach().clone(), "T30": t30.clone()}
 
 
-def _saturated_thickness(w: list, c: dict) -> torch.Tensor:
-    """Thickness (m) of the saturated zone above bedrock, from the drainable water of each layer.
+# ---- The daily step --------------------------------------------------------------------------
+# Written as pure functions of tensors so that the same code runs eagerly (differentiable, over a
+# block of days for the state-independent terms) and, without autograd, through torch.compile as
+# one fused C++ loop per day. Powers x**y are written exp(y*log(x)): the same value to round-off,
+# about twice as fast on CPU.
 
-    A layer counts only as far as every layer below it is saturated, so the water table is the
-    top of the saturated zone that rests on bedrock.
-    """
-    h = torch.zeros_like(w[0])
-    below = torch.ones_like(w[0])
-    for i in reversed(range(len(w))):
-        g = ((w[i] / c["wsat"][i] - c["s_fc"]) / (1.0 - c["s_fc"])).clamp(0.0, 1.0)
-        h = h + c["dz"][i] * g * below
-        below = below * g
-    return h
+def _pow(x: torch.Tensor, y) -> torch.Tensor:
+    return torch.exp(y * torch.log(x))
 
 
-def _penman_monteith(avail, vpd, ga, gs, delta, gamma, rho):
-    """Latent heat (W/m2, >= 0) from available energy, VPD (Pa) and conductances (m/s)."""
-    le = (delta * avail + rho * CPAIR * vpd * ga) / (delta + gamma * (1.0 + ga / gs))
-    return le.clamp_min(0.0)
+def _term_constants(c: dict) -> tuple:
+    """Time-constant (B,) inputs of the state-independent daily terms (see _terms)."""
+    p = c["p"]
+    return (c["ga_coef"], c["lai_min"], c["lai_max"] - c["lai_min"], c["sai"], p["liq_canopy_storage_scalar"],
+            p["interception_fraction"], p["accum_factor"], p["medlynslope"], c["tort"])
 
 
-def _forcing_terms(f: dict, c: dict, p: dict, t30: torch.Tensor):
-    """State-independent daily terms for a block of days, time-major (Tb, B); and the new T30."""
-    tbot, pbot, qbot = f["TBOT"], f["PBOT"], f["QBOT"]
-    wind = f["WIND"].clamp_min(0.5)
+def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt) -> tuple:
+    """State-independent daily terms from the forcing (RAIN, SNOW in mm/s) and the 30-day mean
+    temperature; elementwise, so any shape: (T, B) for a block of days or (B,) for one day."""
+    ga_coef, lai_min, lai_rng, sai, lcss, ifrac, accum, medlyn, tort = kt
+    wind = wind.clamp_min(0.5)
     tc = tbot - TFRZ
     # Saturation vapour pressure (Bolton 1980), VPD, slope, psychrometric constant, air density.
     es = 611.2 * torch.exp(17.67 * tc / (tc + 243.5))
     ea = qbot * pbot / (0.622 + 0.378 * qbot)
-    x = {}
-    x["vpd"] = (es - ea).clamp_min(1.0)
-    x["delta"] = es * 17.67 * 243.5 / (tc + 243.5) ** 2
-    x["gamma"] = CPAIR * pbot / (0.622 * HVAP)
-    x["rho"] = pbot / (RAIR * tbot)
-    x["ga"] = c["ga_coef"] * wind
+    vpd = (es - ea).clamp_min(1.0)
+    delta = es * 17.67 * 243.5 / (tc + 243.5) ** 2
+    gamma = CPAIR * pbot / (0.622 * HVAP)
+    rho = pbot / (RAIR * tbot)
+    ga = ga_coef * wind
     # Phenology: LAI between LAI_MIN and LAI_MAX following the 30-day mean temperature.
-    t30s = []
-    for row in tbot:
-        t30 = t30 + (row - t30) / 30.0
-        t30s.append(t30)
-    t30s = torch.stack(t30s)
-    lai = c["lai_min"] + (c["lai_max"] - c["lai_min"]) * torch.sigmoid((t30s - 278.15) / 2.5)
-    vai = lai + c["sai"]
-    x["vai"] = vai
-    x["fcan"] = 1.0 - torch.exp(-0.5 * vai)
-    x["mask"] = torch.exp(-0.5 * vai)      # snow visible below the canopy
-    x["cap"] = p["liq_canopy_storage_scalar"] * vai
-    x["fpi"] = p["interception_fraction"] * torch.tanh(vai)
-    x["lw_net"] = 0.97 * (f["FLDS"] - SB * tbot ** 4)
-    x["fsds"] = f["FSDS"]
-    # Snow: shortwave reaching the snow below the canopy; 0 C-surface longwave; sensible heat.
-    ga_snow = VKC ** 2 * wind / math.log(ZREF / ZSNO) ** 2
-    x["sw_snow"] = f["FSDS"] * torch.exp(-0.3 * vai)
-    x["e_other"] = 0.97 * (f["FLDS"] - SB * TFRZ ** 4) + x["rho"] * CPAIR * ga_snow * tc
-    x["melt_gate"] = torch.sigmoid(tc)
-    es_snow = 611.2 * torch.exp(17.67 * tc.clamp_max(0.0) / (tc.clamp_max(0.0) + 243.5))
-    x["sub_pot"] = x["rho"] * CPAIR * (es_snow - ea).clamp_min(0.0) * ga_snow / x["gamma"] * SECSPDAY / HSUB
+    lai = lai_min + lai_rng * torch.sigmoid((t30 - 278.15) / 2.5)
+    vai = lai + sai
+    mask = torch.exp(-0.5 * vai)             # snow visible below the canopy
+    fcan = 1.0 - mask                        # canopy share of the radiation
+    rain, snow = rain * SECSPDAY, snow * SECSPDAY
+    # Canopy interception (CTSM CLM5: fpi = interception_fraction*tanh(LAI+SAI),
+    # capacity = liq_canopy_storage_scalar*(LAI+SAI)); the excess drips (in _day).
+    cap = lcss * vai
+    intercept = ifrac * torch.tanh(vai) * rain
+    # Snow-covered fraction on new snow (Swenson & Lawrence 2012, as CTSM):
+    # fsno = 1 - (1 - tanh(accum_factor * newsnow)) * (1 - fsno); snow_keep is the first factor.
+    snow_keep = 1.0 - torch.tanh(accum * snow)
+    # Net radiation with the visible snow's albedo, rnet = rnet0 - rnet1 * fsno, i.e.
+    # (1 - ALB_GROUND - (ALB_SNOW - ALB_GROUND) * fsno * mask) * FSDS + 0.97 (FLDS - sigma TBOT^4).
+    rnet0 = (1.0 - ALB_GROUND) * fsds + 0.97 * (flds - SB * tbot ** 4)
+    rnet1 = (ALB_SNOW - ALB_GROUND) * mask * fsds
+    # Snow melt energy = melt_a + melt_b * fsno: shortwave reaching the snow below the canopy
+    # (absorbed by the snow, plus half of that absorbed by snow-free patches, advected to the
+    # snow edges), longwave of a 0 C surface and sensible heat; gated around 0 C.
+    ga_snow = (VKC ** 2 / math.log(ZREF / ZSNO) ** 2) * wind
+    sw_snow = fsds * torch.exp(-0.3 * vai)
+    melt_a = sw_snow * (0.5 * (1 - ALB_GROUND)) + (0.97 * (flds - SB * TFRZ ** 4) + rho * CPAIR * ga_snow * tc)
+    melt_b = sw_snow * ((1 - ALB_SNOW) - 0.5 * (1 - ALB_GROUND))
+    melt_gate = torch.sigmoid(tc) * (SECSPDAY / HFUS)          # W/m2 -> mm/day of melt
+    es_snow = torch.where(tc < 0.0, es, 611.2)                 # over the snow: at most 0 C
+    sub_pot = rho * CPAIR * (es_snow - ea).clamp_min(0.0) * ga_snow / gamma * (SECSPDAY / HSUB)
+    # Penman-Monteith: le = (delta*avail + rho*cp*vpd*ga) / (delta + gamma*(1 + ga/gs)), >= 0.
+    aero = rho * CPAIR * vpd * ga
+    den_wet = delta + gamma * (1.0 + ga / 1e6)                # wet canopy: no surface resistance
+    ga_g = ga / (1.0 + 0.5 * vai)
+    aero_g = rho * CPAIR * vpd * ga_g
     # Medlyn et al. (2011): gs = g0 + 1.6 (1 + g1/sqrt(D)) A/ca with A light- and temperature-limited
-    # (times btran in the loop); canopy conductance in m/s (mol/m2/s * R T / P).
-    par = 0.5 * f["FSDS"] * 4.6
+    # (times btran in _day); canopy conductance in m/s (mol/m2/s * R T / P).
+    par = 0.5 * fsds * 4.6
     a_leaf = 15.0 * par / (par + 300.0) * torch.sigmoid((tc - 2.0) / 2.0)
     lai_eff = (1.0 - torch.exp(-0.5 * lai)) / 0.5
     conv = lai_eff * RGAS * tbot / pbot
-    x["gc_a"] = 1.6 * (1.0 + p["medlynslope"] / torch.sqrt(x["vpd"] / 1000.0)) * a_leaf / 400.0 * conv
-    x["gc_0"] = 1e-4 * conv
-    x["dv_tort"] = 2.12e-5 * (tbot / TFRZ) ** 1.75 * c["tort"]
-    x["ga_g"] = x["ga"] / (1.0 + 0.5 * vai)
-    x["rain"] = f["RAIN"] * SECSPDAY
-    x["snow"] = f["SNOW"] * SECSPDAY
-    return x, t30
+    gc_a = 1.6 * (1.0 + medlyn / torch.sqrt(vpd / 1000.0)) * a_leaf / 400.0 * conv
+    gc_0 = 1e-4 * conv
+    # Soil resistance r_soil = dsl / (D_v * tau) + 20 s/m with dsl in m: rsoil_c = 1e-3 / (D_v * tau).
+    rsoil_c = 1e-3 / (2.12e-5 * _pow(tbot / TFRZ, 1.75) * tort)
+    return (rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
+            fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c)
+
+
+def _day_constants(c: dict) -> tuple:
+    """Time-constant inputs of the daily step (per layer: (L, B); otherwise (B,))."""
+    p = c["p"]
+    L = lambda key: torch.stack(c[key])     # noqa: E731
+    e1 = 1.0 - c["expo"]
+    return (p["FMAX"], -0.5 * p["fff"], c["zbed"], c["n_melt"], -c["sucsat"], -c["bsw"], L("roots"), L("wsat"),
+            c["dz"][0] * 1000.0, 0.8 * c["watsat"], 0.8 * c["watsat"] - c["theta_air"], p["d_max"],
+            c["ksat_d"].clamp_min(1e-9), c["w_air"][0], L("w_wilt"), -e1, 1.0 / e1,
+            torch.stack([-e1 * c["ksat_d"] / x for x in c["wsat"][:-1]]), L("w_fc"),
+            p["baseflow_scalar"] * c["slope_tan"], p["n_baseflow"], c["s_fc"], 1.0 - c["s_fc"], L("dz"))
+
+
+def _saturated_thickness(W: torch.Tensor, k: tuple) -> torch.Tensor:
+    """Thickness (m) of the saturated zone above bedrock, from the layer water W (L, B).
+
+    A layer counts only as far as every layer below it is saturated, so the water table is the
+    top of the saturated zone that rests on bedrock.
+    """
+    wsat, s_fc, one_m_sfc, dz = k[7], k[21], k[22], k[23]
+    g = ((W / wsat - s_fc) / one_m_sfc).clamp(0.0, 1.0)
+    h = dz[-1] * g[-1]
+    below = g[-1]
+    for i in reversed(range(W.shape[0] - 1)):
+        h = h + dz[i] * g[i] * below
+        below = below * g[i]
+    return h
+
+
+def _day(state: tuple, x: tuple, k: tuple) -> tuple:
+    """One day for the whole batch.
+
+    state: H2OCAN, H2OSNO, FSNO, INT_SNOW (B,), H2OSOI_LIQ (L, B) and the saturated thickness (B,);
+    x: the day's terms (_terms); k: _day_constants. Returns the new state and the responses
+    (len(RESPONSE_VARS), B) in RESPONSE_VARS order and units.
+    """
+    wcan, swe, fsno, int_snow, W, hsat = state
+    (rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
+     fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c) = x
+    (fmax, nhfff, zbed, n_melt, nsucsat, nbsw, roots, wsat, theta_c, theta_init, theta_den, d_max, capin,
+     w_air0, w_wilt, e1n, inv_e1, drain_c, w_fc, bflow, n_bflow, _, _, _) = k
+    dt = SECSPDAY
+    L = W.shape[0]
+
+    # TOPMODEL saturated fraction (CTSM: fsat = FMAX*exp(-0.5*fff*zwt)), zwt = zbedrock - hsat.
+    fsat = fmax * torch.exp(nhfff * (zbed - hsat))
+
+    # Canopy interception; the excess over the storage capacity drips.
+    wcan = wcan + intercept
+    drip = (wcan - cap).clamp_min(0.0)
+    wcan = wcan - drip
+
+    # Snow cover on new snow, then melt and sublimation from the snow-covered fraction.
+    fsno = 1.0 - snow_keep * (1.0 - fsno)
+    swe = swe + snow
+    int_snow = int_snow + snow
+    fsno = torch.where(swe > 1e-9, fsno, 0.0)
+    fsno_vis = fsno * mask
+    rnet = rnet0 - rnet1 * fsno
+    melt = (melt_a + melt_b * fsno).clamp_min(0.0) * melt_gate
+    melt = torch.minimum(melt, swe)
+    swe = swe - melt
+    sub = torch.minimum(fsno * sub_pot, swe)
+    swe = swe - sub
+    # Depletion during melt: fsno = 1 - (acos(2 W/W_int - 1)/pi)**N_melt (CTSM SCA curve).
+    ratio = (2.0 * swe / int_snow.clamp_min(1e-6) - 1.0).clamp(-1 + 1e-9, 1 - 1e-9)
+    f_dep = 1.0 - _pow(torch.acos(ratio) * (1.0 / math.pi), n_melt)
+    has_snow = swe > 1e-9
+    fsno_new = torch.where(has_snow, torch.minimum(fsno, f_dep), 0.0)
+    int_snow = torch.where(has_snow, int_snow, 0.0)
+
+    # Soil water stress (CTSM btran from the Clapp-Hornberger matric potential), all layers at once.
+    smp = nsucsat * _pow((W / wsat).clamp(1e-3, 1.0), nbsw)
+    rw = roots * ((smp - SMPSC) * (1.0 / (SMPSO - SMPSC))).clamp(0.0, 1.0)
+    btran = rw.sum(0)
+
+    # Canopy evaporation of intercepted water (wet fraction fwet = (W/Wmax)**(2/3), CTSM).
+    num_can = delta * (rnet * fcan) + aero
+    fwet = _pow((wcan / cap.clamp_min(1e-9)).clamp(1e-12, 1.0), 2.0 / 3.0)
+    le_wet = (num_can / den_wet).clamp_min(0.0)
+    qvege = torch.minimum(fwet * le_wet * (dt / HVAP), wcan)
+    wcan = wcan - qvege
+
+    # Transpiration: Penman-Monteith with the Medlyn canopy conductance (g1 = medlynslope).
+    gc = (gc_0 + gc_a * btran).clamp_min(1e-7)
+    le_tr = (num_can / (delta + gamma * (1.0 + ga / gc))).clamp_min(0.0)
+    et_tr = le_tr * (1.0 - fwet) * (1.0 - fsno_vis) * (dt / HVAP) / btran.clamp_min(1e-9)
+
+    # Soil evaporation through the CLM5 dry surface layer (Swenson & Lawrence 2014):
+    # dsl = d_max*(theta_init - theta1)/(theta_init - theta_air), r_soil = dsl/(D_v*tau) + 20 s/m.
+    dsl = d_max * ((theta_init - W[0] / theta_c) / theta_den).clamp(0.0, 1.0)
+    rsoil = dsl * rsoil_c + 20.0
+    le_soil = ((delta * (rnet * (1.0 - fcan)) + aero_g) / (delta + gamma * (1.0 + ga_g * rsoil))).clamp_min(0.0)
+    esoil = le_soil * (1.0 - fsno) * (dt / HVAP)
+
+    # Surface runoff: saturation excess on fsat, smooth infiltration excess elsewhere.
+    qin = (rain - intercept) + drip + melt
+    qin_u = (1.0 - fsat) * qin
+    infil = capin * (1.0 - torch.exp(-qin_u / capin))
+    qover = fsat * qin + (qin_u - infil)
+
+    # Infiltrate, then cascade water above saturation downwards; at the bottom it runs off.
+    w = list(W.unbind(0))
+    ws = list(wsat.unbind(0))
+    w[0] = w[0] + infil
+    for i in range(L):
+        over = (w[i] - ws[i]).clamp_min(0.0)
+        w[i] = w[i] - over
+        if i + 1 < L:
+            w[i + 1] = w[i + 1] + over
+        else:
+            qover = qover + over
+
+    # Evapotranspiration from the soil layers, limited by the water each can give.
+    esoil = torch.minimum(esoil, (w[0] - w_air0).clamp_min(0.0))
+    w[0] = w[0] - esoil
+    W = torch.stack(w)
+    e = torch.minimum(et_tr * rw, (W - w_wilt).clamp_min(0.0))
+    W = W - e
+    qvegt = e.sum(0)
+
+    # Gravity drainage, k = ksat*s**(2b+3), integrated exactly over the day for each layer as a
+    # nonlinear reservoir, limited by the room in the layer below (bedrock is impermeable).
+    # s1 = (s0**e1 - e1 ksat dt / wsat)**(1/e1) with e1 = 1 - (2b+3) < 0; the drop s0 - s1 is
+    # evaluated as -s0 expm1(log1p(u)/e1), u = -e1 ksat dt / wsat s0**-e1, without cancellation.
+    w = list(W.unbind(0))
+    for i in range(L - 1):
+        s0 = (w[i] / ws[i]).clamp(1e-3, 1.0)
+        u = drain_c[i] * _pow(s0, e1n)
+        q = torch.minimum((-s0 * torch.expm1(torch.log1p(u) * inv_e1)) * ws[i], ws[i + 1] - w[i + 1])
+        q = torch.minimum(q, w[i]).clamp_min(0.0)
+        w[i] = w[i] - q
+        w[i + 1] = w[i + 1] + q
+
+    # Baseflow, CTSM power law: q = baseflow_scalar * tan(slope) * (zbedrock - zwt)**n_baseflow,
+    # taken from the drainable water of the lowest layers first.
+    need = bflow * _pow(hsat.clamp_min(1e-9), n_bflow) * dt
+    qdrai = None
+    for i in reversed(range(L)):
+        take = torch.minimum(need, (w[i] - w_fc[i]).clamp_min(0.0))
+        w[i] = w[i] - take
+        need = need - take
+        qdrai = take if qdrai is None else qdrai + take
+
+    W = torch.stack(w)
+    hsat = _saturated_thickness(W, k)
+    qover, qdrai = qover / dt, qdrai / dt                      # mm/day -> mm/s
+    out = torch.stack([qover + qdrai, qover, qdrai, (HVAP * (esoil + qvegt + qvege) + HSUB * sub) / dt,
+                       (esoil + sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0), zbed - hsat])
+    return (wcan, swe, fsno_new, int_snow, W, hsat), out
+
+
+# Positions of the per-layer (L, B) entries of _day_constants (drain_c has L - 1 rows).
+_LAYER_K = (6, 7, 14, 17, 18, 23)
+
+
+def _pack(kt: tuple, k: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The constants as two tensors, (N, B) and (N_layer, L, B), for few inputs to the compiled step."""
+    L = k[7].shape[0]
+    flat = [*kt, *(v for i, v in enumerate(k) if i not in _LAYER_K)]
+    lay = [k[i] if k[i].shape[0] == L else torch.cat([k[i], torch.zeros_like(k[i][:1])]) for i in _LAYER_K]
+    return torch.stack(flat), torch.stack(lay)
+
+
+def _unpack(kb: torch.Tensor, kl: torch.Tensor) -> tuple[tuple, tuple]:
+    flat, lay = kb.unbind(0), iter(kl.unbind(0))
+    nt = len(flat) - (24 - len(_LAYER_K))
+    rest = iter(flat[nt:])
+    return flat[:nt], tuple(next(lay) if i in _LAYER_K else next(rest) for i in range(24))
+
+
+def _day_forced(state: tuple, t30: torch.Tensor, fday: tuple, kb: torch.Tensor, kl: torch.Tensor) -> tuple:
+    """One day from the raw forcing fday (FORCING_VARS order, (B,) each): T30, the day's terms, _day."""
+    kt, k = _unpack(kb, kl)
+    rain, snow, tbot, fsds, flds, qbot, pbot, wind = fday
+    t30 = t30 + (tbot - t30) / 30.0
+    state, out = _day(state, _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt), k)
+    return state, t30, out
+
+
+# torch.compile of _day_forced (inductor: one fused C++/OpenMP loop per day) for runs without
+# autograd. It is compiled once per process (inductor caches the generated code in its cache
+# folder, so a later process skips the C++ build but still traces, a few seconds); runs smaller
+# than COMPILE_MIN_WORK gridcell-days stay eager unless the step is compiled already.
+COMPILE_MIN_WORK = 1_000_000
+_compiled = {"fn": None, "failed": False, "ok": False}
+
+
+def _compile_mode() -> str:
+    v = os.environ.get("ESM_EMU_SIM_COMPILE", "auto").strip().lower()
+    return {"0": "off", "false": "off", "no": "off", "off": "off",
+            "1": "on", "true": "on", "yes": "on", "on": "on"}.get(v, "auto")
+
+
+def _use_compiled(grad: bool, B: int, T: int) -> bool:
+    """Compile the daily step? Never with autograd; ESM_EMU_SIM_COMPILE=0 never, =1 always; by
+    default when compiled already or for at least COMPILE_MIN_WORK gridcell-days."""
+    mode = _compile_mode()
+    if grad or mode == "off" or _compiled["failed"]:
+        return False
+    return mode == "on" or _compiled["ok"] or B * T >= COMPILE_MIN_WORK
+
+
+def _compiled_step():
+    if _compiled["fn"] is None:
+        fn = torch.compile(_day_forced, dynamic=True, fullgraph=True)
+
+        def step(*args):
+            # The module's float constants are constants of the graph, not symbolic inputs.
+            with torch._dynamo.config.patch(specialize_float=True):
+                return fn(*args)
+        _compiled["fn"] = step
+    return _compiled["fn"]
 
 
 def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Tensor],
@@ -270,170 +491,80 @@ def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Ten
     return_state=True) continues a run; without it the run starts cold (see initial_state).
     Outputs: fluxes in mm/s (QRUNOFF, QOVER, QDRAI, QSOIL, QVEGT, QVEGE), EFLX_LH_TOT W/m2,
     SOILWATER_10CM kg/m2, H2OSNO and TWS mm, ZWT m; all float64. Differentiable in params.
+    Large runs without autograd use a compiled daily step (ESM_EMU_SIM_COMPILE=0 turns it off).
     """
+    res, st = _simulate(forcing, static, params, state, block_days, outputs=True)
+    return (res, st) if return_state else res
+
+
+def _simulate(forcing, static, params, state, block_days: int = 73, outputs: bool = True):
+    """run_land's work: (responses or None, end state)."""
     params = dict(params or {})
     missing = [v for v in FORCING_VARS if v not in forcing]
     if missing:
         raise UserError(f"run_land: forcing variable {missing[0]} is missing")
-    f = {k: _t(forcing[k]) for k in FORCING_VARS}
+    f = {n: _t(forcing[n]) for n in FORCING_VARS}
     B, T = f["RAIN"].shape
     c = _prepare(static, params, B)
-    p = c["p"]
     if state is None:
         state = initial_state(static, params, B, tbot0=f["TBOT"][:, 0])
-    wcan, swe, fsno, int_snow = (_t(state[k]) for k in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW"))
-    w = [x.contiguous() for x in _t(state["H2OSOI_LIQ"]).unbind(1)]
+    kt, k = _term_constants(c), _day_constants(c)
+    W = _t(state["H2OSOI_LIQ"]).t().contiguous()
+    st = tuple(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")) + (W, _saturated_thickness(W, k))
     t30 = _t(state["T30"])
-    L = len(w)
-    dt = SECSPDAY
-    capin = c["ksat_d"].clamp_min(1e-9)                     # infiltration capacity, mm/day
-    out = {k: [] for k in RESPONSE_VARS}
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in (*kt, *k, *st, t30, *f.values()))
+    ftm = [f[n].t().contiguous() for n in FORCING_VARS]          # time-major (T, B)
+    run = None
+    if _use_compiled(grad, B, T):
+        try:
+            run = _run_compiled(_compiled_step(), ftm, st, t30, _pack(kt, k), outputs)
+            _compiled["ok"] = True
+        except Exception as err:  # no C++ compiler, unsupported platform, ...: warn once, run eagerly
+            _compiled["failed"] = True
+            warnings.warn(f"run_land: the compiled daily step failed ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0]}); running eagerly (slower). "
+                          "ESM_EMU_SIM_COMPILE=0 skips the attempt.", RuntimeWarning, stacklevel=3)
+    if run is None:
+        run = _run_eager(ftm, st, t30, kt, k, block_days, outputs)
+    outs, st, t30 = run
 
+    res = None
+    if outputs:
+        if T == 0:
+            res = {n: torch.zeros(B, 0, dtype=torch.float64) for n in RESPONSE_VARS}
+        else:
+            res = dict(zip(RESPONSE_VARS, torch.stack(outs, 2).unbind(0)))   # (n_vars, B, T), contiguous
+    wcan, swe, fsno, int_snow, W, _ = st
+    return res, {"H2OCAN": wcan, "H2OSNO": swe, "FSNO": fsno, "INT_SNOW": int_snow,
+                 "H2OSOI_LIQ": W.t().contiguous(), "T30": t30}
+
+
+def _run_compiled(step, ftm: list, st: tuple, t30: torch.Tensor, packed: tuple, outputs: bool):
+    """The time loop with the compiled _day_forced, day by day from the raw forcing."""
+    outs = []
+    for it in range(ftm[0].shape[0]):
+        st, t30, o = step(st, t30, tuple(x[it] for x in ftm), *packed)
+        if outputs:
+            outs.append(o)
+    return outs, st, t30
+
+
+def _run_eager(ftm: list, st: tuple, t30: torch.Tensor, kt: tuple, k: tuple, block_days: int, outputs: bool):
+    """The eager time loop: the state-independent terms a block of days at a time, then _day."""
+    T = ftm[0].shape[0]
+    outs = []
     for t0 in range(0, T, block_days):
-        fb = {k: v[:, t0:t0 + block_days].t().contiguous() for k, v in f.items()}   # time-major
-        x, t30 = _forcing_terms(fb, c, p, t30)
-        for it in range(fb["RAIN"].shape[0]):
-            d = {k: v[it] for k, v in x.items()}
-            rain, snow, vai = d["rain"], d["snow"], d["vai"]
-
-            # Water table and TOPMODEL saturated fraction (CTSM: fsat = FMAX*exp(-0.5*fff*zwt)).
-            hsat = _saturated_thickness(w, c)
-            fsat = p["FMAX"] * torch.exp(-0.5 * p["fff"] * (c["zbed"] - hsat))
-
-            # Canopy interception (CTSM CLM5: fpi = interception_fraction*tanh(LAI+SAI),
-            # capacity = liq_canopy_storage_scalar*(LAI+SAI)); the excess drips.
-            intercept = d["fpi"] * rain
-            wcan = wcan + intercept
-            drip = (wcan - d["cap"]).clamp_min(0.0)
-            wcan = wcan - drip
-            throughfall = rain - intercept + drip
-
-            # Snow-covered fraction on new snow (Swenson & Lawrence 2012, as CTSM):
-            # fsno = 1 - (1 - tanh(accum_factor * newsnow)) * (1 - fsno).
-            fsno = 1.0 - (1.0 - torch.tanh(p["accum_factor"] * snow)) * (1.0 - fsno)
-            swe = swe + snow
-            int_snow = int_snow + snow
-            fsno = torch.where(swe > 1e-9, fsno, torch.zeros_like(fsno))
-            fsno_vis = fsno * d["mask"]
-            rnet = (1.0 - ALB_GROUND - (ALB_SNOW - ALB_GROUND) * fsno_vis) * d["fsds"] + d["lw_net"]
-            # Melt energy: shortwave absorbed by the snow plus half of that absorbed by snow-free
-            # patches (advected to the snow edges), 0 C-surface longwave, sensible heat.
-            sw_abs = d["sw_snow"] * (fsno * (1 - ALB_SNOW) + 0.5 * (1.0 - fsno) * (1 - ALB_GROUND))
-            melt = (sw_abs + d["e_other"]).clamp_min(0.0) * d["melt_gate"] * (dt / HFUS)
-            melt = torch.minimum(melt, swe)
-            swe = swe - melt
-            sub = torch.minimum(fsno * d["sub_pot"], swe)
-            swe = swe - sub
-            # Depletion during melt: fsno = 1 - (acos(2 W/W_int - 1)/pi)**N_melt (CTSM SCA curve).
-            ratio = (2.0 * swe / int_snow.clamp_min(1e-6) - 1.0).clamp(-1 + 1e-9, 1 - 1e-9)
-            f_dep = 1.0 - (torch.acos(ratio) * (1.0 / math.pi)) ** c["n_melt"]
-            has_snow = swe > 1e-9
-            fsno_new = torch.where(has_snow, torch.minimum(fsno, f_dep), torch.zeros_like(fsno))
-            int_snow = torch.where(has_snow, int_snow, torch.zeros_like(int_snow))
-
-            # Soil water stress (CTSM btran from the Clapp-Hornberger matric potential).
-            rw = []
-            for i in range(L):
-                s = (w[i] / c["wsat"][i]).clamp(1e-3, 1.0)
-                smp = -c["sucsat"] * s ** (-c["bsw"])
-                rw.append(c["roots"][i] * ((smp - SMPSC) * (1.0 / (SMPSO - SMPSC))).clamp(0.0, 1.0))
-            btran = sum(rw)
-
-            # Canopy evaporation of intercepted water (wet fraction fwet = (W/Wmax)**(2/3), CTSM).
-            avail_can = rnet * d["fcan"]
-            fwet = (wcan / d["cap"].clamp_min(1e-9)).clamp(1e-12, 1.0) ** (2.0 / 3.0)
-            le_wet = _penman_monteith(avail_can, d["vpd"], d["ga"], 1e6, d["delta"], d["gamma"], d["rho"])
-            qvege = torch.minimum(fwet * le_wet * (dt / HVAP), wcan)
-            wcan = wcan - qvege
-
-            # Transpiration: Penman-Monteith with the Medlyn canopy conductance (g1 = medlynslope).
-            gc = (d["gc_0"] + d["gc_a"] * btran).clamp_min(1e-7)
-            le_tr = _penman_monteith(avail_can, d["vpd"], d["ga"], gc, d["delta"], d["gamma"], d["rho"])
-            et_tr = le_tr * (1.0 - fwet) * (1.0 - fsno_vis) * (dt / HVAP) / btran.clamp_min(1e-9)
-
-            # Soil evaporation through the CLM5 dry surface layer (Swenson & Lawrence 2014):
-            # dsl = d_max*(theta_init - theta1)/(theta_init - theta_air), r_soil = dsl/(D_v*tau) + 20 s/m.
-            theta1 = w[0] / (c["dz"][0] * 1000.0)
-            theta_init = 0.8 * c["watsat"]
-            dsl = p["d_max"] * ((theta_init - theta1) / (theta_init - c["theta_air"])).clamp(0.0, 1.0)
-            rsoil = dsl * 1e-3 / d["dv_tort"] + 20.0
-            le_soil = _penman_monteith(rnet * (1.0 - d["fcan"]), d["vpd"], d["ga_g"], 1.0 / rsoil,
-                                       d["delta"], d["gamma"], d["rho"])
-            esoil = le_soil * (1.0 - fsno) * (dt / HVAP)
-            fsno = fsno_new
-
-            # Surface runoff: saturation excess on fsat, smooth infiltration excess elsewhere.
-            qin = throughfall + melt
-            qin_u = (1.0 - fsat) * qin
-            infil = capin * (1.0 - torch.exp(-qin_u / capin))
-            qover = fsat * qin + (qin_u - infil)
-
-            # Infiltrate, then cascade water above saturation downwards; at the bottom it runs off.
-            w = list(w)
-            w[0] = w[0] + infil
-            for i in range(L):
-                over = (w[i] - c["wsat"][i]).clamp_min(0.0)
-                w[i] = w[i] - over
-                if i + 1 < L:
-                    w[i + 1] = w[i + 1] + over
-                else:
-                    qover = qover + over
-
-            # Evapotranspiration from the soil layers, limited by the water each can give.
-            esoil = torch.minimum(esoil, (w[0] - c["w_air"][0]).clamp_min(0.0))
-            w[0] = w[0] - esoil
-            qvegt = torch.zeros_like(rain)
-            for i in range(L):
-                e = torch.minimum(et_tr * rw[i], (w[i] - c["w_wilt"][i]).clamp_min(0.0))
-                w[i] = w[i] - e
-                qvegt = qvegt + e
-
-            # Gravity drainage, k = ksat*s**(2b+3), integrated exactly over the day for each
-            # layer as a nonlinear reservoir, limited by the room in the layer below.
-            e1 = 1.0 - c["expo"]
-            inv_e1 = 1.0 / e1
-            for i in range(L - 1):
-                s0 = (w[i] / c["wsat"][i]).clamp(1e-3, 1.0)
-                s1 = (s0 ** e1 - e1 * c["ksat_d"] / c["wsat"][i]) ** inv_e1
-                q = torch.minimum((s0 - s1) * c["wsat"][i], c["wsat"][i + 1] - w[i + 1])
-                q = torch.minimum(q, w[i]).clamp_min(0.0)
-                w[i] = w[i] - q
-                w[i + 1] = w[i + 1] + q
-
-            # Baseflow, CTSM power law: q = baseflow_scalar * tan(slope) * (zbedrock - zwt)**n_baseflow,
-            # taken from the drainable water of the lowest layers first.
-            need = p["baseflow_scalar"] * c["slope_tan"] * hsat.clamp_min(1e-9) ** p["n_baseflow"] * dt
-            qdrai = torch.zeros_like(rain)
-            for i in reversed(range(L)):
-                take = torch.minimum(need, (w[i] - c["w_fc"][i]).clamp_min(0.0))
-                w[i] = w[i] - take
-                need = need - take
-                qdrai = qdrai + take
-
-            out["QOVER"].append(qover)
-            out["QDRAI"].append(qdrai)
-            out["QSOIL"].append(esoil + sub)
-            out["QVEGT"].append(qvegt)
-            out["QVEGE"].append(qvege)
-            out["EFLX_LH_TOT"].append(HVAP * (esoil + qvegt + qvege) + HSUB * sub)
-            out["SOILWATER_10CM"].append(w[0])
-            out["H2OSNO"].append(swe)
-            out["TWS"].append(wcan + swe + sum(w))
-            out["ZWT"].append(c["zbed"] - _saturated_thickness(w, c))
-
-    if T == 0:
-        res = {k: torch.zeros(B, 0, dtype=torch.float64) for k in RESPONSE_VARS}
-    else:
-        res = {k: torch.stack(v, 1) for k, v in out.items() if v}
-        for k in ("QOVER", "QDRAI", "QSOIL", "QVEGT", "QVEGE", "EFLX_LH_TOT"):
-            res[k] = res[k] / dt                              # mm/day -> mm/s, J/m2/day -> W/m2
-        res["QRUNOFF"] = res["QOVER"] + res["QDRAI"]
-        res = {k: res[k] for k in RESPONSE_VARS}
-    if return_state:
-        new_state = {"H2OCAN": wcan, "H2OSNO": swe, "FSNO": fsno, "INT_SNOW": int_snow,
-                     "H2OSOI_LIQ": torch.stack(w, 1), "T30": t30}
-        return res, new_state
-    return res
+        rain, snow, tbot, fsds, flds, qbot, pbot, wind = (x[t0:t0 + block_days] for x in ftm)   # (Tb, B)
+        t30s = []
+        for row in tbot:
+            t30 = t30 + (row - t30) / 30.0
+            t30s.append(t30)
+        x = _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, torch.stack(t30s), kt)
+        for it in range(tbot.shape[0]):
+            st, o = _day(st, tuple(v[it] for v in x), k)
+            if outputs:
+                outs.append(o)
+    return outs, st, t30
 
 
 def spin_up(forcing: Mapping[str, torch.Tensor], static: Mapping, params: Mapping | None = None,
@@ -442,7 +573,7 @@ def spin_up(forcing: Mapping[str, torch.Tensor], static: Mapping, params: Mappin
     year = {k: _t(v)[:, :days_per_year] for k, v in forcing.items() if k in FORCING_VARS}
     state = None
     for _ in range(max(int(n_years), 0)):
-        _, state = run_land(year, static, params, state=state, return_state=True)
+        _, state = _simulate(year, static, params, state, outputs=False)
     if state is None:
         B = year["RAIN"].shape[0]
         state = initial_state(static, params, B, tbot0=year["TBOT"][:, 0])
