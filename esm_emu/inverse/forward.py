@@ -6,13 +6,14 @@ one they run through.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ppe_ingest.errors import UserError
+
+from ..checkpoint import file_sha256
 
 SIM_FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
 SIM_STATIC = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV", "LAI_MAX", "LAI_MIN")
@@ -60,19 +61,10 @@ class EmulatorForward(ForwardModel):
         for p in self.emu.parameters():
             p.requires_grad_(False)
         if checkpoint is not None:
-            self.checkpoint_sha256 = sha256_file(checkpoint)
+            self.checkpoint_sha256 = file_sha256(checkpoint)
 
     def forward(self, forcing, static, theta):
-        core, norm = getattr(self.emu, "core", None), getattr(self.emu, "norm", None)
-        sc = getattr(norm, "response", None)
-        if core is None or sc is None or not hasattr(self.emu, "conditioning"):
-            return self.emu(forcing, static, theta)
-        self.emu._check(forcing, static, theta)
-        zn, _ = core(norm.forcing(forcing), self.emu.conditioning(static, theta), None)
-        # Scaler.inverse evaluates exp() on every response (e.g. exp(80 W/m2) = inf in float32) and
-        # torch.where then gives NaN gradients; exponentiate only the log-transformed ones.
-        x = zn * sc.std + sc.mean
-        return torch.where(sc.log, torch.exp(torch.where(sc.log, x, torch.zeros_like(x))) - sc.eps, x)
+        return self.emu(forcing, static, theta)
 
 
 class SimulatorForward(ForwardModel):
@@ -106,15 +98,6 @@ class SimulatorForward(ForwardModel):
         """The simulator taking the static fields ``entities`` has (optional ones may be absent)."""
         static = [n for n in SIM_STATIC if n in entities.variables or n not in SIM_STATIC_OPTIONAL]
         return cls(param_names, response_names, static_names=static)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the emulator checkpoint's provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: Sequence[str] | None = None,

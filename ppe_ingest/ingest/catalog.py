@@ -101,9 +101,10 @@ def open_catalog(path: str | Path, **kwargs):
     """Open a catalog written by :func:`write_catalog` as an ``intake_esm.esm_datastore``.
 
     Reads the CSV itself so that the iterable columns the JSON declares are lists intake-esm can
-    search under pandas 2 and 3 (see the module docstring). `kwargs` go to ``esm_datastore``.
+    search under pandas 2 and 3 (see the module docstring). Opened through intake's own
+    ``intake.open_esm_datastore``; `kwargs` go to it.
     """
-    import intake_esm
+    import intake
 
     path = Path(path)
     try:
@@ -121,4 +122,4 @@ def open_catalog(path: str | Path, **kwargs):
         if col not in df.columns:
             raise UserError(f"{csv}: no column {col!r}")
         df[col] = df[col].astype(object).map(lambda t: _parse_list(str(t), csv))
-    return intake_esm.esm_datastore({"esmcat": spec, "df": df}, **kwargs)
+    return intake.open_esm_datastore({"esmcat": spec, "df": df}, **kwargs)
