@@ -30,12 +30,14 @@ def main(argv=None):
     ap.add_argument("--gridcells", type=int, default=200)
     ap.add_argument("--years", type=int, default=5)
     ap.add_argument("--spinup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: as esm-emu simulate, physics.simulation_threads())")
     ap.add_argument("--eager", action="store_true", help="do not compile the daily step (ESM_EMU_SIM_COMPILE=0)")
     a = ap.parse_args(argv)
     os.environ["ESM_EMU_SIM_COMPILE"] = "0" if a.eager else "1"
-    torch.set_num_threads(a.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    a.threads = a.threads or physics.simulation_threads()
+    torch.set_num_threads(a.threads)
     sites = builtin_sites(a.gridcells, 0)
     wx = generate_weather(sites, 2000, a.years, 0)
     rng = np.random.default_rng(0)

@@ -109,6 +109,16 @@ def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str
         params[k] = torch.as_tensor(np.repeat(v, G) if v.ndim == 1 else v.reshape(-1), dtype=torch.float64)
     out = {k: np.empty((M, G, T), np.float32) for k in physics.RESPONSE_VARS}
     years = list(range(0, T, 365))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(physics.simulation_threads())
+    try:
+        _run_years(weather, static, params, spinup_years, out, M, G, years, progress)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _run_years(weather, static, params, spinup_years, out, M, G, years, progress) -> None:
     with torch.no_grad():
         first = weather_mod.forcing_tensors(weather.isel(time=slice(0, 365)), repeat=M)
         state = physics.spin_up(first, static, params, n_years=spinup_years)
@@ -119,7 +129,6 @@ def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str
                 out[k][:, :, t0:t0 + v.shape[1]] = v.numpy().reshape(M, G, -1)
             if progress is not None:
                 progress.update(M)
-    return out
 
 
 def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: bool = False) -> dict:
@@ -131,7 +140,6 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     from ..design import make_design, write_design, write_member_files
 
     t_start = _time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
     seed = cfg["seed"] if seed is None else int(seed)
     table, table_path = load_table(cfg)
