@@ -68,7 +68,8 @@ def main(argv=None):
              f"wall time: {t2 - t0:.1f} s total ({tc - t0:.1f} s first call incl. compile, {t1 - tc:.1f} s spin-up, "
              f"{t2 - t1:.1f} s run); process CPU time {cpu:.1f} s",
              f"member-gridcell-years per second (run only): {mgy / (t2 - t1):.0f}",
-             f"member-gridcell-years per second (incl. spin-up and compile): {B * (a.years + a.spinup) / (t2 - t0):.0f}"]
+             "member-gridcell-years per second (incl. spin-up and compile): "
+             f"{B * (a.years + a.spinup) / (t2 - t0):.0f}"]
     record("simulate: built-in simulator throughput", lines)
 
 
