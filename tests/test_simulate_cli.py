@@ -16,6 +16,7 @@ import torch
 import xarray as xr
 
 from ppe_ingest.ctsmio.paramfile import read_paramfile
+from ppe_ingest.ctsmio.surfdata import lai_extremes
 from ppe_ingest.simulator import physics
 from ppe_ingest.simulator.physics import FORCING_VARS, RESPONSE_VARS
 
@@ -79,6 +80,11 @@ def test_writes_the_ppe_layout(run):
         assert s.sizes["gridcell"] == 4
         for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV"):
             assert k in s
+        # vegetation as CTSM has it: one dominant natural PFT per gridcell with its monthly LAI
+        assert s["MONTHLY_LAI"].dims == ("time", "lsmpft", "gridcell") and s.sizes["lsmpft"] == 79
+        assert (s["PCT_NAT_PFT"].max("natpft") == 100).all() and (s["PCT_NAT_PFT"].sum("natpft") == 100).all()
+        dominant = s["PCT_NAT_PFT"].argmax("natpft").values
+        assert (s["MONTHLY_LAI"].values[:, dominant, range(4)] > 0).all()
 
 
 def test_history_files_look_like_ctsm(run):
@@ -110,8 +116,10 @@ def test_history_holds_the_simulator_run_of_each_member(run):
                           decode_times=False).load()
     with xr.open_dataset(out / "surfdata_tcase.nc") as s:
         static = {k: torch.as_tensor(s[k].values if s[k].ndim == 1 else s[k].values[0], dtype=torch.float64)
-                  for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV",
-                            "LAI_MAX", "LAI_MIN")}
+                  for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")}
+        # the simulator's LAI_MAX/LAI_MIN are the extremes of the surfdata's MONTHLY_LAI
+        lai = lai_extremes(s["MONTHLY_LAI"].values, s["PCT_NAT_PFT"].values)
+        static.update(LAI_MAX=torch.as_tensor(lai[0]), LAI_MIN=torch.as_tensor(lai[1]))
     forcing = {k: torch.as_tensor(h[k].values.T, dtype=torch.float64) for k in FORCING_VARS}
     params = {p: float(design.loc["LHC0003", p]) for p in design.columns}
     state = physics.spin_up(forcing, static, params, n_years=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from _ingest_ppe import make_ppe, sim_ppe
+from _ingest_ppe import SIM, make_ppe, sim_ppe
 from ppe_ingest.ingest.checks import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
 from ppe_ingest.ingest.store import write_store
@@ -149,7 +149,8 @@ def test_simulator_ppe_store(sim, tmp_path):
     np.testing.assert_allclose(ds.theta.sel(member=list(design.index), param=list(design.columns)).values,
                                design.to_numpy(), rtol=1e-6)
     assert np.isfinite(ds.theta_min.values).all() and (ds.theta_min <= ds.theta.min("member")).all()
-    assert set(ds.field.values) == {"PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV"}
+    assert set(ds.field.values) == {"PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV",
+                                    "LAI_MAX", "LAI_MIN"}
     assert set(ds.norm_var.values) == {*FORCING, *RESPONSES, *ds.field.values, *ds.param.values}
     assert np.isfinite(ds.norm_mean.values).all() and (ds.norm_std.values >= 0).all()
     (f,) = sorted((sim / "hist").glob("*_LHC0003.clm2.h1.*.nc"))
@@ -190,3 +191,39 @@ def test_open_ensemble_is_lazy_and_equals_the_store(built):
         got = ens.QRUNOFF.values
     np.testing.assert_array_equal(got, xr.open_dataset(out).QRUNOFF.values)
     assert ens.time.dt.calendar == "noleap"
+
+
+def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_path):
+    """LAI_MAX/LAI_MIN derived from the surfdata's MONTHLY_LAI are the values the simulator ran with, and
+    the simulator forward built on the store takes them: it reproduces a member's history."""
+    import torch
+
+    from esm_emu.inverse.cli import load_entities
+    from esm_emu.inverse.forward import SimulatorForward
+    from esm_emu.inverse.problem import attributes
+    from ppe_ingest.simulator.sites import builtin_sites
+
+    out = write_store(discover(sim), tmp_path / "store.nc", progress=False, seed=1,
+                      split=dict(val_members=0, test_members=0, test_years=0))
+    ds = xr.open_dataset(out)
+    sites = builtin_sites(SIM["n_gridcells"], SIM["seed"])
+    np.testing.assert_allclose(ds.grid1d_lat.values, sites.grid1d_lat.values)
+    for k in ("LAI_MAX", "LAI_MIN"):
+        np.testing.assert_allclose(ds.static.sel(field=k).values, sites[k].values, rtol=1e-12)
+        assert ds.norm_std.sel(norm_var=k) > 0
+    assert "MONTHLY_LAI" in ds.static.attrs["lai_derivation"] and "LAI_MAX:unitless" in ds.static.attrs["units"]
+
+    ent = load_entities({"store": str(out)})
+    params = [str(p) for p in ds.param.values]
+    fwd = SimulatorForward.for_entities(ent, params, ("QRUNOFF", "EFLX_LH_TOT"))
+    assert {"LAI_MAX", "LAI_MIN", "ORGANIC", "STD_ELEV"} <= set(fwd.static_names)
+    _, names = attributes(ent, "gridcell", fwd.static_names, fwd.forcing_names)
+    assert {"LAI_MAX", "LAI_MIN"} <= set(names)
+    forcing = torch.as_tensor(np.stack([ent[v].transpose("gridcell", "time").values for v in fwd.forcing_names], -1),
+                              dtype=torch.float64)
+    static = torch.as_tensor(ent.static.sel(field=fwd.static_names).values, dtype=torch.float64)
+    theta = torch.as_tensor(np.repeat(ds.theta.sel(member=["LHC0002"]).values, forcing.shape[0], 0))
+    with torch.no_grad():
+        got = fwd(forcing, static, theta).numpy()
+    for i, v in enumerate(("QRUNOFF", "EFLX_LH_TOT")):
+        np.testing.assert_allclose(got[..., i], ds[v].sel(member="LHC0002").values, rtol=2e-3, atol=1e-9 if i == 0 else 1e-3)

@@ -120,3 +120,67 @@ def test_create_refuses_invalid(tmp_path):
     with pytest.raises(UserError, match="field FOO"):
         create_surfdata_1d(tmp_path / "s.nc", [0], [0], {"FOO": [1]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_monthly_lai_written_and_read_as_ctsm_does(tmp_path):
+    from ppe_ingest.ctsmio.surfdata import LSMPFT, lai_extremes, single_pft_vegetation
+
+    months = np.arange(12)
+    lai12 = np.stack([1.0 + 3.0 * np.sin(np.pi * months / 11), 0.5 + 0.1 * months], 1)   # (12, 2)
+    lai, pct = single_pft_vegetation(np.array([7, 14]), lai12)
+    p = create_surfdata_1d(tmp_path / "s.nc", [40.0, 10.0], [-100.0, 20.0], {"FMAX": [0.3, 0.2]},
+                           monthly_lai=lai, pct_nat_pft=pct)
+    with netCDF4.Dataset(p) as ds:
+        assert {k: len(v) for k, v in ds.dimensions.items()} == {"gridcell": 2, "nlevsoi": 10, "natpft": 15,
+                                                                 "time": 12, "lsmpft": LSMPFT}
+        v = ds["MONTHLY_LAI"]
+        assert v.dimensions == ("time", "lsmpft", "gridcell") and v.dtype == np.float64
+        assert v.long_name == "monthly leaf area index" and v.units == "unitless"
+        assert ds["PCT_NAT_PFT"].dimensions == ("natpft", "gridcell") and ds["PCT_NAT_PFT"].dtype == np.float64
+        assert list(ds["time"][:]) == list(range(1, 13)) and list(ds["natpft"][:]) == list(range(15))
+        raw = v[:]
+    assert np.array_equal(raw[:, 7, 0], lai12[:, 0]) and np.array_equal(raw[:, 14, 1], lai12[:, 1])
+    assert np.count_nonzero(raw) == np.count_nonzero(lai12)                  # every other PFT has LAI 0
+    back = read_surfdata(p, fields=("MONTHLY_LAI", "PCT_NAT_PFT"))
+    assert back.MONTHLY_LAI.dims == ("time", "lsmpft", "gridcell")
+    assert np.array_equal(back.MONTHLY_LAI.values, lai) and back.PCT_NAT_PFT.values[[7, 14], [0, 1]].tolist() == [100, 100]
+    mx, mn = lai_extremes(back.MONTHLY_LAI.values, back.PCT_NAT_PFT.values)
+    np.testing.assert_allclose(mx, lai12.max(0), rtol=1e-15)
+    np.testing.assert_allclose(mn, lai12.min(0), rtol=1e-15)
+
+
+def test_monthly_lai_refused_when_inconsistent(tmp_path):
+    from ppe_ingest.ctsmio.surfdata import single_pft_vegetation
+
+    lai, pct = single_pft_vegetation(np.array([1]), np.ones((12, 1)))
+    bad_pct = pct.copy()
+    bad_pct[1, 0] = 90.0
+    with pytest.raises(UserError, match="PCT_NAT_PFT sums to 90 at gridcell 0"):
+        create_surfdata_1d(tmp_path / "s.nc", [0], [0], {}, monthly_lai=lai, pct_nat_pft=bad_pct)
+    with pytest.raises(UserError, match="MONTHLY_LAI needs PCT_NAT_PFT"):
+        create_surfdata_1d(tmp_path / "s.nc", [0], [0], {}, monthly_lai=lai)
+    with pytest.raises(UserError, match="MONTHLY_LAI must be finite and >= 0"):
+        create_surfdata_1d(tmp_path / "s.nc", [0], [0], {}, monthly_lai=-lai, pct_nat_pft=pct)
+    with pytest.raises(UserError, match="MONTHLY_LAI has shape \\(11, 79, 1\\)"):
+        create_surfdata_1d(tmp_path / "s.nc", [0], [0], {}, monthly_lai=lai[1:], pct_nat_pft=pct)
+    with pytest.raises(UserError, match="natural PFT indices 0..14"):
+        single_pft_vegetation(np.array([20]), np.ones((12, 1)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lai_extremes_of_the_real_clm5_surfdata(shared_data):
+    """The ingest's LAI_MAX/LAI_MIN of the real 2-D CLM5 surfdata equal a hand computation from the file."""
+    from ppe_ingest.ingest.store import read_static
+
+    path = shared_data(*BRAZIL)
+    with netCDF4.Dataset(path) as ds:
+        lai = ds["MONTHLY_LAI"][:, :, 0, 0]          # (12 months, lsmpft=17)
+        pct = ds["PCT_NAT_PFT"][:, 0, 0]             # (natpft=15,), % of the natural vegetation landunit
+        lat, lon = float(ds["LATIXY"][0, 0]), float(ds["LONGXY"][0, 0])
+    monthly = [sum(pct[p] * lai[m, p] for p in range(15)) / sum(pct) for m in range(12)]
+    values, fields, units = read_static(path, np.array([lat]), np.array([lon]))
+    got = dict(zip(fields, values[0]))
+    assert fields[-2:] == ["LAI_MAX", "LAI_MIN"] and units["LAI_MAX"] == "unitless"
+    assert got["LAI_MAX"] == pytest.approx(max(monthly), rel=1e-12)
+    assert got["LAI_MIN"] == pytest.approx(min(monthly), rel=1e-12)
+    assert 4.5 < got["LAI_MIN"] < got["LAI_MAX"] < 6.5                       # mostly tropical evergreen forest (PFT 4)

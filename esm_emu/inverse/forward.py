@@ -95,8 +95,12 @@ class SimulatorForward(ForwardModel):
 
     @classmethod
     def for_entities(cls, entities, param_names, response_names=("QRUNOFF",)) -> "SimulatorForward":
-        """The simulator taking the static fields ``entities`` has (optional ones may be absent)."""
-        static = [n for n in SIM_STATIC if n in entities.variables or n not in SIM_STATIC_OPTIONAL]
+        """The simulator taking the static fields ``entities`` has (optional ones may be absent): its
+        own variables or, for a training store, the ``field`` entries of ``static(gridcell, field)``."""
+        have = set(entities.variables)
+        if "static" in entities.variables and "field" in entities.coords:
+            have |= {str(f) for f in entities["field"].values}
+        static = [n for n in SIM_STATIC if n in have or n not in SIM_STATIC_OPTIONAL]
         return cls(param_names, response_names, static_names=static)
 
 

@@ -2,6 +2,8 @@
 
 Both forms are handled: CLM5.0 ``(..., lsmlat, lsmlon)`` (gridcells flattened in C order, i.e.
 gridcell = ilat * nlon + ilon) and the CTSM 5.2+ unstructured 1-D ``(..., gridcell)`` form.
+Vegetation: ``MONTHLY_LAI(time=12, lsmpft, ...)`` with ``PCT_NAT_PFT(natpft, ...)`` and the
+annual LAI extremes of the natural vegetation derived from them (`natural_lai`, `lai_extremes`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ from ._ncfile import cast_to, copy_and_modify, history_line, open_dataset
 SOIL_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC")
 DEFAULT_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")
 NLEVSOI = 10
+# CLM5 PFT layout (FORMAT.md): natural PFTs 0..14 (0 = not_vegetated), crop CFTs 15..78.
+NATPFT = 15
+LSMPFT = 79
+NMONTHS = 12
+LAI_ATTRS = {"long_name": "monthly leaf area index", "units": "unitless"}
+PCT_NAT_PFT_ATTRS = {"long_name": "percent plant functional type on the natural veg landunit (% of landunit)",
+                     "units": "unitless"}
 
 # name: (per soil level?, dtype in CTSM 5.2+ files, long_name, units), as in FORMAT.md
 FIELD_SPECS = {
@@ -198,13 +207,97 @@ def write_surfdata(src: str | Path, dst: str | Path, updates: Mapping[str, objec
     return copy_and_modify(src, dst, changes, history_line(line))
 
 
+def natural_lai(monthly_lai, pct_nat_pft) -> np.ndarray:
+    """(12, gridcell) LAI of the natural-vegetation landunit: MONTHLY_LAI (12, lsmpft, gridcell) of the
+    natural PFTs averaged with the PCT_NAT_PFT (natpft, gridcell) weights; 0 where no PFT has weight."""
+    lai = np.asarray(monthly_lai, dtype="f8")
+    w = np.asarray(pct_nat_pft, dtype="f8")
+    n_nat = w.shape[0]
+    total = w.sum(0)
+    num = np.einsum("tpg,pg->tg", lai[:, :n_nat], w)
+    return np.where(total > 0, num / np.where(total > 0, total, 1.0), 0.0)
+
+
+def lai_extremes(monthly_lai, pct_nat_pft) -> tuple[np.ndarray, np.ndarray]:
+    """(LAI_MAX, LAI_MIN) per gridcell: max and min over the 12 months of `natural_lai`."""
+    lai = natural_lai(monthly_lai, pct_nat_pft)
+    return lai.max(0), lai.min(0)
+
+
+def single_pft_vegetation(pft, lai, lsmpft: int = LSMPFT) -> tuple[np.ndarray, np.ndarray]:
+    """(MONTHLY_LAI (12, lsmpft, gridcell), PCT_NAT_PFT (natpft, gridcell)) for gridcells covered by one
+    natural PFT each: `pft` (gridcell,) indices 0..14 at 100 %, `lai` (12, gridcell) its monthly LAI;
+    every other PFT has 0 % and LAI 0."""
+    pft = np.atleast_1d(np.asarray(pft))
+    lai = np.asarray(lai, dtype="f8")
+    n = pft.size
+    if pft.ndim != 1 or not np.issubdtype(pft.dtype, np.integer) or ((pft < 0) | (pft >= NATPFT)).any():
+        raise UserError(f"single_pft_vegetation: pft must be integer natural PFT indices 0..{NATPFT - 1}")
+    if lai.shape != (NMONTHS, n):
+        raise UserError(f"single_pft_vegetation: lai has shape {lai.shape}, expected ({NMONTHS}, {n})")
+    full = np.zeros((NMONTHS, lsmpft, n))
+    full[:, pft, np.arange(n)] = lai
+    pct = np.zeros((NATPFT, n))
+    pct[pft, np.arange(n)] = 100.0
+    return full, pct
+
+
+def _vegetation(dst, n, monthly_lai, pct_nat_pft):
+    """Checked (MONTHLY_LAI, PCT_NAT_PFT) float64 arrays for create_surfdata_1d (None if not given)."""
+    lai = pct = None
+    if pct_nat_pft is not None:
+        pct = np.asarray(pct_nat_pft, dtype="f8")
+        if pct.shape != (NATPFT, n):
+            raise UserError(f"{dst}: PCT_NAT_PFT has shape {pct.shape}, expected (natpft={NATPFT}, {n})")
+        if not np.isfinite(pct).all() or (pct < 0).any() or (pct > 100).any():
+            raise UserError(f"{dst}: PCT_NAT_PFT must be finite and within 0..100")
+        bad = np.flatnonzero(np.abs(pct.sum(0) - 100.0) > 1e-6)
+        if bad.size:
+            raise UserError(f"{dst}: PCT_NAT_PFT sums to {pct[:, bad[0]].sum():.6g} at gridcell {bad[0]}, "
+                            "must be 100 (% of the natural vegetation landunit)")
+    if monthly_lai is not None:
+        if pct is None:
+            raise UserError(f"{dst}: MONTHLY_LAI needs PCT_NAT_PFT (the PFT weights) as well")
+        lai = np.asarray(monthly_lai, dtype="f8")
+        if lai.ndim != 3 or lai.shape[0] != NMONTHS or lai.shape[2] != n or lai.shape[1] < NATPFT:
+            raise UserError(f"{dst}: MONTHLY_LAI has shape {lai.shape}, expected (time={NMONTHS}, "
+                            f"lsmpft>={NATPFT}, {n})")
+        if not np.isfinite(lai).all() or (lai < 0).any():
+            raise UserError(f"{dst}: MONTHLY_LAI must be finite and >= 0")
+    return lai, pct
+
+
+def _write_vegetation(ds, lai, pct) -> None:
+    """natpft, time, PCT_NAT_PFT and MONTHLY_LAI as in CLM5 surfdata (FORMAT.md)."""
+    ds.createDimension("natpft", NATPFT)
+    v = ds.createVariable("natpft", "i4", ("natpft",))
+    v.setncatts({"long_name": "indices of natural PFTs", "units": "index"})
+    v[:] = np.arange(NATPFT, dtype="i4")
+    v = ds.createVariable("PCT_NAT_PFT", "f8", ("natpft", "gridcell"))
+    v.setncatts(PCT_NAT_PFT_ATTRS)
+    v[:] = pct
+    if lai is None:
+        return
+    ds.createDimension("time", NMONTHS)
+    ds.createDimension("lsmpft", lai.shape[1])
+    v = ds.createVariable("time", "i4", ("time",))
+    v.setncatts({"long_name": "Calendar month", "units": "month"})
+    v[:] = np.arange(1, NMONTHS + 1, dtype="i4")
+    v = ds.createVariable("MONTHLY_LAI", "f8", ("time", "lsmpft", "gridcell"))
+    v.setncatts(LAI_ATTRS)
+    v[:] = lai
+
+
 def create_surfdata_1d(dst: str | Path, lat, lon, fields: Mapping[str, object], area=None,
-                       history: str | None = None) -> Path:
+                       history: str | None = None, monthly_lai=None, pct_nat_pft=None) -> Path:
     """A NEW surface dataset in the CTSM 5.2+ 1-D `gridcell` form holding the given fields.
 
     Soil fields (PCT_SAND, PCT_CLAY, ORGANIC) are (nlevsoi=10, gridcell) float32; a per-gridcell
     array is repeated on all levels. Others (FMAX, zbedrock, SLOPE, STD_ELEV, SOIL_COLOR) are
     (gridcell). LATIXY, LONGXY and AREA (km^2, when given) are written with CTSM long names/units.
+    Vegetation, optional: `pct_nat_pft` (natpft=15, gridcell) percent of the natural vegetation
+    landunit (sums to 100) and `monthly_lai` (time=12, lsmpft, gridcell) written as CTSM's
+    PCT_NAT_PFT and MONTHLY_LAI, float64 like CLM5 files (`single_pft_vegetation` builds both).
     """
     dst = Path(dst)
     lat = np.atleast_1d(np.asarray(lat, dtype=float))
@@ -229,6 +322,7 @@ def create_surfdata_1d(dst: str | Path, lat, lon, fields: Mapping[str, object], 
             raise UserError(f"{dst}: field {name} has shape {v.shape}, expected {want}")
         data[name] = v
     check_physical(data, lat, lon, dst)
+    lai, pct = _vegetation(dst, n, monthly_lai, pct_nat_pft)
     if area is not None:
         area = np.broadcast_to(np.asarray(area, dtype=float), (n,))
         if (area <= 0).any() or not np.isfinite(area).all():
@@ -255,4 +349,6 @@ def create_surfdata_1d(dst: str | Path, lat, lon, fields: Mapping[str, object], 
                 var.setncattr("long_name", ln)
                 var.setncattr("units", un)
                 var[:] = cast_to(var, data[name], name, dst)
+            if pct is not None:
+                _write_vegetation(ds, lai, pct)
     return dst

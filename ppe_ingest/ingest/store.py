@@ -44,6 +44,10 @@ from .checks import FORCING, RESPONSES, Report, nan_count
 from .discover import NC_LOCK, HistFile, Ppe
 
 STATIC_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")
+# Derived from MONTHLY_LAI (time, lsmpft, ...) and PCT_NAT_PFT (natpft, ...) whenever the surfdata has them.
+LAI_FIELDS = ("LAI_MAX", "LAI_MIN")
+LAI_DERIVATION = ("LAI_MAX, LAI_MIN: max and min over the 12 months of surfdata MONTHLY_LAI averaged over the "
+                  "natural PFTs with PCT_NAT_PFT weights (0 where no natural PFT has weight)")
 DEFAULT_LOG_VARS = ("QRUNOFF", "QOVER", "QDRAI")
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_ATTRS = {"flag_values": np.array([0, 1, 2], dtype="i1"), "flag_meanings": "train val test"}
@@ -215,7 +219,10 @@ def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
     """static(gridcell, field) from a 1-D or (lsmlat, lsmlon) surfdata, matched to the history gridcells by lat/lon.
 
     Soil fields on nlevsoi (PCT_SAND, PCT_CLAY, ORGANIC) are reduced by an unweighted mean over the levels.
+    LAI_MAX and LAI_MIN come from MONTHLY_LAI and PCT_NAT_PFT when the surfdata has MONTHLY_LAI (LAI_DERIVATION).
     """
+    from ..ctsmio.surfdata import lai_extremes
+
     if surfdata is None:
         return np.zeros((lat.size, 0)), [], {}
     with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
@@ -232,6 +239,11 @@ def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
                 a = a.mean(axis=var.dimensions.index("nlevsoi"))
             cols.append(a.ravel())
             units[f] = getattr(var, "units", "")
+        if "MONTHLY_LAI" in ds.variables:
+            lai, pct = _lai_inputs(ds, surfdata, slat.size)
+            cols.extend(lai_extremes(lai, pct))
+            fields += list(LAI_FIELDS)
+            units.update(dict.fromkeys(LAI_FIELDS, getattr(ds.variables["MONTHLY_LAI"], "units", "")))
     d = (np.abs(slat[None, :] - lat[:, None]) + np.abs(((slon[None, :] - lon[:, None]) + 180) % 360 - 180))
     idx = d.argmin(axis=1)
     far = d[np.arange(lat.size), idx] > 1e-3
@@ -240,6 +252,24 @@ def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
         raise UserError(f"{surfdata}: no surfdata gridcell at history gridcell {g} "
                         f"(lat {lat[g]:.4f}, lon {lon[g]:.4f}); mismatched gridcell sets")
     return np.stack([c[idx] for c in cols], axis=1) if cols else np.zeros((lat.size, 0)), fields, units
+
+
+def _lai_inputs(ds, surfdata, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """MONTHLY_LAI as (time, lsmpft, n) and PCT_NAT_PFT as (natpft, n), spatial dims flattened in C order."""
+    lai_var = ds.variables["MONTHLY_LAI"]
+    if "PCT_NAT_PFT" not in ds.variables:
+        raise UserError(f"{surfdata}: MONTHLY_LAI is present but PCT_NAT_PFT (its PFT weights) is not")
+    pct_var = ds.variables["PCT_NAT_PFT"]
+    lai = np.ma.filled(np.ma.asarray(lai_var[...], dtype="f8"), np.nan)
+    pct = np.ma.filled(np.ma.asarray(pct_var[...], dtype="f8"), np.nan)
+    if lai.ndim < 3 or lai.size != lai.shape[0] * lai.shape[1] * n or pct.size != pct.shape[0] * n:
+        raise UserError(f"{surfdata}: MONTHLY_LAI {lai_var.dimensions} / PCT_NAT_PFT {pct_var.dimensions} "
+                        f"do not cover the {n} gridcells of LATIXY")
+    lai, pct = lai.reshape(lai.shape[0], lai.shape[1], n), pct.reshape(pct.shape[0], n)
+    if lai.shape[0] != 12 or lai.shape[1] < pct.shape[0]:
+        raise UserError(f"{surfdata}: MONTHLY_LAI has shape {lai.shape[:2]} over (time, lsmpft); expected 12 months "
+                        f"and at least the {pct.shape[0]} natural PFTs of PCT_NAT_PFT")
+    return lai, pct
 
 
 # ---------------------------------------------------------------- writing
@@ -509,6 +539,8 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
             s[:, :] = static
             s.long_name = "static surface fields (surfdata)"
             s.soil_layer_reduction = "PCT_SAND, PCT_CLAY, ORGANIC: unweighted mean over the nlevsoi levels"
+            if "LAI_MAX" in fields:
+                s.lai_derivation = LAI_DERIVATION
             s.units = " ".join(f"{f}:{static_units[f] or '1'}" for f in fields)
             for name, vals, dim in (("split_member", sm, "member"), ("split_gridcell", sg, "gridcell"),
                                     ("split_time", st, "time")):

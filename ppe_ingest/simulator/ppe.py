@@ -12,7 +12,6 @@ import shutil
 import time as _time
 from pathlib import Path
 
-import netCDF4
 import numpy as np
 import torch
 import xarray as xr
@@ -80,20 +79,19 @@ def _default_values(table) -> tuple[dict, dict]:
     return values, attrs
 
 
-def write_surfdata(path: Path, sites: xr.Dataset) -> Path:
-    """The static fields as a 1-D surface dataset (plus the simulator's LAI_MAX/LAI_MIN)."""
-    from ..ctsmio.surfdata import create_surfdata_1d
+def write_surfdata(path: Path, sites: xr.Dataset, weather: xr.Dataset) -> Path:
+    """The static fields as a 1-D surface dataset, with the vegetation in CTSM's form: each gridcell
+    one dominant natural PFT (PCT_NAT_PFT = 100, `sites.dominant_pft`) whose MONTHLY_LAI is the
+    site's seasonal cycle (`sites.monthly_lai`), spanning exactly the LAI_MIN..LAI_MAX the simulator runs with."""
+    from ..ctsmio.surfdata import create_surfdata_1d, single_pft_vegetation
 
     fields = {k: sites[k].values for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")}
+    lai, pct = single_pft_vegetation(sites_mod.dominant_pft(sites), sites_mod.monthly_lai(sites, weather))
     with atomic_path(path) as tmp:
         tmp.unlink()
         create_surfdata_1d(tmp, sites.grid1d_lat.values, sites.grid1d_lon.values, fields, area=sites["area"].values,
-                           history="esm-emu simulate: static fields of the built-in simulator's gridcells")
-        with netCDF4.Dataset(tmp, "a") as ds:
-            for k in ("LAI_MAX", "LAI_MIN"):
-                v = ds.createVariable(k, "f8", ("gridcell",))
-                v.setncatts({"long_name": sites_mod.ATTRS[k][0], "units": sites_mod.ATTRS[k][1]})
-                v[:] = sites[k].values
+                           history="esm-emu simulate: static fields of the built-in simulator's gridcells",
+                           monthly_lai=lai, pct_nat_pft=pct)
     return path
 
 
@@ -158,7 +156,7 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     write_design(design, out)
     with atomic_path(out / "params.csv", inputs=[table_path]) as tmp:
         shutil.copyfile(table_path, tmp)
-    surf = write_surfdata(out / f"surfdata_{case}.nc", sites)
+    surf = write_surfdata(out / f"surfdata_{case}.nc", sites, weather)
 
     members = [str(m) for m in design.member.values]
     theta = design["theta"].transpose("member", "param").values

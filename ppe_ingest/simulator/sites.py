@@ -198,6 +198,64 @@ def camels_sites(attributes: str | Path, n_gridcells: int | None = None, basins=
                     source=f"CAMELS attributes ({Path(attributes).name})")
 
 
+# CLM5 natural PFT indices (paramfile pftname) used for a gridcell's one dominant PFT.
+PFT_NAMES = {1: "needleleaf_evergreen_temperate_tree", 2: "needleleaf_evergreen_boreal_tree",
+             4: "broadleaf_evergreen_tropical_tree", 6: "broadleaf_deciduous_tropical_tree",
+             7: "broadleaf_deciduous_temperate_tree", 9: "broadleaf_evergreen_shrub",
+             12: "c3_arctic_grass", 13: "c3_non-arctic_grass", 14: "c4_grass"}
+# The simulator's phenology (physics._terms): LAI = LAI_MIN + (LAI_MAX - LAI_MIN) * phase,
+# phase = sigmoid((T30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH), T30 the 30-day running mean of TBOT (K).
+PHENOLOGY_T0, PHENOLOGY_WIDTH = 278.15, 2.5
+
+
+def dominant_pft(sites: xr.Dataset) -> np.ndarray:
+    """One natural CLM5 PFT per gridcell from its climate and LAI_MAX (a documented label for the
+    surfdata; the simulator's physics does not use it). Forest where LAI_MAX >= 3.5, shrub where
+    aridity >= 2, grass otherwise; tropical (tmean >= 20 degC), temperate, boreal (tmean < 5 degC)."""
+    t, lai, arid = (sites[k].values for k in ("tmean", "LAI_MAX", "aridity"))
+    warm, cold = t >= 20.0, t < 5.0
+    forest = np.select([warm & (lai >= 4.5), warm, cold, arid >= 1.0], [4, 6, 2, 1], 7)
+    open_ = np.select([arid >= 2.0, warm, t < -5.0], [9, 14, 12], 13)
+    return np.where(lai >= 3.5, forest, open_).astype(int)
+
+
+def monthly_lai(sites: xr.Dataset, weather: xr.Dataset) -> np.ndarray:
+    """(12, gridcell) LAI of each site's seasonal cycle for the surfdata's MONTHLY_LAI.
+
+    The months follow the simulator's phenology on the run's own forcing: the month's mean of
+    phase(T30) (T30 as in physics.run_land, after one spin-up pass over the first year), stretched
+    so the year's extremes are exactly LAI_MIN and LAI_MAX, the simulator's static inputs; so
+    LAI_MAX/LAI_MIN derived from MONTHLY_LAI give back the values the simulator ran with.
+    """
+    tbot = np.asarray(weather["TBOT"].transpose("gridcell", "time").values, dtype="f8")
+    month = np.asarray(weather["time"].dt.month.values)
+    t30 = tbot[:, 0].copy()
+    for row in tbot[:, :365].T:             # spin-up pass (physics.spin_up repeats year 1)
+        t30 += (row - t30) / 30.0
+    phase = np.empty_like(tbot)
+    for i, row in enumerate(tbot.T):
+        t30 += (row - t30) / 30.0
+        phase[:, i] = 1.0 / (1.0 + np.exp(-(t30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH))
+    missing = sorted(set(range(1, 13)) - set(month.tolist()))
+    if missing:
+        raise UserError(f"monthly_lai: the forcing covers no day of month {missing[0]}; simulate at least one year")
+    p = np.stack([phase[:, month == m].mean(1) for m in range(1, 13)])        # (12, G)
+    lo, hi = p.min(0), p.max(0)
+    span = hi - lo
+    # A year with no phenology signal at all (never seen in practice) gets the temperature cycle's shape.
+    tm = np.stack([tbot[:, month == m].mean(1) for m in range(1, 13)])
+    flat = span < 1e-12
+    p = np.where(flat, tm - tm.min(0), p - lo)
+    span = np.where(flat, np.ptp(tm, 0), span)
+    shape = p / np.where(span > 0, span, 1.0)
+    lai_min, lai_max = sites["LAI_MIN"].values, sites["LAI_MAX"].values
+    lai = lai_min + (lai_max - lai_min) * shape
+    # exact extremes (the stretch above is exact up to round-off; make it exact)
+    lai[shape.argmax(0), np.arange(lai.shape[1])] = lai_max
+    lai[shape.argmin(0), np.arange(lai.shape[1])] = lai_min
+    return lai
+
+
 def static_tensors(sites: xr.Dataset):
     """The simulator's static fields as float64 torch tensors (gridcell,)."""
     import torch
