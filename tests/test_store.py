@@ -12,7 +12,7 @@ import xarray as xr
 from _ingest_ppe import SIM, make_ppe, sim_ppe
 from ppe_ingest.ingest.checks import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ingest.store import write_store
+from ppe_ingest.ingest.store import static_field_names, write_store
 from ppe_ingest.ingest.theta import read_design
 
 
@@ -212,6 +212,7 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
         np.testing.assert_allclose(ds.static.sel(field=k).values, sites[k].values, rtol=1e-12)
         assert ds.norm_std.sel(norm_var=k) > 0
     assert "MONTHLY_LAI" in ds.static.attrs["lai_derivation"] and "LAI_MAX:unitless" in ds.static.attrs["units"]
+    assert static_field_names(next(sim.glob("surfdata_*.nc"))) == [str(f) for f in ds.field.values]
 
     ent = load_entities({"store": str(out)})
     params = [str(p) for p in ds.param.values]

@@ -254,6 +254,15 @@ def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
     return np.stack([c[idx] for c in cols], axis=1) if cols else np.zeros((lat.size, 0)), fields, units
 
 
+def static_field_names(surfdata: Path | None) -> list[str]:
+    """The static fields `read_static` gives for this surfdata (LAI_MAX/LAI_MIN when it has MONTHLY_LAI)."""
+    if surfdata is None:
+        return []
+    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
+        names = [f for f in STATIC_FIELDS if f in ds.variables]
+        return names + (list(LAI_FIELDS) if "MONTHLY_LAI" in ds.variables else [])
+
+
 def _lai_inputs(ds, surfdata, n: int) -> tuple[np.ndarray, np.ndarray]:
     """MONTHLY_LAI as (time, lsmpft, n) and PCT_NAT_PFT as (natpft, n), spatial dims flattened in C order."""
     lai_var = ds.variables["MONTHLY_LAI"]
