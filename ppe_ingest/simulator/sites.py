@@ -209,9 +209,11 @@ PHENOLOGY_T0, PHENOLOGY_WIDTH = 278.15, 2.5
 
 
 def dominant_pft(sites: xr.Dataset) -> np.ndarray:
-    """One natural CLM5 PFT per gridcell from its climate and LAI_MAX (a documented label for the
-    surfdata; the simulator's physics does not use it). Forest where LAI_MAX >= 3.5, shrub where
-    aridity >= 2, grass otherwise; tropical (tmean >= 20 degC), temperate, boreal (tmean < 5 degC)."""
+    """One natural CLM5 PFT per gridcell from its climate and LAI_MAX (a label for the surfdata; the
+    simulator's physics does not use it). LAI_MAX >= 3.5: trees, by tmean (degC) and aridity:
+    >= 20 evergreen (4) if LAI_MAX >= 4.5 else deciduous (6) tropical broadleaf; < 5 boreal needleleaf (2);
+    otherwise temperate needleleaf (1) if aridity >= 1 else broadleaf deciduous (7). Below 3.5: evergreen
+    shrub (9) if aridity >= 2, else grass: C4 (14) if tmean >= 20, arctic C3 (12) if < -5, else C3 (13)."""
     t, lai, arid = (sites[k].values for k in ("tmean", "LAI_MAX", "aridity"))
     warm, cold = t >= 20.0, t < 5.0
     forest = np.select([warm & (lai >= 4.5), warm, cold, arid >= 1.0], [4, 6, 2, 1], 7)
@@ -250,7 +252,7 @@ def monthly_lai(sites: xr.Dataset, weather: xr.Dataset) -> np.ndarray:
     shape = p / np.where(span > 0, span, 1.0)
     lai_min, lai_max = sites["LAI_MIN"].values, sites["LAI_MAX"].values
     lai = lai_min + (lai_max - lai_min) * shape
-    # exact extremes (the stretch above is exact up to round-off; make it exact)
+    # the stretch hits the extremes up to round-off; set them exactly
     lai[shape.argmax(0), np.arange(lai.shape[1])] = lai_max
     lai[shape.argmin(0), np.arange(lai.shape[1])] = lai_min
     return lai
