@@ -155,8 +155,9 @@ def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path 
         fsurdat = next(iter(sorted(ppe.glob("surfdata_*.nc"))), None)
         # spatially varying paramfile parameters: one paramfile per k-means cluster when the
         # inversion made clusters (inverse.clusters), else the median
+        # user_nl: the PPE has none, so a new user_nl_clm takes the namelist parameters
         files = write_ctsm_files(ctsm_dir, fsurdat=fsurdat, paramfile=ppe / "paramfile_default.nc",
-                                 user_nl=None, values=inv_dir / "parameter_map.nc", table=table,
+                                 user_nl=ppe / "user_nl_clm", values=inv_dir / "parameter_map.nc", table=table,
                                  per_cluster_paramfiles=bool(inv_cfg.get("clusters")))
         stages.record("write-ctsm", time.perf_counter() - t0,
                       files={k: [str(p) for p in v] for k, v in files.items()})
