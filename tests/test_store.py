@@ -227,4 +227,5 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
     with torch.no_grad():
         got = fwd(forcing, static, theta).numpy()
     for i, v in enumerate(("QRUNOFF", "EFLX_LH_TOT")):
-        np.testing.assert_allclose(got[..., i], ds[v].sel(member="LHC0002").values, rtol=2e-3, atol=1e-9 if i == 0 else 1e-3)
+        np.testing.assert_allclose(got[..., i], ds[v].sel(member="LHC0002").values, rtol=2e-3,
+                                   atol=1e-9 if i == 0 else 1e-3)

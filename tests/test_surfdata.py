@@ -143,7 +143,8 @@ def test_monthly_lai_written_and_read_as_ctsm_does(tmp_path):
     assert np.count_nonzero(raw) == np.count_nonzero(lai12)                  # every other PFT has LAI 0
     back = read_surfdata(p, fields=("MONTHLY_LAI", "PCT_NAT_PFT"))
     assert back.MONTHLY_LAI.dims == ("time", "lsmpft", "gridcell")
-    assert np.array_equal(back.MONTHLY_LAI.values, lai) and back.PCT_NAT_PFT.values[[7, 14], [0, 1]].tolist() == [100, 100]
+    assert np.array_equal(back.MONTHLY_LAI.values, lai)
+    assert back.PCT_NAT_PFT.values[[7, 14], [0, 1]].tolist() == [100, 100]
     mx, mn = lai_extremes(back.MONTHLY_LAI.values, back.PCT_NAT_PFT.values)
     np.testing.assert_allclose(mx, lai12.max(0), rtol=1e-15)
     np.testing.assert_allclose(mn, lai12.min(0), rtol=1e-15)
