@@ -276,12 +276,12 @@ def _forward_model(cfg: dict, static_available: set[str]):
 
 
 def _static_fields(fsurdat: str | None) -> set[str]:
+    """Static fields the surfdata provides, as ingest derives them (LAI_MAX/LAI_MIN from MONTHLY_LAI)."""
     if not fsurdat:
         return set()
-    from ppe_ingest.ctsmio._ncfile import open_dataset
+    from ppe_ingest.ingest.store import static_field_names
 
-    with open_dataset(fsurdat) as ds:
-        return set(ds.variables)
+    return set(static_field_names(Path(fsurdat)))
 
 
 def _fixed_parameters(fwd, cfg: dict) -> dict:

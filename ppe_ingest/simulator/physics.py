@@ -72,6 +72,10 @@ SMPSO, SMPSC = -66000.0, -255000.0  # mm, soil water potential at full stomatal 
 STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30")
 
 
+# Phenology: LAI = LAI_MIN + (LAI_MAX - LAI_MIN) * sigmoid((T30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH),
+# T30 the 30-day running mean of TBOT (K).
+PHENOLOGY_T0, PHENOLOGY_WIDTH = 278.15, 2.5
+
 def _t(x, like: torch.Tensor | None = None) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float64)
     if like is not None and t.dim() == 0:
@@ -220,7 +224,7 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt) -> tuple:
     rho = pbot / (RAIR * tbot)
     ga = ga_coef * wind
     # Phenology: LAI between LAI_MIN and LAI_MAX following the 30-day mean temperature.
-    lai = lai_min + lai_rng * torch.sigmoid((t30 - 278.15) / 2.5)
+    lai = lai_min + lai_rng * torch.sigmoid((t30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH)
     vai = lai + sai
     mask = torch.exp(-0.5 * vai)             # snow visible below the canopy
     fcan = 1.0 - mask                        # canopy share of the radiation

@@ -204,8 +204,6 @@ PFT_NAMES = {1: "needleleaf_evergreen_temperate_tree", 2: "needleleaf_evergreen_
              7: "broadleaf_deciduous_temperate_tree", 9: "broadleaf_evergreen_shrub",
              12: "c3_arctic_grass", 13: "c3_non-arctic_grass", 14: "c4_grass"}
 # The simulator's phenology (physics._terms): LAI = LAI_MIN + (LAI_MAX - LAI_MIN) * phase,
-# phase = sigmoid((T30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH), T30 the 30-day running mean of TBOT (K).
-PHENOLOGY_T0, PHENOLOGY_WIDTH = 278.15, 2.5
 
 
 def dominant_pft(sites: xr.Dataset) -> np.ndarray:
@@ -229,6 +227,8 @@ def monthly_lai(sites: xr.Dataset, weather: xr.Dataset) -> np.ndarray:
     so the year's extremes are exactly LAI_MIN and LAI_MAX, the simulator's static inputs; so
     LAI_MAX/LAI_MIN derived from MONTHLY_LAI give back the values the simulator ran with.
     """
+    from .physics import PHENOLOGY_T0, PHENOLOGY_WIDTH
+
     tbot = np.asarray(weather["TBOT"].transpose("gridcell", "time").values, dtype="f8")
     month = np.asarray(weather["time"].dt.month.values)
     t30 = tbot[:, 0].copy()
