@@ -114,3 +114,12 @@ def write_config(folder, store, run_dir="run", model=None, data=None, train=None
     path = Path(folder) / "emulator.yaml"
     path.write_text(yaml.safe_dump({"emulator": cfg}))
     return path
+
+
+def read_losses(run_dir):
+    """(training losses per step, validation losses) from a run's train_log.csv."""
+    import csv
+
+    with open(run_dir / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [float(r["loss"]) for r in rows], [float(r["val_loss"]) for r in rows if r["val_loss"]]

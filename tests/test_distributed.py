@@ -1,5 +1,4 @@
 """Real `mpiexec -n 2` runs: DDP over gloo matches one process; a failing rank ends the job, never a hang."""
-import csv
 import shutil
 import subprocess
 import sys
@@ -8,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emu_store import make_store, write_config
+from emu_store import make_store, read_losses as _losses, write_config
 from esm_emu.cli import main
 
 BIN = Path(sys.executable).parent
@@ -26,12 +25,6 @@ except ImportError:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("store") / "store.nc", n_member=8, n_grid=5, n_years=2)
-
-
-def _losses(run_dir):
-    with open(run_dir / "train_log.csv") as f:
-        rows = list(csv.DictReader(f))
-    return [float(r["loss"]) for r in rows], [float(r["val_loss"]) for r in rows if r["val_loss"]]
 
 
 def test_two_ranks_follow_the_single_process_trajectory(tmp_path, store):

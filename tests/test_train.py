@@ -1,11 +1,10 @@
 """`esm-emu train` on one process: learns, is reproducible, and rejects bad input in one line."""
-import csv
 
 import numpy as np
 import pytest
 import torch
 
-from emu_store import make_store, write_config
+from emu_store import make_store, read_losses as _losses, write_config
 from esm_emu.cli import main
 from esm_emu.emulator import load_emulator
 
@@ -13,12 +12,6 @@ from esm_emu.emulator import load_emulator
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("store") / "store.nc", n_member=8, n_grid=5, n_years=2)
-
-
-def _losses(run_dir):
-    with open(run_dir / "train_log.csv") as f:
-        rows = list(csv.DictReader(f))
-    return [float(r["loss"]) for r in rows], [float(r["val_loss"]) for r in rows if r["val_loss"]]
 
 
 def test_train_learns_and_writes_a_loadable_emulator(tmp_path, store):
