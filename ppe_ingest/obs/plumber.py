@@ -54,7 +54,7 @@ def _time(ds: xr.Dataset, path) -> pd.DatetimeIndex:
     t = ds["time"].values
     if not np.issubdtype(t.dtype, np.datetime64):
         try:
-            t = ds.indexes["time"].to_datetimeindex(unsafe=True)
+            t = ds.indexes["time"].to_datetimeindex(unsafe=True, time_unit="ns")
         except (AttributeError, ValueError, TypeError):
             raise UserError(f"{path}: time: cannot decode to dates ({ds['time'].attrs.get('units')})") from None
     return pd.DatetimeIndex(t)
