@@ -139,6 +139,8 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
     pf_updates: dict = {}
     nl_updates: dict = {}
     per_cell_pf: dict = {}  # name -> (entity labels, values)
+    map_nl: list = []  # namelist parameters taken from the map (their median goes to user_nl)
+    cluster_pf: dict = {}  # cluster id -> its paramfile
     fs = read_surfdata(fsurdat, fields=()) if fsurdat is not None else None
     base_pf = read_paramfile(paramfile) if paramfile is not None else {}
 
@@ -215,6 +217,7 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
                     pf_updates[name] = spec.to_field(v, base_pf[name]) if spec else v
                 else:
                     nl_updates[name] = v
+                    map_nl.append(name)
 
     written: dict[str, list[Path]] = {"fsurdat": [], "paramfile": [], "user_nl": []}
     if fsurdat is not None:
@@ -227,8 +230,8 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
     if paramfile is not None:
         paramfile = Path(paramfile)
         if per_cell_pf and per_cluster_paramfiles:
-            written["paramfile"] += _cluster_paramfiles(paramfile, out_dir, values, dim, per_cell_pf, pf_updates,
-                                                        table, base_pf)
+            cluster_pf = _cluster_paramfiles(paramfile, out_dir, values, dim, per_cell_pf, pf_updates, table, base_pf)
+            written["paramfile"] += [cluster_pf[k] for k in sorted(cluster_pf)]
         elif per_cell_pf:
             from tqdm import tqdm
 
@@ -258,13 +261,24 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
                 nl["paramfile"] = str(written["paramfile"][0].resolve())
         if nl:
             written["user_nl"].append(set_user_nl(src, dst, nl, history_comment="set by esm-emu write-ctsm"))
+        if per_cluster_paramfiles and values is not None and (map_nl or cluster_pf):
+            # one case per cluster: its namelist values and its paramfile
+            centers = values["theta_cluster"]
+            for k in sorted({int(c) for c in values["cluster"].values}):
+                nk = dict(nl)
+                for name in map_nl:
+                    nk[name] = float(centers.sel(param=name).sel(cluster_id=k))
+                if k in cluster_pf:
+                    nk["paramfile"] = str(cluster_pf[k].resolve())
+                written["user_nl"].append(set_user_nl(src, dst.with_name(f"{dst.name}_cluster{k}"), nk,
+                                                      history_comment=f"set by esm-emu write-ctsm (cluster {k})"))
     if not any(written.values()):
         raise UserError("write-ctsm: no file was written: none of the given names belong to the given files")
     return written
 
 
 def _cluster_paramfiles(paramfile: Path, out_dir: Path, values, dim: str, per_cell_pf: dict, pf_updates: dict,
-                        table, base_pf: dict) -> list[Path]:
+                        table, base_pf: dict) -> dict[int, Path]:
     """One paramfile per cluster of the map, plus ``paramfile_clusters.csv``: entity -> cluster -> file."""
     import numpy as np
     import pandas as pd
@@ -275,10 +289,10 @@ def _cluster_paramfiles(paramfile: Path, out_dir: Path, values, dim: str, per_ce
     cluster = values["cluster"].values.astype(int)
     centers = values["theta_cluster"]
     paths = {}
-    for k in np.unique(cluster):
+    for k in (int(c) for c in np.unique(cluster)):
         vals = dict(pf_updates)
         for name in per_cell_pf:
-            v = float(centers.sel(param=name).isel(cluster_id=int(k)))
+            v = float(centers.sel(param=name).sel(cluster_id=k))
             spec = table[name] if name in table else None
             vals[name] = spec.to_field(v, base_pf[name]) if spec else v
         dst = out_dir / f"{paramfile.stem}_cluster{k}{paramfile.suffix}"
@@ -288,7 +302,7 @@ def _cluster_paramfiles(paramfile: Path, out_dir: Path, values, dim: str, per_ce
                           "paramfile": [paths[k].name for k in cluster]})
     with atomic_path(table_path) as tmp:
         frame.to_csv(tmp, index=False)
-    return [paths[k] for k in sorted(paths)]
+    return paths
 
 
 def _handler(args) -> int:
