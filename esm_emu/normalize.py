@@ -61,18 +61,24 @@ class Normalizer(nn.Module):
             if v not in ds:
                 raise UserError(f"training store: variable {v!r} is missing (normalisation statistics)")
         names = [str(x) for x in ds["norm_var"].values]
-        mean = dict(zip(names, np.asarray(ds["norm_mean"].values, dtype=np.float64)))
-        std = dict(zip(names, np.asarray(ds["norm_std"].values, dtype=np.float64)))
+        # (group, name) keys: a static field and a parameter may share a name (FMAX); stores
+        # written before norm_group existed fall back to the name alone
+        groups = [str(x) for x in ds["norm_group"].values] if "norm_group" in ds else [""] * len(names)
+        keys = list(zip(groups, names))
+        mean = dict(zip(keys, np.asarray(ds["norm_mean"].values, dtype=np.float64)))
+        std = dict(zip(keys, np.asarray(ds["norm_std"].values, dtype=np.float64)))
         logs = set(str(ds.attrs.get("log_transform_vars", "")).split())
         eps = float(ds.attrs.get("log_eps", 1e-6))
 
-        def scaler(group):
-            missing = [n for n in group if n not in mean]
+        def scaler(members, group):
+            key = [(group if "norm_group" in ds else "", n) for n in members]
+            missing = [k[1] for k in key if k not in mean]
             if missing:
                 raise UserError(f"training store: norm_var has no statistics for {missing[0]!r}")
-            return Scaler([mean[n] for n in group], [std[n] for n in group], [n in logs for n in group], eps)
+            return Scaler([mean[k] for k in key], [std[k] for k in key], [n in logs for n in members], eps)
 
-        return cls(scaler(forcing_names), scaler(static_names), scaler(param_names), scaler(response_names))
+        return cls(scaler(forcing_names, "variable"), scaler(static_names, "static"),
+                   scaler(param_names, "param"), scaler(response_names, "variable"))
 
     @classmethod
     def empty(cls, nf: int, ns: int, npar: int, nr: int) -> "Normalizer":

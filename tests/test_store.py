@@ -229,3 +229,21 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
     for i, v in enumerate(("QRUNOFF", "EFLX_LH_TOT")):
         np.testing.assert_allclose(got[..., i], ds[v].sel(member="LHC0002").values, rtol=2e-3,
                                    atol=1e-9 if i == 0 else 1e-3)
+
+
+def test_static_field_and_parameter_of_the_same_name_keep_their_own_statistics(sim, tmp_path):
+    """FMAX is a surfdata field and, when a PPE perturbs it, a parameter: each is normalised by its own stats."""
+    from esm_emu.normalize import Normalizer
+
+    out = write_store(discover(sim), tmp_path / "store.nc", progress=False, seed=1,
+                      split=dict(val_members=0, test_members=1, test_years=1))
+    ds = xr.open_dataset(out)
+    assert "FMAX" in ds.param.values and "FMAX" in ds.field.values
+    group = dict(zip(zip(ds.norm_group.values, ds.norm_var.values), ds.norm_mean.values))
+    static_mean = ds.static.sel(field="FMAX").values[ds.split_gridcell.values == 0].mean()
+    param_mean = ds.theta.sel(param="FMAX").values[ds.split_member.values == 0].mean()
+    assert group[("static", "FMAX")] == pytest.approx(static_mean)
+    assert group[("param", "FMAX")] == pytest.approx(param_mean)
+    norm = Normalizer.from_store(ds, ["RAIN"], ["FMAX"], ["FMAX"], ["QRUNOFF"])
+    assert float(norm.static.mean[0]) == pytest.approx(static_mean, rel=1e-6)
+    assert float(norm.theta.mean[0]) == pytest.approx(param_mean, rel=1e-6)

@@ -3,7 +3,9 @@
 Contract (DESIGN.md, issue 3): dims member, gridcell, time, param, field, norm_var; forcing
 (gridcell, time) when identical across members (attr ``forcing_shared_across_members=1``), else
 (member, gridcell, time); responses (member, gridcell, time) float32 with NaN = missing;
-theta(member, param); static(gridcell, field); norm_mean/norm_std(norm_var) from the train split;
+theta(member, param); static(gridcell, field); norm_mean/norm_std(norm_var) from the train split,
+with norm_group(norm_var) in {"variable", "static", "param"} (a static field and a parameter may
+share a name, e.g. FMAX when a PPE perturbs it);
 split_member/split_gridcell/split_time (0 train, 1 val, 2 test).
 
 How it is written: `write_store` streams members through one set of float32 (gridcell, time)
@@ -441,6 +443,7 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
     train_t = st == TRAIN
     log_vars = [v for v in log_vars if v in variables]
     norm_vars = [*variables, *fields, *params]
+    norm_groups = ["variable"] * len(variables) + ["static"] * len(fields) + ["param"] * len(params)
     moments = {v: _Moments() for v in variables}
     cg, ct = _balanced(G, chunk_gridcell), _balanced(T, chunk_time)
     bufs = _member_buffers(variables, G, T)
@@ -467,6 +470,10 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
                 x = nc.createVariable(name, str, (name,))
                 for i, s in enumerate(vals):
                     x[i] = s
+            x = nc.createVariable("norm_group", str, ("norm_var",))
+            x.long_name = "what each norm_var is: variable (forcing/response), static field or param"
+            for i, s in enumerate(norm_groups):
+                x[i] = s
             out_vars = {}
             comp = dict(zlib=True, complevel=int(complevel), shuffle=True) if complevel else {}
             for v in variables:
