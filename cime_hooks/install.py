@@ -21,11 +21,14 @@ from ppe_ingest.errors import UserError
 from .case import check_caseroot, open_case
 from .config import CASE_DIR, case_config_path, dump_config, parse_config
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-HOOK_FILES = {  # case variable -> file name (CIME derives the function name from it)
-    "PRERUN_SCRIPT": "esm_emu_prerun.py",
-    "DATA_ASSIMILATION_SCRIPT": "esm_emu_da",
-    "POSTRUN_SCRIPT": "esm_emu_postrun.py",
+TEMPLATE = Path(__file__).resolve().parent / "hook_template.py.in"
+# case variable -> (file name, hook, arguments, when CIME calls it). CIME derives the function
+# name from the file name: up to the first dot for PRERUN/POSTRUN, the whole name for the DA script.
+HOOKS = {
+    "PRERUN_SCRIPT": ("esm_emu_prerun.py", "prerun", ("caseroot",), "before the model runs"),
+    "DATA_ASSIMILATION_SCRIPT": ("esm_emu_da", "da", ("caseroot", "cycle"),
+                                 "after each model run (cycle counts from 0)"),
+    "POSTRUN_SCRIPT": ("esm_emu_postrun.py", "postrun", ("caseroot",), "after the last model run"),
 }
 PLACEHOLDER = "@ESM_EMU_PYTHON@"
 
@@ -45,11 +48,15 @@ class InstallPlan:
         return lines
 
 
-def render_hook(name: str, python: str) -> str:
-    """The hook script text with the esm-emu interpreter's absolute path filled in."""
-    text = (SCRIPTS / name).read_text()
-    if PLACEHOLDER not in text:
-        raise RuntimeError(f"{SCRIPTS / name}: template lacks {PLACEHOLDER}")
+def render_hook(var: str, python: str) -> str:
+    """The hook script for case variable `var`, rendered from the one template with the esm-emu
+    interpreter's absolute path filled in."""
+    name, hook, args, when = HOOKS[var]
+    text = TEMPLATE.read_text()
+    for key, value in (("@CASE_VAR@", var.replace("_SCRIPT", "")), ("@FUNC@", name.split(".")[0]),
+                       ("@SIGNATURE@", ", ".join(args)), ("@WHEN@", when), ("@HOOK@", hook),
+                       ("@ARGS@", "".join(f"{a!r}, " for a in args).rstrip(" "))):
+        text = text.replace(key, value)
     first, rest = text.split("\n", 1)
     return first.replace(PLACEHOLDER, python) + "\n" + rest.replace(f'"{PLACEHOLDER}"', repr(python))
 
@@ -82,8 +89,8 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     if cfg["observations"] is not None:
         wanted.append("POSTRUN_SCRIPT")
     for var in wanted:
-        path = hooks_dir / HOOK_FILES[var]
-        plan.files[path] = render_hook(HOOK_FILES[var], python)
+        path = hooks_dir / HOOKS[var][0]
+        plan.files[path] = render_hook(var, python)
         plan.changes.append((var, str(path), case.get_value(var)))
     if cycles is not None:
         plan.changes.append(("DATA_ASSIMILATION_CYCLES", str(cycles), case.get_value("DATA_ASSIMILATION_CYCLES")))
