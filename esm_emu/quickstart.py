@@ -164,7 +164,7 @@ def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path 
 
     # 7. The report a person looks at.
     t0 = time.perf_counter()
-    report = write_report(out, stages.done, emu_cfg, inv_cfg)
+    report = write_report(out, stages.done, inv_cfg)
     stages.record("report", time.perf_counter() - t0)
     return report
 
@@ -177,7 +177,7 @@ def _median_skill(emu_metrics: dict) -> dict:
             for group, g in (emu_metrics.get("groups") or {}).items()}
 
 
-def write_report(out: Path, stages: dict, emu_cfg: dict, inv_cfg: dict) -> dict:
+def write_report(out: Path, stages: dict, inv_cfg: dict) -> dict:
     """Gather the stages' metrics and plots into out/report (metrics.json + PNGs)."""
     rep_dir = out / "report"
     rep_dir.mkdir(exist_ok=True)
