@@ -8,7 +8,6 @@ defines it, and fails on an unknown name.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from xml.sax.saxutils import quoteattr

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import xarray as xr
 
 from esm_emu.inverse.forward import SimulatorForward

@@ -16,10 +16,8 @@ import functools
 import importlib.machinery
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import netCDF4

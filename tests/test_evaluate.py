@@ -7,7 +7,6 @@ import pytest
 
 from emu_store import make_store, write_config
 from esm_emu.cli import main
-from esm_emu.evaluate import evaluate_run
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """`esm-emu export`: TorchScript that loads with plain torch (no esm_emu) and reproduces predictions."""
-import json
 import subprocess
 import sys
 import textwrap
