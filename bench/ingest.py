@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+from ppe_ingest.ctsmio.vocabulary import RESPONSES
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +42,9 @@ CHILD = r"""
 import json, sys, time
 import netCDF4, numpy, pandas, tqdm
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ingest.store import write_store
+from ppe_ingest.ingest.writer import write_store
 from ppe_ingest.ingest.theta import check_design, member_theta, ppe_table, read_design
-import ppe_ingest.ctsmio._ncfile, ppe_ingest.ctsmio.paramfile, ppe_ingest.ctsmio.user_nl, ppe_ingest.param_table
+import ppe_ingest.base.netcdf, ppe_ingest.ctsmio.paramfile, ppe_ingest.ctsmio.user_nl, ppe_ingest.param_table
 
 def status_mb(key):
     with open("/proc/self/status") as f:
@@ -78,7 +80,7 @@ def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress
     fsds = weather["FSDS"].values.astype("f4")
     tbot = weather["TBOT"].values.astype("f4")
     rng = np.random.default_rng(G * T + len(p))
-    out = {k: np.empty((len(p), G, T), np.float32) for k in physics.RESPONSE_VARS}
+    out = {k: np.empty((len(p), G, T), np.float32) for k in RESPONSES}
     for i, fi in enumerate(f):
         noise = 1 + 0.1 * rng.standard_normal((G, T), dtype="f4")
         q = rain * fi[0] * noise
@@ -98,7 +100,7 @@ def build_ppe(folder: Path, members: int, gridcells: int, years: int, source: st
     """Write the PPE into `folder` (via a temporary sibling, renamed when complete); return seconds."""
     import yaml
 
-    from ppe_ingest.config import validate
+    from ppe_ingest.base.config import validate
     from ppe_ingest.simulator import ppe as ppe_mod
     from ppe_ingest.simulator.config import SCHEMA
 

@@ -49,7 +49,7 @@ def emulator_fold(ds, train_idx, test_idx, cfg_path: Path, work: Path, seed: int
     from esm_emu.emulator import load_emulator
     from esm_emu.training.config import SCHEMA
     from esm_emu.training.loop import train
-    from ppe_ingest.config import read_yaml, validate
+    from ppe_ingest.base.config import read_yaml, validate
 
     rng = np.random.default_rng(seed)
     preds = []

@@ -23,7 +23,7 @@ def worker(config: str, store: str, steps: int, run_dir: str):
     from esm_emu.distributed import Distributed
     from esm_emu.training.config import SCHEMA
     from esm_emu.training.loop import train
-    from ppe_ingest.config import read_yaml, validate
+    from ppe_ingest.base.config import read_yaml, validate
 
     raw = read_yaml(config)["emulator"]
     raw.update(store=store, run_dir=run_dir)

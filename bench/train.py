@@ -19,7 +19,7 @@ from bench._record import record  # noqa: E402
 
 def _cfg(config: str, store: str):
     from esm_emu.training.config import SCHEMA
-    from ppe_ingest.config import read_yaml, validate
+    from ppe_ingest.base.config import read_yaml, validate
 
     raw = read_yaml(config)["emulator"]
     raw["store"] = store

@@ -14,7 +14,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 # The env files CIME's Case reads, in its order; env_mach_specific.xml has another structure.
 ENV_FILES = ("env_case.xml", "env_run.xml", "env_build.xml", "env_mach_pes.xml", "env_batch.xml",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from ppe_ingest.config import Field, read_yaml, validate
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.config import Field, read_yaml, validate
+from ppe_ingest.base.errors import UserError
 
 CASE_DIR = "esm-emu"  # everything esm-emu keeps in a case lives under CASEROOT/esm-emu
 CONFIG_NAME = "config.yaml"

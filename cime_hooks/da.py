@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .case import open_case, regenerate_lnd_namelist
 from .config import load_case_config
@@ -189,7 +189,7 @@ def forward_inputs(fwd, hist: dict, sites_cell: np.ndarray, fsurdat: str | None)
         if not fsurdat:
             raise UserError("fsurdat: the forward model needs static fields "
                             f"({', '.join(fwd.static_names)}); give fsurdat in the config")
-        from ppe_ingest.ingest.store import read_static
+        from ppe_ingest.ctsmio.surfdata import read_static
 
         values, fields, _ = read_static(Path(fsurdat), hist["lat"][sites_cell], hist["lon"][sites_cell])
         missing = [f for f in fwd.static_names if f not in fields]
@@ -265,12 +265,13 @@ def update_parameters(fwd, forcing, static, y_model, y_obs, theta: dict, spec: d
 
 def _forward_model(cfg: dict, static_available: set[str]):
     """The configured forward model; the simulator takes whichever optional static fields fsurdat has."""
-    from esm_emu.inverse.forward import SIM_STATIC, SIM_STATIC_OPTIONAL, SimulatorForward, load_forward
+    from esm_emu.inverse.forward import SIM_STATIC_OPTIONAL, SimulatorForward, load_forward
+    from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS
 
     da = cfg["da"]
     params, response = list(da["parameters"]), (cfg["observations"]["variable"],)
     if da["forward"]["kind"] == "simulator":
-        static = [n for n in SIM_STATIC if n in static_available or n not in SIM_STATIC_OPTIONAL]
+        static = [n for n in ALL_STATIC_FIELDS if n in static_available or n not in SIM_STATIC_OPTIONAL]
         return SimulatorForward(params, response, static_names=static)
     return load_forward("emulator", da["forward"]["checkpoint"], params, response_names=response)
 
@@ -279,7 +280,7 @@ def _static_fields(fsurdat: str | None) -> set[str]:
     """Static fields the surfdata provides, as ingest derives them (LAI_MAX/LAI_MIN from MONTHLY_LAI)."""
     if not fsurdat:
         return set()
-    from ppe_ingest.ingest.store import static_field_names
+    from ppe_ingest.ctsmio.surfdata import static_field_names
 
     return set(static_field_names(Path(fsurdat)))
 
@@ -293,7 +294,7 @@ def _fixed_parameters(fwd, cfg: dict) -> dict:
     rest = [n for n in fwd.param_names if n not in cfg["da"]["parameters"]]
     if not rest or not base_paramfile(cfg):
         return {}
-    from ppe_ingest.ctsmio._ncfile import open_dataset
+    from ppe_ingest.base.netcdf import open_dataset
 
     with open_dataset(base_paramfile(cfg)) as ds:
         present = [n for n in rest if n in ds.variables]

@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 from .case import check_caseroot, open_case
 from .config import CASE_DIR, case_config_path, dump_config, parse_config

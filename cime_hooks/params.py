@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .config import CASE_DIR
 

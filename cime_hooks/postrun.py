@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 from .case import open_case
 from .config import load_case_config

@@ -11,8 +11,8 @@ import filecmp
 import shutil
 from pathlib import Path
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 from .case import open_case
 from .config import CASE_DIR, load_case_config

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 USAGE = "usage: prerun CASEROOT | da CASEROOT CYCLE | postrun CASEROOT"
 

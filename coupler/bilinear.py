@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from . import sphere
 from .grids import Grid

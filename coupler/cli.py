@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def _weights(args) -> int:
-    from tqdm import tqdm
+    from ppe_ingest.base.progress import progress
 
     from .grids import read_grid
     from .regridder import build_weights
@@ -47,7 +47,7 @@ def _weights(args) -> int:
 
     src = read_grid(args.src, use_mask=not args.ignore_mask)
     dst = read_grid(args.dst, use_mask=not args.ignore_mask)
-    with tqdm(desc="cell pairs", unit="pair", disable=None) as bar:
+    with progress(desc="cell pairs", unit="pair") as bar:
         w = build_weights(src, dst, args.method, args.norm, args.backend, progress=bar.update)
     path = write_weights(w, args.out, inputs=[args.src, args.dst])
     print(f"{path}: {w.n_s} weights, {w.n_a} -> {w.n_b} cells ({w.method}, {w.normalization})")
@@ -57,8 +57,8 @@ def _weights(args) -> int:
 def _apply(args) -> int:
     import xarray as xr
 
-    from ppe_ingest.atomic import atomic_path
-    from ppe_ingest.errors import UserError
+    from ppe_ingest.base.atomic import atomic_path
+    from ppe_ingest.base.errors import UserError
 
     from .regridder import Regridder
 
@@ -87,7 +87,7 @@ def _apply(args) -> int:
 def _dlnd(args) -> int:
     import xarray as xr
 
-    from ppe_ingest.errors import UserError
+    from ppe_ingest.base.errors import UserError
 
     from .dlnd import case_settings, write_lnd2rof
     from .grids import read_grid, write_esmf_mesh

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 
@@ -23,11 +23,12 @@ class RunLandModel:
 
     def __init__(self, param_names=("fff", "baseflow_scalar"), response_names=("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT"),
                  run_land: Callable | None = None):
+        from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, FORCING
         from ppe_ingest.simulator import physics
 
         self._run = run_land or physics.run_land
-        self.forcing_names = list(physics.FORCING_VARS)
-        self.static_names = [s for s in physics.STATIC_VARS]
+        self.forcing_names = list(FORCING)
+        self.static_names = list(ALL_STATIC_FIELDS)
         self.param_names = list(param_names)
         self.response_names = list(response_names)
 

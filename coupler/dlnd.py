@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 
@@ -57,7 +57,7 @@ def write_lnd2rof(runoff, grid: Grid, out_dir: os.PathLike | str, case: str, aux
     """
     import cftime
     import xarray as xr
-    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.base.atomic import atomic_path
 
     mapping = dict(mapping or {k: v[0] for k, v in LND2ROF.items()})
     unknown = set(mapping) - set(LND2ROF)

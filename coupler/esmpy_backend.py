@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from . import sphere
 
@@ -381,7 +381,7 @@ def _poly_centres(clon, clat):
 def write_scrip(grid: Grid, path, title: str | None = None) -> Path:
     """Write `grid` as a SCRIP grid file (degrees; grid_area as exact great-circle areas)."""
     import xarray as xr
-    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.base.atomic import atomic_path
 
     dims = list(grid.shape[::-1]) if len(grid.shape) == 2 else [grid.n]
     vars_ = {
@@ -403,7 +403,7 @@ def write_scrip(grid: Grid, path, title: str | None = None) -> Path:
 def write_esmf_mesh(grid: Grid, path, inputs=()) -> Path:
     """Write `grid` as an ESMF unstructured mesh file (the `*_ESMFmesh*.nc` CMEPS and CDEPS read)."""
     import xarray as xr
-    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.base.atomic import atomic_path
 
     P, nv, area = grid.polygons()
     lon, lat = sphere.xyz_to_lonlat(P)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 from .smm import apply_weights

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.spatial import cKDTree
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from . import sphere
 from .conservative import overlap_areas

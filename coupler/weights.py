@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
 
@@ -108,7 +108,7 @@ def _grid_vars(grid: Grid | None, n: int, shape, s: str, io: str, area, frac) ->
 def write_weights(w: Weights, path: os.PathLike | str, inputs=(), extra_attrs: dict | None = None) -> Path:
     """Write `w` as an ESMF offline weight file (temporary name, then rename)."""
     import xarray as xr
-    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.base.atomic import atomic_path
 
     try:
         from esm_emu import __version__ as version

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 
 def rng_state() -> dict:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from importlib import metadata, import_module
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def _registrars():

@@ -16,24 +16,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
+from ppe_ingest import store as contract
+from ppe_ingest.ctsmio.vocabulary import RESPONSES
+from ppe_ingest.store import TRAIN, VAL
 
-FORCING = ["RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND"]
-RESPONSES = ["QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT", "QSOIL", "QVEGT", "QVEGE", "SOILWATER_10CM",
-             "H2OSNO", "TWS", "ZWT"]
-TRAIN, VAL, TEST = 0, 1, 2
 
 
 def _open(path):
+    """A netCDF file opened lazily, with a one-line error when it cannot be (summary stores)."""
     import xarray as xr
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: training store not found (write it with `esm-emu ingest`)")
+        raise UserError(f"{path}: store not found (write it with `esm-emu ingest`)")
     try:
         return xr.open_dataset(path, chunks={})
-    except Exception as e:
-        raise UserError(f"{path}: cannot open as a training store ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise UserError(f"{path}: cannot open as a store ({type(e).__name__}: {e})") from None
 
 
 def _pick(requested, available, what, path):
@@ -51,41 +51,39 @@ class SequenceStore:
     def __init__(self, path, forcing: Sequence[str] | None = None, static: Sequence[str] | None = None,
                  params: Sequence[str] | None = None, responses: Sequence[str] | None = None):
         self.path = Path(path)
-        ds = _open(path)
+        ds = contract.open_store(path, required=(contract.THETA, contract.STATIC, contract.SPLIT_MEMBER,
+                                                 contract.SPLIT_GRIDCELL, contract.SPLIT_TIME))
         self.ds = ds
-        for v in ("theta", "static", "split_member", "split_gridcell", "split_time"):
-            if v not in ds:
-                raise UserError(f"{path}: variable {v!r} is missing (not a training store from `esm-emu ingest`?)")
-        self.forcing_names = _pick(forcing, [v for v in FORCING if v in ds], "forcing", path)
-        self.response_names = _pick(responses, [v for v in RESPONSES if v in ds], "response", path)
-        self.param_names = _pick(params, [str(p) for p in ds["param"].values], "param", path)
-        self.static_names = _pick(static, [str(f) for f in ds["field"].values], "static field", path)
+        self.forcing_names = _pick(forcing, contract.forcing_names(ds), "forcing", path)
+        self.response_names = _pick(responses, contract.response_names(ds), "response", path)
+        self.param_names = _pick(params, contract.param_names(ds), "param", path)
+        self.static_names = _pick(static, contract.static_names(ds), "static field", path)
         if not self.response_names:
             raise UserError(f"{path}: no response variables ({', '.join(RESPONSES)}) in the store")
-        fdims = {ds[v].dims for v in self.forcing_names}
-        if len(fdims) != 1:
-            raise UserError(f"{path}: forcing variables have different dims: {sorted(fdims)}")
-        self.forcing_shared = "member" not in fdims.pop()
+        if not self.forcing_names:
+            raise UserError(f"{path}: no forcing variables in the store")
+        self.forcing_shared = contract.forcing_shared(ds)
         order = ("gridcell", "time") if self.forcing_shared else ("member", "gridcell", "time")
         self.forcing = np.stack([ds[v].transpose(*order).values.astype(np.float32) for v in self.forcing_names], -1)
         self.responses = np.stack([ds[v].transpose("member", "gridcell", "time").values.astype(np.float32)
                                    for v in self.response_names], -1)
         self.theta = ds["theta"].sel(param=self.param_names).transpose("member", "param").values.astype(np.float32)
-        self.static = ds["static"].sel(field=self.static_names).transpose("gridcell", "field").values.astype(np.float32)
+        self.static = contract.static_values(ds, self.static_names).astype(np.float32)
         for name, arr in (("theta", self.theta), ("static", self.static)):
             if not np.all(np.isfinite(arr)):
                 raise UserError(f"{path}: {name} has missing values; the emulator needs every value")
         if not np.all(np.isfinite(self.forcing)):
             bad = self.forcing_names[int(np.argwhere(~np.isfinite(self.forcing))[0, -1])]
             raise UserError(f"{path}: forcing {bad} has missing values")
-        self.split_member = ds["split_member"].values.astype(np.int8)
-        self.split_gridcell = ds["split_gridcell"].values.astype(np.int8)
-        self.split_time = ds["split_time"].values.astype(np.int8)
+        self.split_member = ds[contract.SPLIT_MEMBER].values.astype(np.int8)
+        self.split_gridcell = ds[contract.SPLIT_GRIDCELL].values.astype(np.int8)
+        self.split_time = ds[contract.SPLIT_TIME].values.astype(np.int8)
         self.members = [str(m) for m in ds["member"].values]
         self.time = ds["time"].values
-        self.lat = ds["grid1d_lat"].values if "grid1d_lat" in ds else np.full(len(self.split_gridcell), np.nan)
-        self.lon = ds["grid1d_lon"].values if "grid1d_lon" in ds else np.full(len(self.split_gridcell), np.nan)
-        self.warmup_days = int(ds.attrs.get("warmup_days", 0))
+        nan = np.full(len(self.split_gridcell), np.nan)
+        self.lat = ds[contract.LAT].values if contract.LAT in ds else nan
+        self.lon = ds[contract.LON].values if contract.LON in ds else nan
+        self.warmup_days = int(ds.attrs.get(contract.ATTR_WARMUP, 0))
         self.n_member, self.n_gridcell, self.n_time = self.responses.shape[:3]
 
     def forcing_for(self, m: np.ndarray, g: np.ndarray, t0: np.ndarray | int, length: int) -> np.ndarray:
@@ -172,7 +170,7 @@ def validation_windows(store: SequenceStore, n: int, window: int, warmup: int, s
     is_val = (store.split_member[pairs[:, 0]] == VAL) | (store.split_gridcell[pairs[:, 1]] == VAL)
     pairs = pairs[is_val]
     if len(pairs) == 0:
-        raise UserError(f"{store.path}: no validation members or gridcells (split_member/split_gridcell == 1)")
+        raise UserError(f"{store.path}: no validation members or gridcells (split_member/split_gridcell == {VAL})")
     rng = np.random.default_rng([seed, 7919])
     rows = rng.integers(0, len(pairs), n)
     starts = rng.integers(0, store.n_time - (window + warmup) + 1, n)

@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 import torch.distributed as tdist
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 # Environment variables that MPI launchers set in every rank they start.
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")

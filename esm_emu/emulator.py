@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .models import build_model
 from .normalize import Normalizer

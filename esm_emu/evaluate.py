@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
-from .data import TEST, TRAIN, SequenceStore, SummaryTable
+from ppe_ingest.store import TEST, TRAIN, VAL
+
+from .data import SequenceStore, SummaryTable
 from .emulator import load_emulator
 from .metrics import METRICS
 
@@ -32,10 +34,10 @@ GROUPS = {"members": ([TEST], [TRAIN], "train_years"), "gridcells": ([TRAIN], [T
 def predict_pairs(emu, store: SequenceStore, m: np.ndarray, g: np.ndarray, batch_size: int = 64,
                   progress: bool = False) -> np.ndarray:
     """Emulator responses (N, T, R) for whole series of member/gridcell index pairs, physical units."""
-    from tqdm.auto import tqdm
+    from ppe_ingest.base.progress import progress as _progress
 
     out = np.empty((len(m), store.n_time, len(store.response_names)), np.float32)
-    for i in tqdm(range(0, len(m), batch_size), desc="evaluate", disable=not progress):
+    for i in _progress(range(0, len(m), batch_size), desc="evaluate", enabled=progress):
         mm, gg = m[i:i + batch_size], g[i:i + batch_size]
         f = torch.from_numpy(store.forcing_for(mm, gg, np.zeros(len(mm), int), store.n_time))
         y = emu(f, torch.from_numpy(store.static[gg]), torch.from_numpy(store.theta[mm]))
@@ -214,7 +216,7 @@ def _evaluate_tabular(emu, store, cfg, out_dir: Path, plots: bool) -> dict:
     seed = (cfg.get("train") or {}).get("seed", 0)
     frac = (cfg.get("data") or {}).get("val_fraction", 0.2)
     if tab.split_member is not None:
-        idx = np.flatnonzero(tab.split_member == TEST) if (tab.split_member == TEST).any() else np.flatnonzero(tab.split_member == 1)
+        idx = np.flatnonzero(tab.split_member == TEST) if (tab.split_member == TEST).any() else np.flatnonzero(tab.split_member == VAL)
     else:
         perm = np.random.default_rng([seed, 31]).permutation(len(tab.theta))
         idx = np.sort(perm[:max(1, int(round(frac * len(tab.theta))))])

@@ -16,8 +16,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 from .emulator import Emulator, TabularEmulator, load_emulator
 

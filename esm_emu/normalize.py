@@ -1,8 +1,7 @@
 """Normalisation from the training store's statistics, as a torch module.
 
-The store holds `norm_mean(norm_var)`, `norm_std(norm_var)` (train split only) and the global
-attrs `log_transform_vars` / `log_eps`: those variables are normalised as
-(log(x + log_eps) - mean) / std. Living in a module (buffers), the statistics travel inside
+The store (`ppe_ingest.store`) holds train-split statistics per (norm_group, norm_var) and the
+log-transformed variables: those are normalised as (log(max(x, 0) + log_eps) - mean) / std. Living in a module (buffers), the statistics travel inside
 checkpoints and the exported TorchScript, so callers always work in physical units.
 """
 from __future__ import annotations
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppe_ingest.errors import UserError
+from ppe_ingest import store as contract
 
 
 class Scaler(nn.Module):
@@ -56,29 +55,15 @@ class Normalizer(nn.Module):
 
     @classmethod
     def from_store(cls, ds, forcing_names, static_names, param_names, response_names) -> "Normalizer":
-        """Build from an opened store (xarray Dataset following the training-store contract)."""
-        for v in ("norm_mean", "norm_std"):
-            if v not in ds:
-                raise UserError(f"training store: variable {v!r} is missing (normalisation statistics)")
-        names = [str(x) for x in ds["norm_var"].values]
-        # (group, name) keys: a static field and a parameter may share a name (FMAX); stores
-        # written before norm_group existed fall back to the name alone
-        groups = [str(x) for x in ds["norm_group"].values] if "norm_group" in ds else [""] * len(names)
-        keys = list(zip(groups, names))
-        mean = dict(zip(keys, np.asarray(ds["norm_mean"].values, dtype=np.float64)))
-        std = dict(zip(keys, np.asarray(ds["norm_std"].values, dtype=np.float64)))
-        logs = set(str(ds.attrs.get("log_transform_vars", "")).split())
-        eps = float(ds.attrs.get("log_eps", 1e-6))
+        """Build from an opened store (xarray Dataset following `ppe_ingest.store`)."""
+        st = contract.norm_stats(ds)
 
-        def scaler(members, group):
-            key = [(group if "norm_group" in ds else "", n) for n in members]
-            missing = [k[1] for k in key if k not in mean]
-            if missing:
-                raise UserError(f"training store: norm_var has no statistics for {missing[0]!r}")
-            return Scaler([mean[k] for k in key], [std[k] for k in key], [n in logs for n in members], eps)
+        def scaler(names, group):
+            mean, std, log = st.lookup(names, group)
+            return Scaler(mean, std, log, st.log_eps)
 
-        return cls(scaler(forcing_names, "variable"), scaler(static_names, "static"),
-                   scaler(param_names, "param"), scaler(response_names, "variable"))
+        return cls(scaler(forcing_names, contract.GROUP_VARIABLE), scaler(static_names, contract.GROUP_STATIC),
+                   scaler(param_names, contract.GROUP_PARAM), scaler(response_names, contract.GROUP_VARIABLE))
 
     @classmethod
     def empty(cls, nf: int, ns: int, npar: int, nr: int) -> "Normalizer":

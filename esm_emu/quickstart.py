@@ -12,8 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 STAGES = ("simulate", "ingest", "train", "observations", "invert", "write-ctsm", "report")
 
@@ -24,7 +24,7 @@ def default_config() -> Path:
 
 
 def _section(raw: dict, name: str, schema: dict, cfg_path: Path, overrides: dict | None = None) -> dict:
-    from ppe_ingest.config import validate
+    from ppe_ingest.base.config import validate
 
     data = dict(raw.get(name) or {})
     data.update(overrides or {})
@@ -50,7 +50,7 @@ class _Stages:
 def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path | None = None,
                    restart: bool = False, progress: bool = True) -> dict:
     """Run every stage into `out`; return the report dict also written to out/report/metrics.json."""
-    from ppe_ingest.config import read_yaml
+    from ppe_ingest.base.config import read_yaml
 
     cfg_path = Path(config) if config else default_config()
     if not cfg_path.is_file():

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 _SET = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)(?:\[([^\]]+)\])?\s*=(.*)$")
 
@@ -98,7 +98,7 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
     import numpy as np
     import xarray as xr
 
-    from ppe_ingest.ctsmio._ncfile import open_dataset
+    from ppe_ingest.base.netcdf import open_dataset
     from ppe_ingest.ctsmio.paramfile import read_paramfile, write_paramfile
     from ppe_ingest.ctsmio.surfdata import read_surfdata, write_surfdata
     from ppe_ingest.ctsmio.user_nl import set_user_nl
@@ -233,10 +233,10 @@ def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values
             cluster_pf = _cluster_paramfiles(paramfile, out_dir, values, dim, per_cell_pf, pf_updates, table, base_pf)
             written["paramfile"] += [cluster_pf[k] for k in sorted(cluster_pf)]
         elif per_cell_pf:
-            from tqdm import tqdm
+            from ppe_ingest.base.progress import progress
 
             labels = [str(x) for x in values[dim].values]
-            for i in tqdm(range(len(labels)), desc="paramfiles", unit=dim, disable=len(labels) < 20):
+            for i in progress(range(len(labels)), desc="paramfiles", unit=dim, enabled=len(labels) >= 20):
                 vals = dict(pf_updates)
                 for name, col in per_cell_pf.items():
                     spec = table[name] if name in table else None
@@ -283,7 +283,7 @@ def _cluster_paramfiles(paramfile: Path, out_dir: Path, values, dim: str, per_ce
     import numpy as np
     import pandas as pd
 
-    from ppe_ingest.atomic import atomic_path
+    from ppe_ingest.base.atomic import atomic_path
     from ppe_ingest.ctsmio.paramfile import write_paramfile
 
     cluster = values["cluster"].values.astype(int)

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from .atomic import atomic_path
-from .errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 from .param_table import ParamTable
 
 NAMELIST_HEADER = "! user_nl_clm namelist options written by generate_params:"
@@ -100,9 +100,9 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
     members = [str(m) for m in design["member"].values]
     it = members
     if progress:
-        from tqdm import tqdm
+        from ppe_ingest.base.progress import progress as _progress
 
-        it = tqdm(members, desc="member files", unit="member")
+        it = _progress(members, desc="member files", unit="member")
     written = []
     for m in it:
         i = members.index(m)

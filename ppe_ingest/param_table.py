@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ppe_ingest.base.errors import UserError
 
 LOCATIONS = ("paramfile", "fsurdat", "namelist")
 TRANSFORMS = ("value", "multiplicative", "additive")
@@ -194,7 +194,7 @@ class _Defaults:
         self._attrs = None
 
     def _load(self):
-        from .ctsmio._ncfile import open_dataset
+        from ppe_ingest.base.netcdf import open_dataset
         from .ctsmio.paramfile import read_paramfile
 
         self._values = read_paramfile(self.path)

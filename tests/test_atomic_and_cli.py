@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 
 def test_atomic_path_renames_only_on_success(tmp_path):

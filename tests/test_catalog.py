@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from _ingest_ppe import make_ppe, sim_ppe
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.ingest.catalog import open_catalog, write_catalog
 from ppe_ingest.ingest.discover import discover
 from ppe_ingest.ingest.theta import member_theta

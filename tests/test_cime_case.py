@@ -5,7 +5,7 @@ import pytest
 
 from cime_case_util import make_case
 from cime_hooks.case import check_caseroot, open_case, regenerate_lnd_namelist
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def test_values_are_typed_and_references_resolved(tmp_path, monkeypatch):

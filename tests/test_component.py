@@ -7,7 +7,7 @@ import xarray as xr
 
 from coupler import grids
 from coupler.component import EmulatorComponent, RunLandModel
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
 

@@ -1,8 +1,8 @@
 """Config validation: every kind of bad key gives one line naming the file and the dotted key."""
 import pytest
 
-from ppe_ingest.config import Field, load_config, validate
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.config import Field, load_config, validate
+from ppe_ingest.base.errors import UserError
 
 SCHEMA = {
     "n_members": Field(int, default=64, min=2),

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from _ingest_ppe import CASE, make_ppe, sim_ppe
-from ppe_ingest.errors import UserError
-from ppe_ingest.ingest.checks import FORCING, RESPONSES
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
 from ppe_ingest.ingest.theta import check_design, member_theta, ppe_table, read_design
 

@@ -7,7 +7,7 @@ import xarray as xr
 
 from coupler import grids
 from coupler.dlnd import case_settings, write_lnd2rof
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def _runoff(g, start="2003-01-01", days=730):

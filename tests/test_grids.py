@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from coupler import grids
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 @pytest.fixture(scope="module")

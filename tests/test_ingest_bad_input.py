@@ -12,10 +12,10 @@ import pytest
 import xarray as xr
 
 from _ingest_ppe import make_ppe, sim_ppe
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.ingest.checks import Report
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ingest.store import write_store
+from ppe_ingest.ingest.writer import write_store
 
 
 @pytest.fixture(scope="module")

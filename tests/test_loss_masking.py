@@ -6,7 +6,7 @@ from esm_emu.emulator import Emulator
 from esm_emu.normalize import Normalizer, Scaler
 from esm_emu.training.config import MODEL
 from esm_emu.training.loop import SequenceLoss
-from ppe_ingest.config import validate
+from ppe_ingest.base.config import validate
 
 
 def test_nan_targets_outside_the_mask_leave_gradients_finite():

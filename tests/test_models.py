@@ -5,7 +5,7 @@ import torch
 from esm_emu.emulator import Emulator, TabularEmulator, load_emulator
 from esm_emu.models import available_models, build_model
 from esm_emu.normalize import Normalizer, Scaler
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 BASE = dict(name="lstm", hidden=16, embed=8, layers=1, dropout=0.0, ea_gate=False, heads=2, context=20)
 CASES = {"lstm": BASE, "ea_lstm": dict(BASE, ea_gate=True),

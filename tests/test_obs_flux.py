@@ -8,7 +8,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.obs.ameriflux import read_ameriflux_base
 from ppe_ingest.obs.fluxnet import read_fluxnet_daily
 from ppe_ingest.obs.io import read_obs, write_obs

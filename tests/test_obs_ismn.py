@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.obs.camels import read_camels_streamflow
 from ppe_ingest.obs.io import merge_obs, read_obs, write_obs
 from ppe_ingest.obs.ismn import read_ismn_stm

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from esm_emu.inverse.param_map import build_param_map, cluster_param_map, read_param_map, write_param_map
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def _map(n=30, seed=0):

@@ -9,7 +9,7 @@ import pytest
 
 from ppe_ingest.ctsmio.paramfile import (NPFT, PFT_NAMES, create_paramfile, pft_names, read_paramfile,
                                          write_paramfile)
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")
 CLM5 = ("ctsm", "paramfiles", "clm5_params.c171117.nc")

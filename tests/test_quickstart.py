@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from esm_emu.quickstart import STAGES, default_config, run_quickstart
-from ppe_ingest.config import read_yaml, validate
+from ppe_ingest.base.config import read_yaml, validate
 
 TINY = """
 simulate:

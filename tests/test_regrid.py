@@ -8,7 +8,7 @@ from coupler.esmpy_backend import available as esmpy_available
 from coupler.regridder import Regridder, build_weights
 from coupler.smm import apply_weights
 from coupler.weights import read_weights, write_weights
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def _field(g):

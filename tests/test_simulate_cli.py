@@ -18,7 +18,7 @@ import xarray as xr
 from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.ctsmio.surfdata import lai_extremes
 from ppe_ingest.simulator import physics
-from ppe_ingest.simulator.physics import FORCING_VARS, RESPONSE_VARS
+from ppe_ingest.ctsmio.vocabulary import FORCING as FORCING_VARS, RESPONSES as RESPONSE_VARS
 
 REPO = Path(__file__).resolve().parents[1]
 HIST_RE = re.compile(r"^(?P<case>.+)_(?P<member>LHC\d{4})\.clm2\.h1\.(?P<date>\d{4}-\d{2}-\d{2}-\d{5})\.nc$")
@@ -180,7 +180,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, run):
 
 
 def test_quickstart_config_is_valid():
-    from ppe_ingest.config import load_config
+    from ppe_ingest.base.config import load_config
     from ppe_ingest.simulator.config import SCHEMA
 
     cfg = load_config(REPO / "configs" / "quickstart.yaml", SCHEMA, section="simulate")

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 from coupler import grids, sites
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import xarray as xr
 
 from _ingest_ppe import SIM, make_ppe, sim_ppe
-from ppe_ingest.ingest.checks import FORCING, RESPONSES
+from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ingest.store import static_field_names, write_store
+from ppe_ingest.ctsmio.surfdata import static_field_names
+from ppe_ingest.ingest.writer import write_store
 from ppe_ingest.ingest.theta import read_design
 
 
@@ -104,7 +105,7 @@ def test_forcing_that_differs_between_members_gets_a_member_dim(built, tmp_path)
 
 def test_refuses_to_overwrite_an_input(built):
     root, _ = built
-    from ppe_ingest.errors import UserError
+    from ppe_ingest.base.errors import UserError
 
     f = sorted((root / "hist").glob("*.nc"))[0]
     with pytest.raises(UserError, match="refusing to overwrite an input"):
@@ -182,7 +183,7 @@ def test_classic_reader_equals_netcdf4_and_refuses_truncated_or_hdf5_files(sim, 
 def test_open_ensemble_is_lazy_and_equals_the_store(built):
     import dask
 
-    from ppe_ingest.ingest.store import open_ensemble
+    from ppe_ingest.ingest.writer import open_ensemble
 
     root, out = built
     ens = open_ensemble(discover(root), ["QRUNOFF", "TBOT"])

@@ -35,7 +35,7 @@ def test_summary_store_aligns_members_and_maps_s_to_values(paths, shared_data, t
 
 
 def test_design_member_without_outputs_is_an_error(paths, tmp_path):
-    from ppe_ingest.errors import UserError
+    from ppe_ingest.base.errors import UserError
 
     outputs, design, table = paths
     d = xr.open_dataarray(design)

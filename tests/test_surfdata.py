@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata, write_surfdata
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 from test_paramfile import assert_same_except
 
 BRAZIL = ("ctsm", "pecan", "surfdata_1x1_brazil_16pfts_Irrig_CMIP6_simyr2000_c171214.nc")
@@ -171,7 +171,7 @@ def test_monthly_lai_refused_when_inconsistent(tmp_path):
 
 def test_lai_extremes_of_the_real_clm5_surfdata(shared_data):
     """The ingest's LAI_MAX/LAI_MIN of the real 2-D CLM5 surfdata equal a hand computation from the file."""
-    from ppe_ingest.ingest.store import read_static
+    from ppe_ingest.ctsmio.surfdata import read_static
 
     path = shared_data(*BRAZIL)
     with netCDF4.Dataset(path) as ds:

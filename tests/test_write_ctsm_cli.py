@@ -14,7 +14,7 @@ from esm_emu.writers import parse_set, write_ctsm_files
 from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata
 from ppe_ingest.ctsmio.user_nl import read_user_nl
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")
 BRAZIL = ("ctsm", "pecan", "surfdata_1x1_brazil_16pfts_Irrig_CMIP6_simyr2000_c171214.nc")

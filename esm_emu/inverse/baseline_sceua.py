@@ -95,7 +95,7 @@ def calibrate_site(problem: InverseProblem, forward: ForwardModel, i: int, max_e
 def calibrate_sites(problem: InverseProblem, forward: ForwardModel, idx=None, progress: bool = True,
                     **kw) -> list[SiteCalibration]:
     """SCE-UA at each observed entity (or ``idx``), one after the other."""
-    from tqdm.auto import tqdm
+    from ppe_ingest.base.progress import progress as _progress
 
     idx = np.flatnonzero(problem.observed) if idx is None else np.asarray(idx)
-    return [calibrate_site(problem, forward, int(i), **kw) for i in tqdm(idx, desc="SCE-UA", disable=not progress)]
+    return [calibrate_site(problem, forward, int(i), **kw) for i in _progress(idx, desc="SCE-UA", enabled=progress)]

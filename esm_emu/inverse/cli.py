@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
-FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
+from ppe_ingest.store import MEMBER, entities_view
 
 
 def load_entities(cfg: dict):
@@ -20,17 +20,8 @@ def load_entities(cfg: dict):
         ds = xr.open_zarr(path) if str(path).endswith(".zarr") else xr.open_dataset(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot open ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if "member" in ds.dims:
-        # forcing is shared by all members of a PPE; keep the variables without a member axis
-        keep = {}
-        for v in ds.data_vars:
-            da = ds[v]
-            if "member" in da.dims:
-                if v in FORCING:
-                    keep[v] = da.isel(member=0, drop=True)
-            else:
-                keep[v] = da
-        ds = xr.Dataset(keep, coords={k: c for k, c in ds.coords.items() if "member" not in c.dims})
+    if MEMBER in ds.dims:  # a training store: its member-free view (forcing is shared by the PPE)
+        ds = entities_view(ds)
     return ds.load()
 
 

@@ -1,9 +1,9 @@
-"""Schema of the ``inverse:`` YAML section (validated with ppe_ingest.config)."""
+"""Schema of the ``inverse:`` YAML section (validated with ppe_ingest.base.config)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ppe_ingest.config import Field, load_config, validate
+from ppe_ingest.base.config import Field, load_config, validate
 
 PERIOD = {"start": Field((str, int), None, nullable=True, help="first day (YYYY-MM-DD or year)"),
           "end": Field((str, int), None, nullable=True, help="last day (YYYY-MM-DD or year)")}

@@ -11,12 +11,12 @@ from typing import Sequence
 
 import torch
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, FORCING
 
 from ..checkpoint import file_sha256
 
-SIM_FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
-SIM_STATIC = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV", "LAI_MAX", "LAI_MIN")
+# Static fields the simulator fills with defaults when a source lacks them (physics.STATIC_DEFAULTS).
 SIM_STATIC_OPTIONAL = ("ORGANIC", "STD_ELEV", "LAI_MAX", "LAI_MIN")
 
 
@@ -73,7 +73,7 @@ class SimulatorForward(ForwardModel):
     kind = "simulator"
 
     def __init__(self, param_names: Sequence[str], response_names: Sequence[str] = ("QRUNOFF",),
-                 forcing_names: Sequence[str] = SIM_FORCING, static_names: Sequence[str] = SIM_STATIC,
+                 forcing_names: Sequence[str] = FORCING, static_names: Sequence[str] = ALL_STATIC_FIELDS,
                  fixed_params: dict[str, float] | None = None):
         super().__init__(forcing_names, static_names, param_names, response_names)
         from ppe_ingest.simulator.physics import run_land
@@ -100,7 +100,7 @@ class SimulatorForward(ForwardModel):
         have = set(entities.variables)
         if "static" in entities.variables and "field" in entities.coords:
             have |= {str(f) for f in entities["field"].values}
-        static = [n for n in SIM_STATIC if n in have or n not in SIM_STATIC_OPTIONAL]
+        static = [n for n in ALL_STATIC_FIELDS if n in have or n not in SIM_STATIC_OPTIONAL]
         return cls(param_names, response_names, static_names=static)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from . import dpl as _dpl
 from .forward import ForwardModel
@@ -29,9 +29,9 @@ def _sub(cls, d: Mapping | None):
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from ppe_ingest.base.progress import progress
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return progress(total=total, desc=desc, enabled=enabled, leave=False)
 
 
 def ppe_samples(problem: InverseProblem, forward: ForwardModel, per_entity: int, seed: int,

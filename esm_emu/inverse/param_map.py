@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 from .. import __version__
 

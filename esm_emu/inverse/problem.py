@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 from .forward import ForwardModel
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppe_ingest.atomic import atomic_path
+from ppe_ingest.base.atomic import atomic_path
 
 from .param_map import write_param_map
 

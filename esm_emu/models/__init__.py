@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from torch import nn
 
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.errors import UserError
 
 _REGISTRY: dict[str, type] = {}
 

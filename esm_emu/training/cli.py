@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_emulator_config(args.config)
     if args.max_steps is not None:
         if args.max_steps < 1:
-            from ppe_ingest.errors import UserError
+            from ppe_ingest.base.errors import UserError
             raise UserError("--max-steps: must be >= 1")
         cfg["train"]["max_steps"] = args.max_steps
     dist = Distributed()
@@ -75,7 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         target = Path(load_emulator_config(target)["run_dir"])
     if args.max_series is not None and args.max_series < 1:
-        from ppe_ingest.errors import UserError
+        from ppe_ingest.base.errors import UserError
         raise UserError("--max-series: must be >= 1")
     res = evaluate_run(target, out_dir=args.out, store=args.store, plots=not args.no_plots,
                        max_series=args.max_series)

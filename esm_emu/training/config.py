@@ -1,9 +1,9 @@
-"""Schema of the `emulator:` section of a YAML config (validated by ppe_ingest.config)."""
+"""Schema of the `emulator:` section of a YAML config (validated by ppe_ingest.base.config)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ppe_ingest.config import Field, load_config
+from ppe_ingest.base.config import Field, load_config
 
 MODEL = {
     "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular"),

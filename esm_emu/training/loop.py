@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppe_ingest.atomic import atomic_path
-from ppe_ingest.errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.store import TRAIN, VAL
 
 from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..data import SequenceStore, SummaryTable, WindowSampler, make_batch, validation_windows
@@ -96,8 +97,8 @@ class SequenceTask:
         self.val = make_batch(store, vm[sl], vg[sl], vt[sl], d["window"] + self.warmup, self.warmup)
         phys_std = None
         if t["loss"] != "normalized":  # std of each response over the training split, physical units
-            tr = store.responses[np.ix_(store.split_member == 0, store.split_gridcell == 0)]
-            phys_std = np.array([np.nanstd(tr[..., store.split_time == 0, r]) for r in range(tr.shape[-1])])
+            tr = store.responses[np.ix_(store.split_member == TRAIN, store.split_gridcell == TRAIN)]
+            phys_std = np.array([np.nanstd(tr[..., store.split_time == TRAIN, r]) for r in range(tr.shape[-1])])
         self.loss = SequenceLoss(self.emu, t["loss"], phys_std)
 
     def batch_args(self, device):
@@ -117,7 +118,7 @@ class TabularTask:
         t, d = cfg["train"], cfg["data"]
         n = len(tab.theta)
         if tab.split_member is not None:
-            train_idx, val_idx = np.flatnonzero(tab.split_member == 0), np.flatnonzero(tab.split_member == 1)
+            train_idx, val_idx = np.flatnonzero(tab.split_member == TRAIN), np.flatnonzero(tab.split_member == VAL)
         else:
             perm = np.random.default_rng([t["seed"], 31]).permutation(n)
             nval = max(1, int(round(d["val_fraction"] * n)))
@@ -294,10 +295,9 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
             _write_log(run_dir / LOG, history)
 
     stop, t0, c0 = "max_steps", time.perf_counter(), time.process_time()
-    from tqdm.auto import tqdm
+    from ppe_ingest.base.progress import progress as _progress
 
-    bar = tqdm(total=t["max_steps"], initial=start, desc="train", disable=not (progress and dist.is_root),
-               dynamic_ncols=True)
+    bar = _progress(total=t["max_steps"], initial=start, desc="train", enabled=progress and dist.is_root)
     step = start
     with _SigtermFlag() as sigterm:
         emu.train()

@@ -15,34 +15,14 @@ from typing import Mapping, Sequence
 import netCDF4
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import UserError
-from ._ncfile import history_line
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.netcdf import history_line
+
+from .vocabulary import HIST_FIELDS
 
 FILL = np.float32(1.0e36)  # CTSM spval
 
-# name -> (long_name, units), as CTSM's history field list writes them.
-HIST_FIELDS: dict[str, tuple[str, str]] = {
-    "RAIN": ("atmospheric rain, after rain/snow repartitioning based on temperature", "mm/s"),
-    "SNOW": ("atmospheric snow, after rain/snow repartitioning based on temperature", "mm/s"),
-    "TBOT": ("atmospheric air temperature (downscaled to columns in glacier regions)", "K"),
-    "FSDS": ("atmospheric incident solar radiation", "W/m^2"),
-    "FLDS": ("atmospheric longwave radiation (downscaled to columns in glacier regions)", "W/m^2"),
-    "QBOT": ("atmospheric specific humidity (downscaled to columns in glacier regions)", "kg/kg"),
-    "PBOT": ("atmospheric pressure at surface (downscaled to columns in glacier regions)", "Pa"),
-    "WIND": ("atmospheric wind velocity magnitude", "m/s"),
-    "QRUNOFF": ("total liquid runoff not including correction for land use change", "mm/s"),
-    "QOVER": ("total surface runoff (includes QH2OSFC)", "mm/s"),
-    "QDRAI": ("sub-surface drainage", "mm/s"),
-    "EFLX_LH_TOT": ("total latent heat flux [+ to atm]", "W/m^2"),
-    "QSOIL": ("Ground evaporation (soil/snow evaporation + soil/snow sublimation - dew)", "mm/s"),
-    "QVEGT": ("canopy transpiration", "mm/s"),
-    "QVEGE": ("canopy evaporation", "mm/s"),
-    "SOILWATER_10CM": ("soil liquid water + ice in top 10cm of soil (veg landunits only)", "kg/m2"),
-    "H2OSNO": ("snow depth (liquid water)", "mm"),
-    "TWS": ("total water storage", "mm"),
-    "ZWT": ("water table depth (natural vegetated and crop landunits only)", "m"),
-}
 
 
 def hist_filename(case: str, member: str, tape: int, year: int, month: int = 1, day: int = 1, sec: int = 0) -> str:

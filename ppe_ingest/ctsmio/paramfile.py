@@ -12,9 +12,9 @@ from typing import Mapping
 import netCDF4
 import numpy as np
 
-from ..atomic import atomic_path, refuse_overwrite
-from ..errors import UserError
-from ._ncfile import cast_to, copy_and_modify, history_line, open_dataset
+from ppe_ingest.base.atomic import atomic_path, refuse_overwrite
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.netcdf import cast_to, copy_and_modify, history_line, open_dataset
 
 # The 79 CTSM PFTs in paramfile order (pftname of ctsm51_params.c210217_kwo.c210222.nc).
 PFT_NAMES = (

@@ -13,12 +13,13 @@ from typing import Mapping, Sequence
 import netCDF4
 import numpy as np
 
-from ..atomic import atomic_path, refuse_overwrite
-from ..errors import UserError
-from ._ncfile import cast_to, copy_and_modify, history_line, open_dataset
+from ppe_ingest.base.atomic import atomic_path, refuse_overwrite
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.geometry import nearest_gridcell
+from ppe_ingest.base.netcdf import NC_LOCK, cast_to, copy_and_modify, history_line, open_dataset
 
-SOIL_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC")
-DEFAULT_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")
+from .vocabulary import LAI_FIELDS, STATIC_FIELDS
+
 NLEVSOI = 10
 # CLM5 PFT layout (FORMAT.md): natural PFTs 0..14 (0 = not_vegetated), crop CFTs 15..78.
 NATPFT = 15
@@ -72,7 +73,7 @@ def _latlon(ds, sdims, n, path) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"{path}: no gridcell coordinates (LATIXY/LONGXY) in the surface dataset")
 
 
-def read_surfdata(path: str | Path, fields: Sequence[str] = DEFAULT_FIELDS):
+def read_surfdata(path: str | Path, fields: Sequence[str] = STATIC_FIELDS):
     """Fields of a surface dataset as an xarray Dataset over `gridcell` (and `nlevsoi`), with lat/lon."""
     import xarray as xr
 
@@ -93,14 +94,6 @@ def read_surfdata(path: str | Path, fields: Sequence[str] = DEFAULT_FIELDS):
                                    "lon": ("gridcell", lon, {"units": "degrees_east"})}, attrs=attrs)
 
 
-def _angdist(lat1, lon1, lat2, lon2):
-    """Great-circle distance in degrees."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dl = np.radians(np.asarray(lon2) - lon1)
-    c = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
-    return np.degrees(np.arccos(np.clip(c, -1, 1)))
-
-
 def resolve_gridcells(gridcells, lat: np.ndarray, lon: np.ndarray, path, tol_deg: float = 1.0) -> np.ndarray:
     """Gridcell indices from indices or (lat, lon) pairs (nearest cell within `tol_deg` degrees)."""
     n = lat.size
@@ -119,9 +112,9 @@ def resolve_gridcells(gridcells, lat: np.ndarray, lon: np.ndarray, path, tol_deg
             la, lo = (float(x) for x in g)
         except (TypeError, ValueError):
             raise UserError(f"{path}: gridcell {g!r} is neither an index nor a (lat, lon) pair") from None
-        d = _angdist(la, lo, lat, lon)
-        k = int(np.argmin(d))
-        if d[k] > tol_deg:
+        k_, d_ = nearest_gridcell(la, lo, lat, lon)
+        k, dk = int(k_[0]), float(d_[0])
+        if dk > tol_deg:
             raise UserError(f"{path}: no gridcell within {tol_deg} degrees of lat {la}, lon {lo} "
                             f"(nearest is gridcell {k} at lat {lat[k]:.4g}, lon {lon[k]:.4g})")
         idx.append(k)
@@ -352,3 +345,74 @@ def create_surfdata_1d(dst: str | Path, lat, lon, fields: Mapping[str, object], 
             if pct is not None:
                 _write_vegetation(ds, lai, pct)
     return dst
+
+
+# ---------------------------------------------------------------- static fields at gridcells
+
+# Surfdata rows and history gridcells of one grid sit at the same centres: a larger gap is a mismatch.
+MATCH_TOL_DEG = 1e-3
+
+
+def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
+    """static(gridcell, field) of a 1-D or (lsmlat, lsmlon) surfdata at the gridcells (lat, lon).
+
+    Returns (values (gridcell, field), field names, units). Fields are vocabulary.STATIC_FIELDS
+    present in the file; soil fields on nlevsoi are reduced by an unweighted mean over the levels
+    (SOIL_LAYER_REDUCTION); LAI_MAX and LAI_MIN come from MONTHLY_LAI and PCT_NAT_PFT when the
+    surfdata has MONTHLY_LAI (LAI_DERIVATION). Rows are matched by great-circle distance.
+    """
+    if surfdata is None:
+        return np.zeros((np.size(lat), 0)), [], {}
+    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
+        fields = [f for f in STATIC_FIELDS if f in ds.variables]
+        if "LATIXY" not in ds.variables or "LONGXY" not in ds.variables:
+            raise UserError(f"{surfdata}: LATIXY/LONGXY not found; cannot match surfdata to history gridcells")
+        slat = np.asarray(ds.variables["LATIXY"][...], dtype="f8").ravel()
+        slon = np.asarray(ds.variables["LONGXY"][...], dtype="f8").ravel()
+        cols, units = [], {}
+        for f in fields:
+            var = ds.variables[f]
+            a = np.ma.filled(np.ma.asarray(var[...], dtype="f8"), np.nan)
+            if "nlevsoi" in var.dimensions:
+                a = a.mean(axis=var.dimensions.index("nlevsoi"))
+            cols.append(a.ravel())
+            units[f] = getattr(var, "units", "")
+        if "MONTHLY_LAI" in ds.variables:
+            lai, pct = _lai_inputs(ds, surfdata, slat.size)
+            cols.extend(lai_extremes(lai, pct))
+            fields += list(LAI_FIELDS)
+            units.update(dict.fromkeys(LAI_FIELDS, getattr(ds.variables["MONTHLY_LAI"], "units", "")))
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    idx, _ = nearest_gridcell(lat, lon, slat, slon, max_deg=MATCH_TOL_DEG)
+    if (idx < 0).any():
+        g = int(np.flatnonzero(idx < 0)[0])
+        raise UserError(f"{surfdata}: no surfdata gridcell at history gridcell {g} "
+                        f"(lat {lat[g]:.4f}, lon {lon[g]:.4f}); mismatched gridcell sets")
+    return np.stack([c[idx] for c in cols], axis=1) if cols else np.zeros((lat.size, 0)), fields, units
+
+
+def static_field_names(surfdata: Path | None) -> list[str]:
+    """The static fields `read_static` gives for this surfdata (LAI_MAX/LAI_MIN when it has MONTHLY_LAI)."""
+    if surfdata is None:
+        return []
+    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
+        names = [f for f in STATIC_FIELDS if f in ds.variables]
+        return names + (list(LAI_FIELDS) if "MONTHLY_LAI" in ds.variables else [])
+
+
+def _lai_inputs(ds, surfdata, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """MONTHLY_LAI as (time, lsmpft, n) and PCT_NAT_PFT as (natpft, n), spatial dims flattened in C order."""
+    lai_var = ds.variables["MONTHLY_LAI"]
+    if "PCT_NAT_PFT" not in ds.variables:
+        raise UserError(f"{surfdata}: MONTHLY_LAI is present but PCT_NAT_PFT (its PFT weights) is not")
+    pct_var = ds.variables["PCT_NAT_PFT"]
+    lai = np.ma.filled(np.ma.asarray(lai_var[...], dtype="f8"), np.nan)
+    pct = np.ma.filled(np.ma.asarray(pct_var[...], dtype="f8"), np.nan)
+    if lai.ndim < 3 or lai.size != lai.shape[0] * lai.shape[1] * n or pct.size != pct.shape[0] * n:
+        raise UserError(f"{surfdata}: MONTHLY_LAI {lai_var.dimensions} / PCT_NAT_PFT {pct_var.dimensions} "
+                        f"do not cover the {n} gridcells of LATIXY")
+    lai, pct = lai.reshape(lai.shape[0], lai.shape[1], n), pct.reshape(pct.shape[0], n)
+    if lai.shape[0] != 12 or lai.shape[1] < pct.shape[0]:
+        raise UserError(f"{surfdata}: MONTHLY_LAI has shape {lai.shape[:2]} over (time, lsmpft); expected 12 months "
+                        f"and at least the {pct.shape[0]} natural PFTs of PCT_NAT_PFT")
+    return lai, pct

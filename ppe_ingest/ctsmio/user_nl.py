@@ -14,8 +14,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 _NAME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_%()]*)\s*=(.*)$")
 

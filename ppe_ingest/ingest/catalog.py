@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 from .discover import Ppe
 
 GROUPBY = ["component", "stream", "case", "frequency"]

@@ -11,21 +11,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import UserError
-
-FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
-RESPONSES = ("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT", "QSOIL", "QVEGT", "QVEGE",
-             "SOILWATER_10CM", "H2OSNO", "TWS", "ZWT")
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import HIST_FIELDS
 
 # Units CTSM writes on its history files (histFileMod / the hist_addfld calls); a few common
 # spellings of the same unit are accepted.
-CTSM_UNITS = {
-    "RAIN": "mm/s", "SNOW": "mm/s", "TBOT": "K", "FSDS": "W/m^2", "FLDS": "W/m^2",
-    "QBOT": "kg/kg", "PBOT": "Pa", "WIND": "m/s",
-    "QRUNOFF": "mm/s", "QOVER": "mm/s", "QDRAI": "mm/s", "EFLX_LH_TOT": "W/m^2",
-    "QSOIL": "mm/s", "QVEGT": "mm/s", "QVEGE": "mm/s", "SOILWATER_10CM": "kg/m2",
-    "H2OSNO": "mm", "TWS": "mm", "ZWT": "m",
-}
+CTSM_UNITS = {name: u for name, (_, u) in HIST_FIELDS.items()}
 _SAME_UNIT = [{"w/m^2", "w/m2", "w m-2"}, {"kg/m2", "kg/m^2", "kg m-2", "mm"},
               {"mm/s", "mm s-1", "kg/m2/s", "kg m-2 s-1"}, {"m/s", "m s-1"}]
 

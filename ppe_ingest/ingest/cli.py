@@ -27,8 +27,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config, validate
-    from ..errors import UserError
+    from ppe_ingest.base.config import load_config, validate
+    from ppe_ingest.base.errors import UserError
     from .config import INGEST_SCHEMA
 
     if args.summary:
@@ -72,7 +72,7 @@ def ingest_ppe(ppe_dir, out, cfg: dict, catalog=None, design=None, progress: boo
     from .catalog import write_catalog
     from .checks import Report
     from .discover import discover
-    from .store import write_store
+    from .writer import write_store
     from .theta import check_design, member_theta, ppe_table, read_design
 
     report = Report(cfg["skip_bad"])

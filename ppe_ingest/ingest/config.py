@@ -1,7 +1,7 @@
 """Schema of the ``ingest:`` section of a YAML config (CLI options override it)."""
 from __future__ import annotations
 
-from ..config import Field
+from ppe_ingest.base.config import Field
 
 SPLIT_SCHEMA = {
     "val_members": Field(float, 0.1, min=0, help="fraction (or count if >= 1) of members for validation"),

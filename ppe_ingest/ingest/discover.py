@@ -17,11 +17,11 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.netcdf import NC_LOCK
 from .checks import CTSM_UNITS, Report, units_ok
 
 # HDF5 and netCDF-C are not thread-safe: every netCDF4 call in the ingest holds this lock.
-NC_LOCK = threading.RLock()
 
 HIST_RE = re.compile(r"^(?P<stem>.+)\.clm2\.h(?P<tape>[0-9])\.(?P<date>\d{4}-\d{2}(?:-\d{2}(?:-\d{5})?)?)\.nc$")
 MEMBER_TAIL = re.compile(r"_(?P<member>[A-Za-z][A-Za-z0-9]*\d+)$")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 
 # The outputs file states no units; these are CLM's history units for global annual means
 # (TLAI m2/m2, GPP gC/m2/s, SOILWATER_10CM kg/m2, EFLX_LH_TOT W/m2, QHR mm/s) - assumed, see attr.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 from .checks import Report
 
 RTOL = 1e-5  # design tables are written with ~6 significant digits in some PPEs

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 from .forcing import daily_basin_to_ctsm
 from .schema import make_obs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def steps_per_day(time: pd.DatetimeIndex, source: str) -> int:

@@ -7,25 +7,13 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..errors import UserError
-
-FORCING_VARS = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import FORCING, hist_attrs
 
 TFRZ = 273.15  # K, CTSM SHR_CONST_TKFRZ
 STEBOL = 5.67e-8  # W/m2/K4, CTSM SHR_CONST_STEBOL
 SECONDS_PER_DAY = 86400.0
 
-# CTSM history names, units and long names of the forcing fields.
-FORCING_ATTRS = {
-    "RAIN": dict(units="mm/s", long_name="atmospheric rain, after rain/snow repartitioning based on temperature"),
-    "SNOW": dict(units="mm/s", long_name="atmospheric snow, after rain/snow repartitioning based on temperature"),
-    "TBOT": dict(units="K", long_name="atmospheric air temperature"),
-    "FSDS": dict(units="W/m^2", long_name="atmospheric incident solar radiation"),
-    "FLDS": dict(units="W/m^2", long_name="atmospheric longwave radiation"),
-    "QBOT": dict(units="kg/kg", long_name="atmospheric specific humidity"),
-    "PBOT": dict(units="Pa", long_name="atmospheric pressure at surface"),
-    "WIND": dict(units="m/s", long_name="atmospheric wind velocity magnitude"),
-}
 
 # CTSM clm5 namelist defaults (atm2lnd_inparm) for non-glacier landunits, degrees C.
 ALL_SNOW_T = 0.0  # precip_repartition_nonglc_all_snow_t
@@ -75,7 +63,7 @@ LONGWAVE = {"idso": longwave_idso, "brutsaert": longwave_brutsaert}
 
 
 def _attrs(name: str, **extra) -> dict:
-    a = dict(FORCING_ATTRS[name])
+    a = hist_attrs(name)
     a.update(extra)
     return a
 
@@ -154,7 +142,7 @@ def plumber_met_to_ctsm(ds: xr.Dataset, source: str = "PLUMBER2 met", *,
         out["SNOW"] = (snow, _attrs("SNOW", derived=ramp))
     elif "RAIN" in out and "SNOW" not in out:
         out["SNOW"] = (np.zeros_like(out["RAIN"][0]), _attrs("SNOW", derived="no Snowf in file: zero", filled=1))
-    missing = [v for v in FORCING_VARS if v not in out]
+    missing = [v for v in FORCING if v not in out]
     if missing:
         need = {c: a for a, (c, _) in PLUMBER_MET.items()}
         raise UserError(f"{source}: met variables missing: {', '.join(need.get(m, m) for m in missing)}")

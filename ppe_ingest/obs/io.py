@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 from .schema import MASK_SUFFIX, SCHEMA_VERSION, obs_vars, validate_obs
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 from .daily import to_daily
 from .io import merge_obs
 from .schema import make_obs

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 from .daily import to_daily
 from .forcing import plumber_met_to_ctsm
 from .schema import make_obs

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 
 SCHEMA_VERSION = "1"
 MASK_SUFFIX = "_mask"

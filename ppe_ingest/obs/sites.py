@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
 
 
 def read_site_table(path: os.PathLike | str) -> pd.DataFrame:

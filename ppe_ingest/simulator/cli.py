@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..config import load_config
+    from ppe_ingest.base.config import load_config
     from .config import SCHEMA
     from .ppe import simulate
 

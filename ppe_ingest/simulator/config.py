@@ -1,7 +1,7 @@
 """The `simulate:` section of a config (e.g. configs/quickstart.yaml) for the built-in simulator."""
 from __future__ import annotations
 
-from ..config import Field
+from ppe_ingest.base.config import Field
 
 DEFAULT_PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar", "n_baseflow", "d_max", "medlynslope",
                   "n_melt_coef"]

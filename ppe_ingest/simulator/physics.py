@@ -18,15 +18,11 @@ from typing import Mapping
 
 import torch
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, FORCING, RESPONSES
 
-FORCING_VARS = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
-RESPONSE_VARS = ("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT", "QSOIL", "QVEGT", "QVEGE",
-                 "SOILWATER_10CM", "H2OSNO", "TWS", "ZWT")
-# Static gridcell fields (fsurdat names where CTSM has them). LAI_MAX/LAI_MIN stand in for the
+# Static gridcell fields: fsurdat names (vocabulary.ALL_STATIC_FIELDS). LAI_MAX/LAI_MIN stand in for the
 # fsurdat MONTHLY_LAI climatology: LAI follows a temperature-driven phenology between them.
-STATIC_VARS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV",
-               "LAI_MAX", "LAI_MIN")
 STATIC_DEFAULTS = {"ORGANIC": 20.0, "STD_ELEV": 50.0, "LAI_MAX": 4.0, "LAI_MIN": 1.0}
 
 # CTSM defaults (ctsm51 paramfile / CLM5 PPE tables; see configs/params_hydrology.csv).
@@ -125,7 +121,7 @@ def _prepare(static: Mapping, params: Mapping, B: int) -> dict:
     are lists of NLEV contiguous (B,) tensors (fast elementwise work in the daily loop).
     """
     st = {}
-    for k in STATIC_VARS:
+    for k in ALL_STATIC_FIELDS:
         if k in static:
             v = _t(static[k]).reshape(-1)
             st[k] = v.expand(B) if v.numel() == 1 else v
@@ -302,7 +298,7 @@ def _day(state: tuple, x: tuple, k: tuple) -> tuple:
 
     state: H2OCAN, H2OSNO, FSNO, INT_SNOW (B,), H2OSOI_LIQ (L, B) and the saturated thickness (B,);
     x: the day's terms (_terms); k: _day_constants. Returns the new state and the responses
-    (len(RESPONSE_VARS), B) in RESPONSE_VARS order and units.
+    (len(RESPONSES), B) in RESPONSES order and units.
     """
     wcan, swe, fsno, int_snow, W, hsat = state
     (rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
@@ -440,7 +436,7 @@ def _unpack(kb: torch.Tensor, kl: torch.Tensor) -> tuple[tuple, tuple]:
 
 
 def _day_forced(state: tuple, t30: torch.Tensor, fday: tuple, kb: torch.Tensor, kl: torch.Tensor) -> tuple:
-    """One day from the raw forcing fday (FORCING_VARS order, (B,) each): T30, the day's terms, _day."""
+    """One day from the raw forcing fday (FORCING order, (B,) each): T30, the day's terms, _day."""
     kt, k = _unpack(kb, kl)
     rain, snow, tbot, fsds, flds, qbot, pbot, wind = fday
     t30 = t30 + (tbot - t30) / 30.0
@@ -507,7 +503,7 @@ def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Ten
     """Run the simulator over daily forcing (B, T); return CTSM-named responses (B, T).
 
     forcing: RAIN, SNOW (mm/s), TBOT (K), FSDS, FLDS (W/m2), QBOT (kg/kg), PBOT (Pa), WIND (m/s).
-    static: STATIC_VARS (B,) (ORGANIC, STD_ELEV, LAI_MAX, LAI_MIN optional).
+    static: ALL_STATIC_FIELDS (B,) (ORGANIC, STD_ELEV, LAI_MAX, LAI_MIN optional).
     params: any of DEFAULTS (B,) or scalars; missing ones take the CTSM default, and FMAX /
     zbedrock given here override the static fields. `state` (from a previous call with
     return_state=True) continues a run; without it the run starts cold (see initial_state).
@@ -522,10 +518,10 @@ def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Ten
 def _simulate(forcing, static, params, state, block_days: int = 73, outputs: bool = True):
     """run_land's work: (responses or None, end state)."""
     params = dict(params or {})
-    missing = [v for v in FORCING_VARS if v not in forcing]
+    missing = [v for v in FORCING if v not in forcing]
     if missing:
         raise UserError(f"run_land: forcing variable {missing[0]} is missing")
-    f = {n: _t(forcing[n]) for n in FORCING_VARS}
+    f = {n: _t(forcing[n]) for n in FORCING}
     B, T = f["RAIN"].shape
     c = _prepare(static, params, B)
     if state is None:
@@ -535,7 +531,7 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
     st = tuple(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")) + (W, _saturated_thickness(W, k))
     t30 = _t(state["T30"])
     grad = torch.is_grad_enabled() and any(v.requires_grad for v in (*kt, *k, *st, t30, *f.values()))
-    ftm = [f[n].t().contiguous() for n in FORCING_VARS]          # time-major (T, B)
+    ftm = [f[n].t().contiguous() for n in FORCING]          # time-major (T, B)
     run = None
     if _use_compiled(grad, B, T):
         try:
@@ -553,9 +549,9 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
     res = None
     if outputs:
         if T == 0:
-            res = {n: torch.zeros(B, 0, dtype=torch.float64) for n in RESPONSE_VARS}
+            res = {n: torch.zeros(B, 0, dtype=torch.float64) for n in RESPONSES}
         else:
-            res = dict(zip(RESPONSE_VARS, torch.stack(outs, 2).unbind(0)))   # (n_vars, B, T), contiguous
+            res = dict(zip(RESPONSES, torch.stack(outs, 2).unbind(0)))   # (n_vars, B, T), contiguous
     wcan, swe, fsno, int_snow, W, _ = st
     return res, {"H2OCAN": wcan, "H2OSNO": swe, "FSNO": fsno, "INT_SNOW": int_snow,
                  "H2OSOI_LIQ": W.t().contiguous(), "T30": t30}
@@ -592,7 +588,7 @@ def _run_eager(ftm: list, st: tuple, t30: torch.Tensor, kt: tuple, k: tuple, blo
 def spin_up(forcing: Mapping[str, torch.Tensor], static: Mapping, params: Mapping | None = None,
             n_years: int = 1, days_per_year: int = 365) -> dict[str, torch.Tensor]:
     """Repeat the first year of forcing n_years times from a cold start; return the end state."""
-    year = {k: _t(v)[:, :days_per_year] for k, v in forcing.items() if k in FORCING_VARS}
+    year = {k: _t(v)[:, :days_per_year] for k, v in forcing.items() if k in FORCING}
     state = None
     for _ in range(max(int(n_years), 0)):
         _, state = _simulate(year, static, params, state, outputs=False)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 from . import physics, sites as sites_mod, truth as truth_mod, weather as weather_mod
 
 # ctsm51_params.c210217_kwo.c210222.nc medlynslope per PFT (FORMAT.md): the base the
@@ -105,7 +106,7 @@ def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str
     for k, v in member_params.items():
         v = np.asarray(v, float)
         params[k] = torch.as_tensor(np.repeat(v, G) if v.ndim == 1 else v.reshape(-1), dtype=torch.float64)
-    out = {k: np.empty((M, G, T), np.float32) for k in physics.RESPONSE_VARS}
+    out = {k: np.empty((M, G, T), np.float32) for k in RESPONSES}
     years = list(range(0, T, 365))
     threads = torch.get_num_threads()
     torch.set_num_threads(physics.simulation_threads())
@@ -131,7 +132,7 @@ def _run_years(weather, static, params, spinup_years, out, M, G, years, progress
 
 def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: bool = False) -> dict:
     """Write the whole PPE (and the truth set when configured); return a summary."""
-    from tqdm import tqdm
+    from ppe_ingest.base.progress import progress
 
     from ..ctsmio.history import hist_filename, write_history
     from ..ctsmio.paramfile import create_paramfile
@@ -162,12 +163,12 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     theta = design["theta"].transpose("member", "param").values
     ypf = cfg["years_per_file"] or ny
     (out / "hist").mkdir(exist_ok=True)
-    forcing_np = {k: weather[k].values for k in physics.FORCING_VARS}
+    forcing_np = {k: weather[k].values for k in FORCING}
     lat, lon = sites.grid1d_lat.values, sites.grid1d_lon.values
     bs = cfg["members_per_batch"]
     n_hist = 0
-    bar = tqdm(total=len(members) * len(range(0, ny * 365, 365)), desc="simulate (member-years)",
-               unit="member-yr", disable=quiet)
+    bar = progress(total=len(members) * len(range(0, ny * 365, 365)), desc="simulate (member-years)",
+                   unit="member-yr", enabled=not quiet)
     for b0 in range(0, len(members), bs):
         mem = members[b0:b0 + bs]
         mp = {n: theta[b0:b0 + bs, j] for j, n in enumerate(names)}
@@ -176,7 +177,7 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
             for y0 in range(0, ny, ypf):
                 sl = slice(365 * y0, 365 * min(ny, y0 + ypf))
                 data = {k: v[:, sl] for k, v in forcing_np.items()}
-                data.update({k: res[k][i, :, sl] for k in physics.RESPONSE_VARS})
+                data.update({k: res[k][i, :, sl] for k in RESPONSES})
                 fn = out / "hist" / hist_filename(case, m, 1, cfg["start_year"] + y0)
                 write_history(fn, data, lat, lon, cfg["start_year"], case, SOURCE, surfdata=surf.name,
                               paramfile=f"paramfiles/{m}.nc", day0=365 * y0, compress=cfg["compress"],
@@ -222,7 +223,7 @@ def write_truth(cfg: dict, tcfg: dict, out: Path, sites: xr.Dataset, weather: xr
                       ("H2OSNO", "mm"), ("TWS", "mm"), ("ZWT", "m"))},
         coords={"gridcell": sites.gridcell.values, "time": weather.time.values,
                 "grid1d_lat": ("gridcell", sites.grid1d_lat.values), "grid1d_lon": ("gridcell", sites.grid1d_lon.values)})
-    for k in physics.FORCING_VARS:
+    for k in FORCING:
         sim[k] = weather[k].astype(np.float32)
     sim.attrs.update(title="Noise-free truth run of the twin experiment", source=SOURCE,
                      time_convention="time is the start of each daily mean (00:00 of the day)")

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..errors import UserError
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS
 
-STATIC_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV",
-                 "LAI_MAX", "LAI_MIN")
 CLIMATE_FIELDS = ("p_mean", "p_seasonality", "aridity", "frac_snow", "elev_mean", "tmean", "tamp", "area")
 ATTRS = {
     "PCT_SAND": ("percent sand", "unitless"),
@@ -262,4 +261,4 @@ def static_tensors(sites: xr.Dataset):
     """The simulator's static fields as float64 torch tensors (gridcell,)."""
     import torch
 
-    return {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in STATIC_FIELDS if k in sites}
+    return {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in ALL_STATIC_FIELDS if k in sites}

@@ -16,8 +16,8 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtr
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
 from .sites import smooth_field
 
 CFS_TO_M3S = 0.0283168466  # m3/s per ft3/s

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import UserError
-from ..obs.forcing import (FORCING_ATTRS, FORCING_VARS, SECONDS_PER_DAY, STEBOL, TFRZ, longwave_brutsaert,
+from ppe_ingest.base.errors import UserError
+from ..ctsmio.vocabulary import FORCING, hist_attrs
+from ..obs.forcing import (SECONDS_PER_DAY, STEBOL, TFRZ, longwave_brutsaert,
                            partition_precip, pressure_from_elevation, specific_humidity)
 
 SOLAR_CONSTANT = 1361.0  # W/m2
@@ -102,7 +103,7 @@ def generate_weather(sites: xr.Dataset, start_year: int, n_years: int, seed: int
     rain, snow = partition_precip(prcp / SECONDS_PER_DAY, tbot)
 
     data = dict(RAIN=rain, SNOW=snow, TBOT=tbot, FSDS=fsds, FLDS=flds, QBOT=qbot, PBOT=np.array(pbot), WIND=wind)
-    ds = xr.Dataset({k: (("gridcell", "time"), data[k], dict(FORCING_ATTRS[k])) for k in FORCING_VARS},
+    ds = xr.Dataset({k: (("gridcell", "time"), data[k], hist_attrs(k)) for k in FORCING},
                     coords={"gridcell": sites["gridcell"].values, "time": noleap_days(start_year, n_years)})
     ds.attrs["source"] = "esm-emu built-in stochastic weather generator (synthetic, not observed)"
     return ds
@@ -116,7 +117,7 @@ def camels_forcing(sites: xr.Dataset, forcing_dir: str | Path, start_year: int, 
     if "site_id" not in sites:
         raise UserError("sites: site_id is missing; real CAMELS forcing needs CAMELS gauge ids (grid: camels)")
     time = noleap_days(start_year, n_years)
-    arrays = {k: [] for k in FORCING_VARS}
+    arrays = {k: [] for k in FORCING}
     for gid in sites["site_id"].values:
         ds, _ = read_camels_forcing(find_forcing_file(forcing_dir, gid))
         idx = pd.DatetimeIndex(ds["time"].values)
@@ -125,9 +126,9 @@ def camels_forcing(sites: xr.Dataset, forcing_dir: str | Path, start_year: int, 
         if ds.sizes["time"] != time.size:
             raise UserError(f"{forcing_dir}: forcing of basin {gid} covers {ds.sizes['time']} of the "
                             f"{time.size} noleap days {start_year}-{start_year + n_years - 1}")
-        for k in FORCING_VARS:
+        for k in FORCING:
             arrays[k].append(ds[k].values)
-    out = xr.Dataset({k: (("gridcell", "time"), np.stack(v), dict(FORCING_ATTRS[k])) for k, v in arrays.items()},
+    out = xr.Dataset({k: (("gridcell", "time"), np.stack(v), hist_attrs(k)) for k, v in arrays.items()},
                      coords={"gridcell": sites["gridcell"].values, "time": time})
     out.attrs["source"] = f"CAMELS basin-mean forcing from {Path(forcing_dir).name}"
     return out
@@ -137,4 +138,4 @@ def forcing_tensors(weather: xr.Dataset, repeat: int = 1):
     """Forcing as float64 torch tensors (gridcell*repeat, time), each gridcell block repeated."""
     import torch
 
-    return {k: torch.as_tensor(np.tile(weather[k].values, (repeat, 1)), dtype=torch.float64) for k in FORCING_VARS}
+    return {k: torch.as_tensor(np.tile(weather[k].values, (repeat, 1)), dtype=torch.float64) for k in FORCING}

@@ -1,12 +1,4 @@
-"""The training store: one chunked netCDF4/HDF5 file holding a whole PPE in the layout the emulator reads.
-
-Contract (DESIGN.md, issue 3): dims member, gridcell, time, param, field, norm_var; forcing
-(gridcell, time) when identical across members (attr ``forcing_shared_across_members=1``), else
-(member, gridcell, time); responses (member, gridcell, time) float32 with NaN = missing;
-theta(member, param); static(gridcell, field); norm_mean/norm_std(norm_var) from the train split,
-with norm_group(norm_var) in {"variable", "static", "param"} (a static field and a parameter may
-share a name, e.g. FMAX when a PPE perturbs it);
-split_member/split_gridcell/split_time (0 train, 1 val, 2 test).
+"""Write the training store: a whole PPE streamed into the layout `ppe_ingest.store` defines.
 
 How it is written: `write_store` streams members through one set of float32 (gridcell, time)
 buffers (one per variable, reused): each member's history files are read once, checked (NaN, fill
@@ -40,19 +32,18 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import UserError
-from .checks import FORCING, RESPONSES, Report, nan_count
-from .discover import NC_LOCK, HistFile, Ppe
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.vocabulary import FORCING, LAI_DERIVATION, LOG_RESPONSES, RESPONSES, SOIL_LAYER_REDUCTION
+from ppe_ingest.store import SPLIT_ATTRS, TEST, TRAIN, VAL, log_transform
 
-STATIC_FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")
-# Derived from MONTHLY_LAI (time, lsmpft, ...) and PCT_NAT_PFT (natpft, ...) whenever the surfdata has them.
-LAI_FIELDS = ("LAI_MAX", "LAI_MIN")
-LAI_DERIVATION = ("LAI_MAX, LAI_MIN: max and min over the 12 months of surfdata MONTHLY_LAI averaged over the "
-                  "natural PFTs with PCT_NAT_PFT weights (0 where no natural PFT has weight)")
-DEFAULT_LOG_VARS = ("QRUNOFF", "QOVER", "QDRAI")
-TRAIN, VAL, TEST = 0, 1, 2
-SPLIT_ATTRS = {"flag_values": np.array([0, 1, 2], dtype="i1"), "flag_meanings": "train val test"}
+from .checks import Report, nan_count
+from ppe_ingest.base.netcdf import NC_LOCK
+from ppe_ingest.ctsmio.surfdata import read_static
+
+from .discover import HistFile, Ppe
+
+DEFAULT_LOG_VARS = LOG_RESPONSES
 
 
 # ---------------------------------------------------------------- reading
@@ -210,79 +201,6 @@ class _Moments:
         return math.sqrt(self.m2 / self.n) if self.n else float("nan")
 
 
-def _log(x: np.ndarray, eps: float) -> np.ndarray:
-    # Runoff can be slightly negative in CTSM output: clip at 0 before the log (attr log_clip_min).
-    return np.log(np.maximum(x, 0) + eps)
-
-
-# ---------------------------------------------------------------- static fields
-
-def read_static(surfdata: Path | None, lat: np.ndarray, lon: np.ndarray):
-    """static(gridcell, field) from a 1-D or (lsmlat, lsmlon) surfdata, matched to the history gridcells by lat/lon.
-
-    Soil fields on nlevsoi (PCT_SAND, PCT_CLAY, ORGANIC) are reduced by an unweighted mean over the levels.
-    LAI_MAX and LAI_MIN come from MONTHLY_LAI and PCT_NAT_PFT when the surfdata has MONTHLY_LAI (LAI_DERIVATION).
-    """
-    from ..ctsmio.surfdata import lai_extremes
-
-    if surfdata is None:
-        return np.zeros((lat.size, 0)), [], {}
-    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
-        fields = [f for f in STATIC_FIELDS if f in ds.variables]
-        if "LATIXY" not in ds.variables or "LONGXY" not in ds.variables:
-            raise UserError(f"{surfdata}: LATIXY/LONGXY not found; cannot match surfdata to history gridcells")
-        slat = np.asarray(ds.variables["LATIXY"][...], dtype="f8").ravel()
-        slon = np.asarray(ds.variables["LONGXY"][...], dtype="f8").ravel()
-        cols, units = [], {}
-        for f in fields:
-            var = ds.variables[f]
-            a = np.ma.filled(np.ma.asarray(var[...], dtype="f8"), np.nan)
-            if "nlevsoi" in var.dimensions:
-                a = a.mean(axis=var.dimensions.index("nlevsoi"))
-            cols.append(a.ravel())
-            units[f] = getattr(var, "units", "")
-        if "MONTHLY_LAI" in ds.variables:
-            lai, pct = _lai_inputs(ds, surfdata, slat.size)
-            cols.extend(lai_extremes(lai, pct))
-            fields += list(LAI_FIELDS)
-            units.update(dict.fromkeys(LAI_FIELDS, getattr(ds.variables["MONTHLY_LAI"], "units", "")))
-    d = (np.abs(slat[None, :] - lat[:, None]) + np.abs(((slon[None, :] - lon[:, None]) + 180) % 360 - 180))
-    idx = d.argmin(axis=1)
-    far = d[np.arange(lat.size), idx] > 1e-3
-    if far.any():
-        g = int(np.flatnonzero(far)[0])
-        raise UserError(f"{surfdata}: no surfdata gridcell at history gridcell {g} "
-                        f"(lat {lat[g]:.4f}, lon {lon[g]:.4f}); mismatched gridcell sets")
-    return np.stack([c[idx] for c in cols], axis=1) if cols else np.zeros((lat.size, 0)), fields, units
-
-
-def static_field_names(surfdata: Path | None) -> list[str]:
-    """The static fields `read_static` gives for this surfdata (LAI_MAX/LAI_MIN when it has MONTHLY_LAI)."""
-    if surfdata is None:
-        return []
-    with NC_LOCK, netCDF4.Dataset(surfdata) as ds:
-        names = [f for f in STATIC_FIELDS if f in ds.variables]
-        return names + (list(LAI_FIELDS) if "MONTHLY_LAI" in ds.variables else [])
-
-
-def _lai_inputs(ds, surfdata, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """MONTHLY_LAI as (time, lsmpft, n) and PCT_NAT_PFT as (natpft, n), spatial dims flattened in C order."""
-    lai_var = ds.variables["MONTHLY_LAI"]
-    if "PCT_NAT_PFT" not in ds.variables:
-        raise UserError(f"{surfdata}: MONTHLY_LAI is present but PCT_NAT_PFT (its PFT weights) is not")
-    pct_var = ds.variables["PCT_NAT_PFT"]
-    lai = np.ma.filled(np.ma.asarray(lai_var[...], dtype="f8"), np.nan)
-    pct = np.ma.filled(np.ma.asarray(pct_var[...], dtype="f8"), np.nan)
-    if lai.ndim < 3 or lai.size != lai.shape[0] * lai.shape[1] * n or pct.size != pct.shape[0] * n:
-        raise UserError(f"{surfdata}: MONTHLY_LAI {lai_var.dimensions} / PCT_NAT_PFT {pct_var.dimensions} "
-                        f"do not cover the {n} gridcells of LATIXY")
-    lai, pct = lai.reshape(lai.shape[0], lai.shape[1], n), pct.reshape(pct.shape[0], n)
-    if lai.shape[0] != 12 or lai.shape[1] < pct.shape[0]:
-        raise UserError(f"{surfdata}: MONTHLY_LAI has shape {lai.shape[:2]} over (time, lsmpft); expected 12 months "
-                        f"and at least the {pct.shape[0]} natural PFTs of PCT_NAT_PFT")
-    return lai, pct
-
-
 # ---------------------------------------------------------------- writing
 
 class _ForcingDiffers(Exception):
@@ -405,7 +323,7 @@ def _train_moments(m: _Moments, a: np.ndarray, rows: np.ndarray, cols: np.ndarra
         sub = a[idx[i:i + block]]
         if not all_cols:
             sub = sub[:, cols]
-        m.add(_log(sub, log_eps) if log_eps is not None else sub)
+        m.add(log_transform(sub, log_eps) if log_eps is not None else sub)
 
 
 def _balanced(n: int, most: int) -> int:
@@ -416,9 +334,9 @@ def _balanced(n: int, most: int) -> int:
 
 def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gridcell, chunk_time, catalog,
            progress, forcing_per_member, theta, location, reduction, complevel=0) -> Path:
-    from tqdm import tqdm
+    from ppe_ingest.base.progress import progress as _progress
 
-    from ..ctsmio._ncfile import history_line
+    from ppe_ingest.base.netcdf import history_line
 
     report: Report = ppe.report
     tapes = choose_tape(ppe, variables)
@@ -490,7 +408,7 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
                 out_vars[v] = x
             forcing_ref = None
             k = 0
-            bar = tqdm(ppe.members, desc="ingest", unit="member", disable=not progress)
+            bar = _progress(ppe.members, desc="ingest", unit="member", enabled=progress)
             for m in bar:
                 _read_member(ppe, m, by_tape, bufs)
                 bad = False
@@ -554,7 +472,7 @@ def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gri
             s = nc.createVariable("static", "f8", ("gridcell", "field"))
             s[:, :] = static
             s.long_name = "static surface fields (surfdata)"
-            s.soil_layer_reduction = "PCT_SAND, PCT_CLAY, ORGANIC: unweighted mean over the nlevsoi levels"
+            s.soil_layer_reduction = SOIL_LAYER_REDUCTION
             if "LAI_MAX" in fields:
                 s.lai_derivation = LAI_DERIVATION
             s.units = " ".join(f"{f}:{static_units[f] or '1'}" for f in fields)

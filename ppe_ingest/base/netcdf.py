@@ -8,6 +8,7 @@ attribute and the file format are therefore kept exactly.
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -15,8 +16,12 @@ from typing import Iterable, Mapping
 import netCDF4
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import UserError
+from .atomic import atomic_path
+from .errors import UserError
+
+# netCDF-C and HDF5 are not thread-safe (concurrent opens crash in HDF5's free lists): every
+# netCDF4-python call made from worker threads (dask ingest) holds this lock.
+NC_LOCK = threading.RLock()
 
 
 def open_dataset(path: str | Path) -> netCDF4.Dataset:
