@@ -13,7 +13,7 @@ try:  # torch is a hard dependency of the package, but keep the metrics usable w
 except ImportError:  # pragma: no cover
     torch = None
 
-__all__ = ["nse", "kge", "rmse", "bias", "r2", "METRICS"]
+__all__ = ["nse", "nse_terms", "pooled_nse", "kge", "rmse", "bias", "r2", "METRICS"]
 
 
 def _is_torch(x) -> bool:
@@ -27,12 +27,14 @@ def _prep(sim, obs):
         obs = torch.as_tensor(obs, dtype=sim.dtype, device=sim.device)
         sim, obs = torch.broadcast_tensors(sim, obs)
         mask = torch.isfinite(sim) & torch.isfinite(obs)
-        return torch, sim, obs, mask
+        # zeros where masked: NaN in an unselected torch.where branch still poisons the gradient
+        zero = torch.zeros_like(sim)
+        return torch, torch.where(mask, sim, zero), torch.where(mask, obs, zero), mask
     sim = np.asarray(sim, dtype=np.float64)
     obs = np.asarray(obs, dtype=np.float64)
     sim, obs = np.broadcast_arrays(sim, obs)
     mask = np.isfinite(sim) & np.isfinite(obs)
-    return np, sim, obs, mask
+    return np, np.where(mask, sim, 0.0), np.where(mask, obs, 0.0), mask
 
 
 def _sum(xp, x, mask, axis):
@@ -62,18 +64,34 @@ def bias(sim, obs, axis: int = -1):
     return _mean(xp, sim - obs, m, axis)
 
 
+def nse_terms(sim, obs, axis: int = -1):
+    """(sum((sim-obs)^2), sum((obs-mean(obs))^2), number of pairs) along `axis`: the parts of NSE."""
+    xp, sim, obs, m = _prep(sim, obs)
+    mo = _mean(xp, obs, m, axis)
+    mo = xp.nan_to_num(mo) if xp is torch else np.nan_to_num(mo)
+    mo = mo.unsqueeze(axis) if xp is torch else np.expand_dims(mo, axis)
+    num = _sum(xp, (sim - obs) ** 2, m, axis)
+    den = _sum(xp, (obs - mo) ** 2, m, axis)
+    return num, den, _count(m, axis)
+
+
 def nse(sim, obs, axis: int = -1):
     """Nash-Sutcliffe efficiency 1 - sum((sim-obs)^2) / sum((obs-mean(obs))^2) (Nash & Sutcliffe 1970).
 
     1 is perfect, 0 is no better than the observed mean; NaN where obs has no variance.
     """
-    xp, sim, obs, m = _prep(sim, obs)
-    mo = _mean(xp, obs, m, axis)
-    mo = mo.unsqueeze(axis) if xp is torch else np.expand_dims(mo, axis)
-    num = _sum(xp, (sim - obs) ** 2, m, axis)
-    den = _sum(xp, (obs - mo) ** 2, m, axis)
+    num, den, _ = nse_terms(sim, obs, axis)
+    xp = torch if _is_torch(num) else np
     ok = den > 0
     return xp.where(ok, 1.0 - num / xp.where(ok, den, xp.ones_like(den)), xp.full_like(den, float("nan")))
+
+
+def pooled_nse(sim, obs, axis: int = -1) -> float:
+    """One NSE over many series: 1 - (total squared error) / (total squared anomaly from each
+    series' own mean), so long, variable series weigh more than in a median of per-series NSE."""
+    num, den, _ = nse_terms(sim, obs, axis)
+    num, den = float(num.sum()), float(den.sum())
+    return 1.0 - num / den if den > 0 else float("nan")
 
 
 def r2(sim, obs, axis: int = -1):

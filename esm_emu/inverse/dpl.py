@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..metrics import nse_terms
 from torch import nn
 
 from .forward import ForwardModel
@@ -52,17 +54,12 @@ def masked_loss(sim: torch.Tensor, obs: torch.Tensor, time_mask: torch.Tensor, k
     nse: mean over (site, variable) of sum((s-o)^2) / sum((o-mean o)^2), i.e. 1 - NSE;
     rmse: RMSE per variable divided by ``scale`` (the variable's observed std), averaged.
     """
-    m = torch.isfinite(obs) & time_mask[None, :, None]
-    o = torch.nan_to_num(obs)
-    mf = m.float()
-    n = mf.sum(1).clamp_min(1)
-    err = ((sim - o) ** 2 * mf).sum(1)
+    scored = torch.where(time_mask[None, :, None], obs, torch.full_like(obs, float("nan")))
+    err, var, n = nse_terms(sim, scored, axis=1)
     if kind == "nse":
-        mean = (o * mf).sum(1) / n
-        var = (((o - mean[:, None]) ** 2) * mf).sum(1)
-        ok = (mf.sum(1) > 2) & (var > 0)
+        ok = (n > 2) & (var > 0)
         return (err[ok] / var[ok]).mean()
-    per_var = torch.sqrt(err.sum(0) / mf.sum((0, 1)).clamp_min(1))
+    per_var = torch.sqrt(err.sum(0) / n.sum(0).clamp_min(1))
     return (per_var / scale).mean()
 
 

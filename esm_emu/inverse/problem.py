@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.geometry import nearest_gridcell
 
 from .forward import ForwardModel
 
@@ -201,8 +202,7 @@ def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variable
         if elat is None or olat is None:
             raise UserError("observations: cannot place sites on entities: no matching ids, no gridcell index "
                             "and no site_lat/site_lon with grid1d_lat/grid1d_lon")
-        d = (olat[:, None] - elat[None]) ** 2 + ((olon[:, None] - elon[None] + 180) % 360 - 180) ** 2
-        loc = d.argmin(axis=1)
+        loc, _ = nearest_gridcell(olat, olon, elat, elon)
     if (np.asarray(loc) >= entities.sizes[dim]).any():
         raise UserError("observations: gridcell index outside the entities")
     out = {}
