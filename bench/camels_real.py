@@ -96,9 +96,10 @@ def soil_comparison(sites, theta: np.ndarray, root: Path) -> list[str]:
     """Inferred effective ksat / porosity vs the CAMELS soil attributes, per basin."""
     from ppe_ingest.obs.camels import read_camels_attributes
     from ppe_ingest.simulator.physics import soil_properties
+    from ppe_ingest.ctsmio.vocabulary import SOIL_FIELDS
 
     attrs = read_camels_attributes(root / "camels_attributes_v2.0", basins=BASINS)
-    st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC")}
+    st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in SOIL_FIELDS}
     one = torch.ones(len(BASINS), dtype=torch.float64)
     base = soil_properties(st, {"watsat_sf": one, "bsw_sf": one, "sucsat_sf": one, "hksat_sf": one})
     inf = soil_properties(st, {"watsat_sf": torch.as_tensor(theta[:, PARAMS.index("watsat_sf")], dtype=torch.float64),

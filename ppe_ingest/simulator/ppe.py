@@ -18,7 +18,7 @@ import xarray as xr
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
+from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES, STATIC_FIELDS
 from . import physics, sites as sites_mod, truth as truth_mod, weather as weather_mod
 
 # ctsm51_params.c210217_kwo.c210222.nc medlynslope per PFT (FORMAT.md): the base the
@@ -86,7 +86,7 @@ def write_surfdata(path: Path, sites: xr.Dataset, weather: xr.Dataset) -> Path:
     site's seasonal cycle (`sites.monthly_lai`), spanning exactly the LAI_MIN..LAI_MAX the simulator runs with."""
     from ..ctsmio.surfdata import create_surfdata_1d, single_pft_vegetation
 
-    fields = {k: sites[k].values for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")}
+    fields = {k: sites[k].values for k in STATIC_FIELDS}
     lai, pct = single_pft_vegetation(sites_mod.dominant_pft(sites), sites_mod.monthly_lai(sites, weather))
     with atomic_path(path) as tmp:
         tmp.unlink()
