@@ -1,4 +1,5 @@
-"""Copy-and-modify machinery shared by the CTSM file writers.
+"""Public netCDF helpers: one-line-error opens, the global netCDF lock, and the copy-and-modify
+machinery every CTSM file writer shares.
 
 A writer copies the input byte for byte to a temporary file beside the output, opens the copy
 in place, overwrites only the named variables (in their own dtype), appends one line to the
