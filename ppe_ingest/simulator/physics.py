@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
 
@@ -192,23 +192,107 @@ def initial_state(static: Mapping, params: Mapping | None = None, B: int | None 
 # Written as pure functions of tensors so that the same code runs eagerly (differentiable, over a
 # block of days for the state-independent terms) and, without autograd, through torch.compile as
 # one fused C++ loop per day. Powers x**y are written exp(y*log(x)): the same value to round-off,
-# about twice as fast on CPU.
+# about twice as fast on CPU. The stages of a day are called in the order of the original single
+# function, so eager and compiled results are unchanged to the bit.
 
 def _pow(x: torch.Tensor, y) -> torch.Tensor:
     return torch.exp(y * torch.log(x))
 
 
-def _term_constants(c: dict) -> tuple:
+class TermConstants(NamedTuple):
+    """Time-constant (B,) inputs of the state-independent daily terms (see _terms)."""
+
+    ga_coef: torch.Tensor                # aerodynamic conductance per unit wind speed
+    lai_min: torch.Tensor
+    lai_range: torch.Tensor              # LAI_MAX - LAI_MIN
+    sai: torch.Tensor                    # stem area index
+    liq_canopy_storage_scalar: torch.Tensor
+    interception_fraction: torch.Tensor
+    accum_factor: torch.Tensor
+    medlynslope: torch.Tensor
+    tortuosity: torch.Tensor             # CTSM (Moldrup) tortuosity of the dry surface layer
+
+
+class DayTerms(NamedTuple):
+    """State-independent terms of one day (or a block of days), from the forcing (see _terms)."""
+
+    rain: torch.Tensor                   # mm/day
+    snow: torch.Tensor                   # mm/day
+    intercept: torch.Tensor              # rain intercepted by the canopy, mm/day
+    snow_keep: torch.Tensor              # 1 - tanh(accum_factor * newsnow)
+    cap: torch.Tensor                    # canopy storage capacity, mm
+    mask: torch.Tensor                   # share of the snow visible below the canopy
+    rnet0: torch.Tensor                  # net radiation = rnet0 - rnet1 * fsno, W/m2
+    rnet1: torch.Tensor
+    melt_a: torch.Tensor                 # melt energy = melt_a + melt_b * fsno, W/m2
+    melt_b: torch.Tensor
+    melt_gate: torch.Tensor              # W/m2 -> mm/day of melt, gated around 0 C
+    sub_pot: torch.Tensor                # potential sublimation, mm/day
+    fcan: torch.Tensor                   # canopy share of the radiation
+    delta: torch.Tensor                  # slope of the saturation vapour pressure, Pa/K
+    gamma: torch.Tensor                  # psychrometric constant, Pa/K
+    ga: torch.Tensor                     # aerodynamic conductance, m/s
+    aero: torch.Tensor                   # rho cp VPD ga, W/m2
+    den_wet: torch.Tensor                # Penman-Monteith denominator of the wet canopy
+    aero_g: torch.Tensor                 # rho cp VPD ga_g (below the canopy), W/m2
+    ga_g: torch.Tensor                   # aerodynamic conductance below the canopy, m/s
+    gc_0: torch.Tensor                   # canopy conductance = gc_0 + gc_a * btran, m/s
+    gc_a: torch.Tensor
+    rsoil_c: torch.Tensor                # soil resistance per m of dry surface layer, s/m
+
+
+class DayConstants(NamedTuple):
+    """Time-constant inputs of the daily step: (L, B) for the per-layer fields, (B,) otherwise."""
+
+    fmax: torch.Tensor                   # FMAX
+    neg_half_fff: torch.Tensor           # -0.5 * fff, 1/m
+    zbed: torch.Tensor                   # soil column depth, m
+    n_melt: torch.Tensor                 # n_melt_coef / max(10, STD_ELEV)
+    neg_sucsat: torch.Tensor             # -sucsat, mm
+    neg_bsw: torch.Tensor                # -bsw
+    roots: torch.Tensor                  # (L, B) root fraction
+    wsat: torch.Tensor                   # (L, B) water at saturation, mm
+    dz_top_mm: torch.Tensor              # top layer thickness, mm (water mm -> volumetric)
+    theta_init: torch.Tensor             # 0.8 watsat: the dry surface layer starts below it
+    theta_dsl_range: torch.Tensor        # theta_init - theta_air
+    d_max: torch.Tensor                  # mm
+    infil_capacity: torch.Tensor         # ksat, mm/day (>= 1e-9)
+    w_air_top: torch.Tensor              # air-dry water of the top layer, mm
+    w_wilt: torch.Tensor                 # (L, B) water at wilting point, mm
+    neg_e1: torch.Tensor                 # -e1 = 2b + 2 (e1 = 1 - (2b+3))
+    inv_e1: torch.Tensor                 # 1 / e1
+    drain_coef: torch.Tensor             # (L-1, B) -e1 ksat dt / wsat per layer above the bottom one
+    w_fc: torch.Tensor                   # (L, B) drainable threshold water, mm
+    baseflow_coef: torch.Tensor          # baseflow_scalar * tan(slope), mm/s
+    n_baseflow: torch.Tensor
+    s_fc: torch.Tensor                   # drainable threshold, relative saturation
+    one_minus_s_fc: torch.Tensor
+    dz: torch.Tensor                     # (L, B) layer thickness, m
+
+
+class DayState(NamedTuple):
+    """The state the daily step carries: canopy water, snow, soil water (L, B) and the saturated zone."""
+
+    h2ocan: torch.Tensor                 # mm
+    h2osno: torch.Tensor                 # mm
+    fsno: torch.Tensor
+    int_snow: torch.Tensor               # snow accumulated since the pack started, mm
+    h2osoi_liq: torch.Tensor             # (L, B) mm
+    hsat: torch.Tensor                   # saturated thickness above bedrock, m
+
+
+def _term_constants(c: dict) -> TermConstants:
     """Time-constant (B,) inputs of the state-independent daily terms (see _terms)."""
     p = c["p"]
-    return (c["ga_coef"], c["lai_min"], c["lai_max"] - c["lai_min"], c["sai"], p["liq_canopy_storage_scalar"],
-            p["interception_fraction"], p["accum_factor"], p["medlynslope"], c["tort"])
+    return TermConstants(
+        ga_coef=c["ga_coef"], lai_min=c["lai_min"], lai_range=c["lai_max"] - c["lai_min"], sai=c["sai"],
+        liq_canopy_storage_scalar=p["liq_canopy_storage_scalar"], interception_fraction=p["interception_fraction"],
+        accum_factor=p["accum_factor"], medlynslope=p["medlynslope"], tortuosity=c["tort"])
 
 
-def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt) -> tuple:
+def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt: TermConstants) -> DayTerms:
     """State-independent daily terms from the forcing (RAIN, SNOW in mm/s) and the 30-day mean
     temperature; elementwise, so any shape: (T, B) for a block of days or (B,) for one day."""
-    ga_coef, lai_min, lai_rng, sai, lcss, ifrac, accum, medlyn, tort = kt
     wind = wind.clamp_min(0.5)
     tc = tbot - TFRZ
     # Saturation vapour pressure (Bolton 1980), VPD, slope, psychrometric constant, air density.
@@ -218,20 +302,20 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt) -> tuple:
     delta = es * 17.67 * 243.5 / (tc + 243.5) ** 2
     gamma = CPAIR * pbot / (0.622 * HVAP)
     rho = pbot / (RAIR * tbot)
-    ga = ga_coef * wind
+    ga = kt.ga_coef * wind
     # Phenology: LAI between LAI_MIN and LAI_MAX following the 30-day mean temperature.
-    lai = lai_min + lai_rng * torch.sigmoid((t30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH)
-    vai = lai + sai
+    lai = kt.lai_min + kt.lai_range * torch.sigmoid((t30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH)
+    vai = lai + kt.sai
     mask = torch.exp(-0.5 * vai)             # snow visible below the canopy
     fcan = 1.0 - mask                        # canopy share of the radiation
     rain, snow = rain * SECSPDAY, snow * SECSPDAY
     # Canopy interception (CTSM CLM5: fpi = interception_fraction*tanh(LAI+SAI),
-    # capacity = liq_canopy_storage_scalar*(LAI+SAI)); the excess drips (in _day).
-    cap = lcss * vai
-    intercept = ifrac * torch.tanh(vai) * rain
+    # capacity = liq_canopy_storage_scalar*(LAI+SAI)); the excess drips (in _intercept).
+    cap = kt.liq_canopy_storage_scalar * vai
+    intercept = kt.interception_fraction * torch.tanh(vai) * rain
     # Snow-covered fraction on new snow (Swenson & Lawrence 2012, as CTSM):
     # fsno = 1 - (1 - tanh(accum_factor * newsnow)) * (1 - fsno); snow_keep is the first factor.
-    snow_keep = 1.0 - torch.tanh(accum * snow)
+    snow_keep = 1.0 - torch.tanh(kt.accum_factor * snow)
     # Net radiation with the visible snow's albedo, rnet = rnet0 - rnet1 * fsno, i.e.
     # (1 - ALB_GROUND - (ALB_SNOW - ALB_GROUND) * fsno * mask) * FSDS + 0.97 (FLDS - sigma TBOT^4).
     rnet0 = (1.0 - ALB_GROUND) * fsds + 0.97 * (flds - SB * tbot ** 4)
@@ -252,39 +336,42 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt) -> tuple:
     ga_g = ga / (1.0 + 0.5 * vai)
     aero_g = rho * CPAIR * vpd * ga_g
     # Medlyn et al. (2011): gs = g0 + 1.6 (1 + g1/sqrt(D)) A/ca with A light- and temperature-limited
-    # (times btran in _day); canopy conductance in m/s (mol/m2/s * R T / P).
+    # (times btran in _transpiration_demand); canopy conductance in m/s (mol/m2/s * R T / P).
     par = 0.5 * fsds * 4.6
     a_leaf = 15.0 * par / (par + 300.0) * torch.sigmoid((tc - 2.0) / 2.0)
     lai_eff = (1.0 - torch.exp(-0.5 * lai)) / 0.5
     conv = lai_eff * RGAS * tbot / pbot
-    gc_a = 1.6 * (1.0 + medlyn / torch.sqrt(vpd / 1000.0)) * a_leaf / 400.0 * conv
+    gc_a = 1.6 * (1.0 + kt.medlynslope / torch.sqrt(vpd / 1000.0)) * a_leaf / 400.0 * conv
     gc_0 = 1e-4 * conv
     # Soil resistance r_soil = dsl / (D_v * tau) + 20 s/m with dsl in m: rsoil_c = 1e-3 / (D_v * tau).
-    rsoil_c = 1e-3 / (2.12e-5 * _pow(tbot / TFRZ, 1.75) * tort)
-    return (rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
-            fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c)
+    rsoil_c = 1e-3 / (2.12e-5 * _pow(tbot / TFRZ, 1.75) * kt.tortuosity)
+    return DayTerms(rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
+                    fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c)
 
 
-def _day_constants(c: dict) -> tuple:
+def _day_constants(c: dict) -> DayConstants:
     """Time-constant inputs of the daily step (per layer: (L, B); otherwise (B,))."""
     p = c["p"]
     L = lambda key: torch.stack(c[key])     # noqa: E731
     e1 = 1.0 - c["expo"]
-    return (p["FMAX"], -0.5 * p["fff"], c["zbed"], c["n_melt"], -c["sucsat"], -c["bsw"], L("roots"), L("wsat"),
-            c["dz"][0] * 1000.0, 0.8 * c["watsat"], 0.8 * c["watsat"] - c["theta_air"], p["d_max"],
-            c["ksat_d"].clamp_min(1e-9), c["w_air"][0], L("w_wilt"), -e1, 1.0 / e1,
-            torch.stack([-e1 * c["ksat_d"] / x for x in c["wsat"][:-1]]), L("w_fc"),
-            p["baseflow_scalar"] * c["slope_tan"], p["n_baseflow"], c["s_fc"], 1.0 - c["s_fc"], L("dz"))
+    return DayConstants(
+        fmax=p["FMAX"], neg_half_fff=-0.5 * p["fff"], zbed=c["zbed"], n_melt=c["n_melt"], neg_sucsat=-c["sucsat"],
+        neg_bsw=-c["bsw"], roots=L("roots"), wsat=L("wsat"), dz_top_mm=c["dz"][0] * 1000.0,
+        theta_init=0.8 * c["watsat"], theta_dsl_range=0.8 * c["watsat"] - c["theta_air"], d_max=p["d_max"],
+        infil_capacity=c["ksat_d"].clamp_min(1e-9), w_air_top=c["w_air"][0], w_wilt=L("w_wilt"), neg_e1=-e1,
+        inv_e1=1.0 / e1, drain_coef=torch.stack([-e1 * c["ksat_d"] / x for x in c["wsat"][:-1]]), w_fc=L("w_fc"),
+        baseflow_coef=p["baseflow_scalar"] * c["slope_tan"], n_baseflow=p["n_baseflow"], s_fc=c["s_fc"],
+        one_minus_s_fc=1.0 - c["s_fc"], dz=L("dz"))
 
 
-def _saturated_thickness(W: torch.Tensor, k: tuple) -> torch.Tensor:
+def _saturated_thickness(W: torch.Tensor, k: DayConstants) -> torch.Tensor:
     """Thickness (m) of the saturated zone above bedrock, from the layer water W (L, B).
 
     A layer counts only as far as every layer below it is saturated, so the water table is the
     top of the saturated zone that rests on bedrock.
     """
-    wsat, s_fc, one_m_sfc, dz = k[7], k[21], k[22], k[23]
-    g = ((W / wsat - s_fc) / one_m_sfc).clamp(0.0, 1.0)
+    dz = k.dz
+    g = ((W / k.wsat - k.s_fc) / k.one_minus_s_fc).clamp(0.0, 1.0)
     h = dz[-1] * g[-1]
     below = g[-1]
     for i in reversed(range(W.shape[0] - 1)):
@@ -293,149 +380,210 @@ def _saturated_thickness(W: torch.Tensor, k: tuple) -> torch.Tensor:
     return h
 
 
-def _day(state: tuple, x: tuple, k: tuple) -> tuple:
-    """One day for the whole batch.
+def _saturated_fraction(hsat: torch.Tensor, k: DayConstants) -> torch.Tensor:
+    """TOPMODEL saturated fraction (CTSM: fsat = FMAX*exp(-0.5*fff*zwt)), zwt = zbedrock - hsat."""
+    return k.fmax * torch.exp(k.neg_half_fff * (k.zbed - hsat))
 
-    state: H2OCAN, H2OSNO, FSNO, INT_SNOW (B,), H2OSOI_LIQ (L, B) and the saturated thickness (B,);
-    x: the day's terms (_terms); k: _day_constants. Returns the new state and the responses
-    (len(RESPONSES), B) in RESPONSES order and units.
-    """
-    wcan, swe, fsno, int_snow, W, hsat = state
-    (rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
-     fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c) = x
-    (fmax, nhfff, zbed, n_melt, nsucsat, nbsw, roots, wsat, theta_c, theta_init, theta_den, d_max, capin,
-     w_air0, w_wilt, e1n, inv_e1, drain_c, w_fc, bflow, n_bflow, _, _, _) = k
-    dt = SECSPDAY
-    L = W.shape[0]
 
-    # TOPMODEL saturated fraction (CTSM: fsat = FMAX*exp(-0.5*fff*zwt)), zwt = zbedrock - hsat.
-    fsat = fmax * torch.exp(nhfff * (zbed - hsat))
+def _intercept(wcan: torch.Tensor, x: DayTerms) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canopy interception; the excess over the storage capacity drips. Returns (wcan, drip) in mm."""
+    wcan = wcan + x.intercept
+    drip = (wcan - x.cap).clamp_min(0.0)
+    return wcan - drip, drip
 
-    # Canopy interception; the excess over the storage capacity drips.
-    wcan = wcan + intercept
-    drip = (wcan - cap).clamp_min(0.0)
-    wcan = wcan - drip
 
-    # Snow cover on new snow, then melt and sublimation from the snow-covered fraction.
-    fsno = 1.0 - snow_keep * (1.0 - fsno)
-    swe = swe + snow
-    int_snow = int_snow + snow
+class _Snow(NamedTuple):
+    """The snow stage of a day (water in mm)."""
+
+    swe: torch.Tensor
+    fsno: torch.Tensor                   # snow-covered fraction of the day
+    fsno_vis: torch.Tensor               # the part of it visible below the canopy
+    rnet: torch.Tensor                   # net radiation with that snow's albedo, W/m2
+    fsno_next: torch.Tensor              # after depletion: carried to the next day
+    int_snow: torch.Tensor
+    melt: torch.Tensor
+    sub: torch.Tensor
+
+
+def _snow(swe, fsno, int_snow, x: DayTerms, k: DayConstants) -> _Snow:
+    """Snow cover on new snow, the net radiation it leaves, then melt and sublimation from the
+    snow-covered fraction."""
+    fsno = 1.0 - x.snow_keep * (1.0 - fsno)
+    swe = swe + x.snow
+    int_snow = int_snow + x.snow
     fsno = torch.where(swe > 1e-9, fsno, 0.0)
-    fsno_vis = fsno * mask
-    rnet = rnet0 - rnet1 * fsno
-    melt = (melt_a + melt_b * fsno).clamp_min(0.0) * melt_gate
+    fsno_vis = fsno * x.mask
+    rnet = x.rnet0 - x.rnet1 * fsno
+    melt = (x.melt_a + x.melt_b * fsno).clamp_min(0.0) * x.melt_gate
     melt = torch.minimum(melt, swe)
     swe = swe - melt
-    sub = torch.minimum(fsno * sub_pot, swe)
+    sub = torch.minimum(fsno * x.sub_pot, swe)
     swe = swe - sub
     # Depletion during melt: fsno = 1 - (acos(2 W/W_int - 1)/pi)**N_melt (CTSM SCA curve).
     ratio = (2.0 * swe / int_snow.clamp_min(1e-6) - 1.0).clamp(-1 + 1e-9, 1 - 1e-9)
-    f_dep = 1.0 - _pow(torch.acos(ratio) * (1.0 / math.pi), n_melt)
+    f_dep = 1.0 - _pow(torch.acos(ratio) * (1.0 / math.pi), k.n_melt)
     has_snow = swe > 1e-9
-    fsno_new = torch.where(has_snow, torch.minimum(fsno, f_dep), 0.0)
+    fsno_next = torch.where(has_snow, torch.minimum(fsno, f_dep), 0.0)
     int_snow = torch.where(has_snow, int_snow, 0.0)
+    return _Snow(swe, fsno, fsno_vis, rnet, fsno_next, int_snow, melt, sub)
 
-    # Soil water stress (CTSM btran from the Clapp-Hornberger matric potential), all layers at once.
-    smp = nsucsat * _pow((W / wsat).clamp(1e-3, 1.0), nbsw)
-    rw = roots * ((smp - SMPSC) * (1.0 / (SMPSO - SMPSC))).clamp(0.0, 1.0)
-    btran = rw.sum(0)
 
-    # Canopy evaporation of intercepted water (wet fraction fwet = (W/Wmax)**(2/3), CTSM).
-    num_can = delta * (rnet * fcan) + aero
-    fwet = _pow((wcan / cap.clamp_min(1e-9)).clamp(1e-12, 1.0), 2.0 / 3.0)
-    le_wet = (num_can / den_wet).clamp_min(0.0)
-    qvege = torch.minimum(fwet * le_wet * (dt / HVAP), wcan)
-    wcan = wcan - qvege
+def _water_stress(W: torch.Tensor, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soil water stress (CTSM btran from the Clapp-Hornberger matric potential), all layers at once.
 
-    # Transpiration: Penman-Monteith with the Medlyn canopy conductance (g1 = medlynslope).
-    gc = (gc_0 + gc_a * btran).clamp_min(1e-7)
-    le_tr = (num_can / (delta + gamma * (1.0 + ga / gc))).clamp_min(0.0)
-    et_tr = le_tr * (1.0 - fwet) * (1.0 - fsno_vis) * (dt / HVAP) / btran.clamp_min(1e-9)
+    Returns (rw (L, B), the root-weighted stress of each layer, and btran = its sum).
+    """
+    smp = k.neg_sucsat * _pow((W / k.wsat).clamp(1e-3, 1.0), k.neg_bsw)
+    rw = k.roots * ((smp - SMPSC) * (1.0 / (SMPSO - SMPSC))).clamp(0.0, 1.0)
+    return rw, rw.sum(0)
 
-    # Soil evaporation through the CLM5 dry surface layer (Swenson & Lawrence 2014):
-    # dsl = d_max*(theta_init - theta1)/(theta_init - theta_air), r_soil = dsl/(D_v*tau) + 20 s/m.
-    dsl = d_max * ((theta_init - W[0] / theta_c) / theta_den).clamp(0.0, 1.0)
-    rsoil = dsl * rsoil_c + 20.0
-    le_soil = ((delta * (rnet * (1.0 - fcan)) + aero_g) / (delta + gamma * (1.0 + ga_g * rsoil))).clamp_min(0.0)
-    esoil = le_soil * (1.0 - fsno) * (dt / HVAP)
 
-    # Surface runoff: saturation excess on fsat, smooth infiltration excess elsewhere.
-    qin = (rain - intercept) + drip + melt
+def _canopy_evaporation(wcan, rnet, x: DayTerms) -> tuple:
+    """Evaporation of intercepted water (wet fraction fwet = (W/Wmax)**(2/3), CTSM).
+
+    Returns (wcan, qvege mm, fwet, the canopy Penman-Monteith numerator).
+    """
+    num_can = x.delta * (rnet * x.fcan) + x.aero
+    fwet = _pow((wcan / x.cap.clamp_min(1e-9)).clamp(1e-12, 1.0), 2.0 / 3.0)
+    le_wet = (num_can / x.den_wet).clamp_min(0.0)
+    qvege = torch.minimum(fwet * le_wet * (SECSPDAY / HVAP), wcan)
+    return wcan - qvege, qvege, fwet, num_can
+
+
+def _transpiration_demand(num_can, fwet, fsno_vis, btran, x: DayTerms) -> torch.Tensor:
+    """Transpiration (mm) per unit btran: Penman-Monteith with the Medlyn canopy conductance (g1 = medlynslope)."""
+    gc = (x.gc_0 + x.gc_a * btran).clamp_min(1e-7)
+    le_tr = (num_can / (x.delta + x.gamma * (1.0 + x.ga / gc))).clamp_min(0.0)
+    return le_tr * (1.0 - fwet) * (1.0 - fsno_vis) * (SECSPDAY / HVAP) / btran.clamp_min(1e-9)
+
+
+def _soil_evaporation_demand(w_top, rnet, fsno, x: DayTerms, k: DayConstants) -> torch.Tensor:
+    """Soil evaporation (mm) through the CLM5 dry surface layer (Swenson & Lawrence 2014):
+    dsl = d_max*(theta_init - theta1)/(theta_init - theta_air), r_soil = dsl/(D_v*tau) + 20 s/m."""
+    dsl = k.d_max * ((k.theta_init - w_top / k.dz_top_mm) / k.theta_dsl_range).clamp(0.0, 1.0)
+    rsoil = dsl * x.rsoil_c + 20.0
+    le_soil = ((x.delta * (rnet * (1.0 - x.fcan)) + x.aero_g) / (x.delta + x.gamma * (1.0 + x.ga_g * rsoil))).clamp_min(0.0)
+    return le_soil * (1.0 - fsno) * (SECSPDAY / HVAP)
+
+
+def _surface_runoff(drip, melt, fsat, x: DayTerms, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
+    """Saturation excess on fsat, smooth infiltration excess elsewhere. Returns (qover, infil) in mm."""
+    qin = (x.rain - x.intercept) + drip + melt
     qin_u = (1.0 - fsat) * qin
-    infil = capin * (1.0 - torch.exp(-qin_u / capin))
-    qover = fsat * qin + (qin_u - infil)
+    infil = k.infil_capacity * (1.0 - torch.exp(-qin_u / k.infil_capacity))
+    return fsat * qin + (qin_u - infil), infil
 
-    # Infiltrate, then cascade water above saturation downwards; at the bottom it runs off.
+
+def _infiltrate(W, infil, qover, ws: list) -> tuple[list, torch.Tensor]:
+    """Infiltrate, then cascade water above saturation (ws, per layer) downwards; at the bottom it
+    runs off. Returns the layer water as a list of (B,) and qover with that runoff added.
+    """
     w = list(W.unbind(0))
-    ws = list(wsat.unbind(0))
     w[0] = w[0] + infil
-    for i in range(L):
+    for i in range(len(w)):
         over = (w[i] - ws[i]).clamp_min(0.0)
         w[i] = w[i] - over
-        if i + 1 < L:
+        if i + 1 < len(w):
             w[i + 1] = w[i + 1] + over
         else:
             qover = qover + over
+    return w, qover
 
-    # Evapotranspiration from the soil layers, limited by the water each can give.
-    esoil = torch.minimum(esoil, (w[0] - w_air0).clamp_min(0.0))
+
+def _soil_evapotranspiration(w: list, esoil, et_tr, rw, k: DayConstants) -> tuple:
+    """Evapotranspiration from the soil layers, limited by the water each can give. Returns (W, esoil, qvegt)."""
+    esoil = torch.minimum(esoil, (w[0] - k.w_air_top).clamp_min(0.0))
     w[0] = w[0] - esoil
     W = torch.stack(w)
-    e = torch.minimum(et_tr * rw, (W - w_wilt).clamp_min(0.0))
-    W = W - e
-    qvegt = e.sum(0)
+    e = torch.minimum(et_tr * rw, (W - k.w_wilt).clamp_min(0.0))
+    return W - e, esoil, e.sum(0)
 
-    # Gravity drainage, k = ksat*s**(2b+3), integrated exactly over the day for each layer as a
-    # nonlinear reservoir, limited by the room in the layer below (bedrock is impermeable).
-    # s1 = (s0**e1 - e1 ksat dt / wsat)**(1/e1) with e1 = 1 - (2b+3) < 0; the drop s0 - s1 is
-    # evaluated as -s0 expm1(log1p(u)/e1), u = -e1 ksat dt / wsat s0**-e1, without cancellation.
+
+def _drainage(W: torch.Tensor, ws: list, k: DayConstants) -> list:
+    """Gravity drainage, k = ksat*s**(2b+3), integrated exactly over the day for each layer as a
+    nonlinear reservoir, limited by the room in the layer below (bedrock is impermeable).
+
+    s1 = (s0**e1 - e1 ksat dt / wsat)**(1/e1) with e1 = 1 - (2b+3) < 0; the drop s0 - s1 is
+    evaluated as -s0 expm1(log1p(u)/e1), u = -e1 ksat dt / wsat s0**-e1, without cancellation.
+    """
     w = list(W.unbind(0))
-    for i in range(L - 1):
+    for i in range(len(w) - 1):
         s0 = (w[i] / ws[i]).clamp(1e-3, 1.0)
-        u = drain_c[i] * _pow(s0, e1n)
-        q = torch.minimum((-s0 * torch.expm1(torch.log1p(u) * inv_e1)) * ws[i], ws[i + 1] - w[i + 1])
+        u = k.drain_coef[i] * _pow(s0, k.neg_e1)
+        q = torch.minimum((-s0 * torch.expm1(torch.log1p(u) * k.inv_e1)) * ws[i], ws[i + 1] - w[i + 1])
         q = torch.minimum(q, w[i]).clamp_min(0.0)
         w[i] = w[i] - q
         w[i + 1] = w[i + 1] + q
+    return w
 
-    # Baseflow, CTSM power law: q = baseflow_scalar * tan(slope) * (zbedrock - zwt)**n_baseflow,
-    # taken from the drainable water of the lowest layers first.
-    need = bflow * _pow(hsat.clamp_min(1e-9), n_bflow) * dt
+
+def _baseflow(w: list, hsat, k: DayConstants) -> torch.Tensor:
+    """Baseflow, CTSM power law: q = baseflow_scalar * tan(slope) * (zbedrock - zwt)**n_baseflow,
+    taken from the drainable water of the lowest layers first (updates `w`); returns qdrai in mm."""
+    need = k.baseflow_coef * _pow(hsat.clamp_min(1e-9), k.n_baseflow) * SECSPDAY
     qdrai = None
-    for i in reversed(range(L)):
-        take = torch.minimum(need, (w[i] - w_fc[i]).clamp_min(0.0))
+    for i in reversed(range(len(w))):
+        take = torch.minimum(need, (w[i] - k.w_fc[i]).clamp_min(0.0))
         w[i] = w[i] - take
         need = need - take
         qdrai = take if qdrai is None else qdrai + take
+    return qdrai
+
+
+def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch.Tensor]:
+    """One day for the whole batch.
+
+    state: DayState; x: the day's terms (_terms); k: _day_constants. Returns the new state and the
+    responses (len(RESPONSES), B) in RESPONSES order and units.
+    """
+    wcan, swe, fsno, int_snow, W, hsat = state
+    dt = SECSPDAY
+    fsat = _saturated_fraction(hsat, k)
+    wcan, drip = _intercept(wcan, x)
+    sn = _snow(swe, fsno, int_snow, x, k)
+    rw, btran = _water_stress(W, k)
+    wcan, qvege, fwet, num_can = _canopy_evaporation(wcan, sn.rnet, x)
+    et_tr = _transpiration_demand(num_can, fwet, sn.fsno_vis, btran, x)
+    esoil = _soil_evaporation_demand(W[0], sn.rnet, sn.fsno, x, k)
+    qover, infil = _surface_runoff(drip, sn.melt, fsat, x, k)
+    ws = list(k.wsat.unbind(0))                                # one unbind: the same gradient sums
+    w, qover = _infiltrate(W, infil, qover, ws)
+    W, esoil, qvegt = _soil_evapotranspiration(w, esoil, et_tr, rw, k)
+    w = _drainage(W, ws, k)
+    qdrai = _baseflow(w, hsat, k)
 
     W = torch.stack(w)
     hsat = _saturated_thickness(W, k)
     qover, qdrai = qover / dt, qdrai / dt                      # mm/day -> mm/s
-    out = torch.stack([qover + qdrai, qover, qdrai, (HVAP * (esoil + qvegt + qvege) + HSUB * sub) / dt,
-                       (esoil + sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0), zbed - hsat])
-    return (wcan, swe, fsno_new, int_snow, W, hsat), out
+    swe = sn.swe
+    out = torch.stack([qover + qdrai, qover, qdrai, (HVAP * (esoil + qvegt + qvege) + HSUB * sn.sub) / dt,
+                       (esoil + sn.sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0), k.zbed - hsat])
+    return DayState(wcan, swe, sn.fsno_next, sn.int_snow, W, hsat), out
 
 
-# Positions of the per-layer (L, B) entries of _day_constants (drain_c has L - 1 rows).
-_LAYER_K = (6, 7, 14, 17, 18, 23)
+# The per-layer (L, B) fields of DayConstants (drain_coef has L - 1 rows), packed apart.
+_LAYER_FIELDS = ("roots", "wsat", "w_wilt", "drain_coef", "w_fc", "dz")
+_FLAT_FIELDS = tuple(f for f in DayConstants._fields if f not in _LAYER_FIELDS)
 
 
-def _pack(kt: tuple, k: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+def _pack(kt: TermConstants, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
     """The constants as two tensors, (N, B) and (N_layer, L, B), for few inputs to the compiled step."""
-    L = k[7].shape[0]
-    flat = [*kt, *(v for i, v in enumerate(k) if i not in _LAYER_K)]
-    lay = [k[i] if k[i].shape[0] == L else torch.cat([k[i], torch.zeros_like(k[i][:1])]) for i in _LAYER_K]
+    L = k.wsat.shape[0]
+    flat = [*kt, *(getattr(k, f) for f in _FLAT_FIELDS)]
+    lay = [v if v.shape[0] == L else torch.cat([v, torch.zeros_like(v[:1])])
+           for v in (getattr(k, f) for f in _LAYER_FIELDS)]
     return torch.stack(flat), torch.stack(lay)
 
 
-def _unpack(kb: torch.Tensor, kl: torch.Tensor) -> tuple[tuple, tuple]:
-    flat, lay = kb.unbind(0), iter(kl.unbind(0))
-    nt = len(flat) - (24 - len(_LAYER_K))
-    rest = iter(flat[nt:])
-    return flat[:nt], tuple(next(lay) if i in _LAYER_K else next(rest) for i in range(24))
+def _unpack(kb: torch.Tensor, kl: torch.Tensor) -> tuple[TermConstants, DayConstants]:
+    flat, lay = kb.unbind(0), kl.unbind(0)
+    nt = len(TermConstants._fields)
+    fields = dict(zip(_FLAT_FIELDS, flat[nt:]))
+    fields.update(zip(_LAYER_FIELDS, lay))
+    return TermConstants(*flat[:nt]), DayConstants(**fields)
 
 
-def _day_forced(state: tuple, t30: torch.Tensor, fday: tuple, kb: torch.Tensor, kl: torch.Tensor) -> tuple:
+def _day_forced(state: DayState, t30: torch.Tensor, fday: tuple, kb: torch.Tensor, kl: torch.Tensor) -> tuple:
     """One day from the raw forcing fday (FORCING order, (B,) each): T30, the day's terms, _day."""
     kt, k = _unpack(kb, kl)
     rain, snow, tbot, fsds, flds, qbot, pbot, wind = fday
@@ -528,7 +676,7 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
         state = initial_state(static, params, B, tbot0=f["TBOT"][:, 0])
     kt, k = _term_constants(c), _day_constants(c)
     W = _t(state["H2OSOI_LIQ"]).t().contiguous()
-    st = tuple(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")) + (W, _saturated_thickness(W, k))
+    st = DayState(*(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")), W, _saturated_thickness(W, k))
     t30 = _t(state["T30"])
     grad = torch.is_grad_enabled() and any(v.requires_grad for v in (*kt, *k, *st, t30, *f.values()))
     ftm = [f[n].t().contiguous() for n in FORCING]          # time-major (T, B)
@@ -557,7 +705,7 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
                  "H2OSOI_LIQ": W.t().contiguous(), "T30": t30}
 
 
-def _run_compiled(step, ftm: list, st: tuple, t30: torch.Tensor, packed: tuple, outputs: bool):
+def _run_compiled(step, ftm: list, st: DayState, t30: torch.Tensor, packed: tuple, outputs: bool):
     """The time loop with the compiled _day_forced, day by day from the raw forcing."""
     outs = []
     for it in range(ftm[0].shape[0]):
@@ -567,7 +715,8 @@ def _run_compiled(step, ftm: list, st: tuple, t30: torch.Tensor, packed: tuple, 
     return outs, st, t30
 
 
-def _run_eager(ftm: list, st: tuple, t30: torch.Tensor, kt: tuple, k: tuple, block_days: int, outputs: bool):
+def _run_eager(ftm: list, st: DayState, t30: torch.Tensor, kt: TermConstants, k: DayConstants, block_days: int,
+               outputs: bool):
     """The eager time loop: the state-independent terms a block of days at a time, then _day."""
     T = ftm[0].shape[0]
     outs = []
@@ -579,7 +728,7 @@ def _run_eager(ftm: list, st: tuple, t30: torch.Tensor, kt: tuple, k: tuple, blo
             t30s.append(t30)
         x = _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, torch.stack(t30s), kt)
         for it in range(tbot.shape[0]):
-            st, o = _day(st, tuple(v[it] for v in x), k)
+            st, o = _day(st, DayTerms._make(v[it] for v in x), k)
             if outputs:
                 outs.append(o)
     return outs, st, t30
