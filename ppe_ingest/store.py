@@ -51,6 +51,18 @@ ATTR_FORCING_SHARED = "forcing_shared_across_members"
 ATTR_LOG_VARS = "log_transform_vars"
 ATTR_LOG_EPS = "log_eps"
 ATTR_WARMUP = "warmup_days"
+ATTR_LOG_CLIP_MIN = "log_clip_min"
+ATTR_SPLIT_SEED = "split_seed"
+ATTR_TITLE, ATTR_HISTORY = "title", "history"
+ATTR_SOURCE_PPE = "source_ppe"
+ATTR_CATALOG = "catalog"
+ATTR_VERSION = "esm_emu_version"
+ATTR_LAYOUT = "layout"                    # the PPE's folder layout (ingest.discover)
+ATTR_SKIPPED = "skipped"                  # JSON list of the skipped members/files and why
+ATTR_HISTORY_TAPES = "history_tapes"      # "VAR:tape ..." the tape each variable was read from
+# attributes of the static variable
+ATTR_SOIL_LAYER_REDUCTION = "soil_layer_reduction"
+ATTR_LAI_DERIVATION = "lai_derivation"
 DEFAULT_LOG_EPS = 1e-8
 
 REQUIRED = (THETA, STATIC, SPLIT_MEMBER, SPLIT_GRIDCELL, SPLIT_TIME, NORM_MEAN, NORM_STD)
@@ -107,7 +119,7 @@ def open_store(path, chunks: dict | None = None, required=REQUIRED):
         raise UserError(f"{path}: training store not found (write it with `esm-emu ingest`)")
     try:
         ds = xr.open_dataset(path, chunks={} if chunks is None else chunks)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+    except Exception as e:  # any reader failure is a bad file for the user
         raise UserError(f"{path}: cannot open as a training store ({type(e).__name__}: {e})") from None
     validate_store(ds, path, required)
     return ds

@@ -17,6 +17,7 @@ import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.store import ATTR_TITLE, MEMBER, PARAM, PARAM_LOCATION, THETA, THETA_MAX, THETA_MIN
 
 # The outputs file states no units; these are CLM's history units for global annual means
 # (TLAI m2/m2, GPP gC/m2/s, SOILWATER_10CM kg/m2, EFLX_LH_TOT W/m2, QHR mm/s) - assumed, see attr.
@@ -83,17 +84,17 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
         raise UserError(f"{outputs_nc}: member {bad} has NaN outputs")
     defaults = [m for m in y_members if m not in s_members]
     ds = xr.Dataset(
-        {"theta": (("member", "param"), theta, {"long_name": "parameter value (see theta_kind)"}),
-         "s": (("member", "param"), sv, {"long_name": "unit-cube position in the LHC design"}),
-         "y": (("member", "output"), yv, {"long_name": "global-mean annual-mean output 2005-2014"}),
-         "theta_min": ("param", np.array(lo)), "theta_max": ("param", np.array(hi)),
-         "theta_kind": ("param", np.array(kind, dtype=object)),
-         "param_location": ("param", np.array([table[p].location for p in params], dtype=object)),
+        {THETA: ((MEMBER, PARAM), theta, {"long_name": "parameter value (see theta_kind)"}),
+         "s": ((MEMBER, PARAM), sv, {"long_name": "unit-cube position in the LHC design"}),
+         "y": ((MEMBER, "output"), yv, {"long_name": "global-mean annual-mean output 2005-2014"}),
+         THETA_MIN: (PARAM, np.array(lo)), THETA_MAX: (PARAM, np.array(hi)),
+         "theta_kind": (PARAM, np.array(kind, dtype=object)),
+         PARAM_LOCATION: (PARAM, np.array([table[p].location for p in params], dtype=object)),
          "output_units": ("output", np.array([ASSUMED_UNITS.get(o, "") for o in outputs], dtype=object),
                           {"comment": "not stated in the outputs file; CLM history units assumed"})},
-        coords={"member": np.array(s_members, dtype=object), "param": np.array(params, dtype=object),
+        coords={MEMBER: np.array(s_members, dtype=object), PARAM: np.array(params, dtype=object),
                 "output": np.array(outputs, dtype=object)},
-        attrs={"title": "esm-emu summary-PPE store (tabular)", "source_outputs": str(outputs_nc),
+        attrs={ATTR_TITLE: "esm-emu summary-PPE store (tabular)", "source_outputs": str(outputs_nc),
                "source_design": str(design_nc), "source_table": str(table_csv),
                "members_without_design": " ".join(defaults),
                "member_alignment": "by member name; outputs members without a design row are the default run"})

@@ -27,6 +27,8 @@ netCDF-3 files real CTSM PPEs are made of and h5py serialises its calls with its
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import netCDF4
@@ -34,16 +36,23 @@ import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.ctsmio.vocabulary import FORCING, LAI_DERIVATION, LOG_RESPONSES, RESPONSES, SOIL_LAYER_REDUCTION
-from ppe_ingest.store import SPLIT_ATTRS, TEST, TRAIN, VAL, log_transform
-
-from .checks import Report, nan_count
 from ppe_ingest.base.netcdf import NC_LOCK
 from ppe_ingest.ctsmio.surfdata import read_static
+from ppe_ingest.ctsmio.vocabulary import (FORCING, LAI_DERIVATION, LAI_FIELDS, LOG_RESPONSES, RESPONSES,
+                                          SOIL_LAYER_REDUCTION)
+from ppe_ingest.store import (ATTR_CATALOG, ATTR_FORCING_SHARED, ATTR_HISTORY, ATTR_HISTORY_TAPES,
+                              ATTR_LAI_DERIVATION, ATTR_LAYOUT, ATTR_LOG_CLIP_MIN, ATTR_LOG_EPS, ATTR_LOG_VARS,
+                              ATTR_SKIPPED, ATTR_SOIL_LAYER_REDUCTION, ATTR_SOURCE_PPE, ATTR_SPLIT_SEED, ATTR_TITLE,
+                              ATTR_VERSION, ATTR_WARMUP, DEFAULT_LOG_EPS, FIELD, GRIDCELL, GROUP_PARAM, GROUP_STATIC,
+                              GROUP_VARIABLE, LAT, LON, MEMBER, NORM_GROUP, NORM_MEAN, NORM_STD, NORM_VAR, PARAM,
+                              PARAM_LOCATION, SPLIT_ATTRS, SPLIT_GRIDCELL, SPLIT_MEMBER, SPLIT_TIME, STATIC, TEST,
+                              THETA, THETA_MAX, THETA_MIN, THETA_REDUCTION, TIME, TRAIN, VAL, log_transform)
 
+from .checks import Report, nan_count
 from .discover import HistFile, Ppe
 
 DEFAULT_LOG_VARS = LOG_RESPONSES
+WARMUP_DAYS = 365  # at most the first year is warm-up (never a held-out year, see make_split)
 
 
 # ---------------------------------------------------------------- reading
@@ -114,12 +123,12 @@ def open_ensemble(ppe: Ppe, variables):
             per_var[v].append(da.concatenate(pieces[v], axis=0).T)
     h0 = ppe.files(ppe.members[0], tapes[variables[0]])
     times = np.concatenate([h.times for h in h0])
-    data = {v: (("member", "gridcell", "time"), da.stack(per_var[v])) for v in variables}
+    data = {v: ((MEMBER, GRIDCELL, TIME), da.stack(per_var[v])) for v in variables}
     ds = xr.Dataset(data, coords={
-        "member": np.array(ppe.members, dtype=object), "gridcell": np.arange(G),
-        "time": ("time", times, {"units": h0[0].time_units, "calendar": h0[0].calendar}),
-        "grid1d_lat": ("gridcell", h0[0].lat, {"units": "degrees_north"}),
-        "grid1d_lon": ("gridcell", h0[0].lon, {"units": "degrees_east"})})
+        MEMBER: np.array(ppe.members, dtype=object), GRIDCELL: np.arange(G),
+        TIME: (TIME, times, {"units": h0[0].time_units, "calendar": h0[0].calendar}),
+        LAT: (GRIDCELL, h0[0].lat, {"units": "degrees_north"}),
+        LON: (GRIDCELL, h0[0].lon, {"units": "degrees_east"})})
     return xr.decode_cf(ds)
 
 
@@ -207,8 +216,24 @@ class _ForcingDiffers(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """write_store's choices about one store's split, statistics, storage and logging (see write_store)."""
+
+    seed: int = 0
+    split: Mapping = field(default_factory=dict)      # make_split's fractions
+    log_vars: tuple = DEFAULT_LOG_VARS
+    log_eps: float = DEFAULT_LOG_EPS
+    chunk_gridcell: int = 64
+    chunk_time: int = 365
+    catalog: str | None = None
+    progress: bool = True
+    forcing_per_member: bool = False
+    complevel: int = 0
+
+
 def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int = 0, split: dict | None = None,
-                log_vars=DEFAULT_LOG_VARS, log_eps: float = 1e-8, chunk_gridcell: int = 64,
+                log_vars=DEFAULT_LOG_VARS, log_eps: float = DEFAULT_LOG_EPS, chunk_gridcell: int = 64,
                 chunk_time: int = 365, catalog: str | None = None, progress: bool = True,
                 forcing_per_member: bool = False, theta=None, complevel: int = 0) -> Path:
     """Stream the PPE into the training store at `out` (atomically); return its path."""
@@ -235,12 +260,14 @@ def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int
     theta = theta.loc[[m for m in theta.index if m in ppe.members]]
     if not ppe.members:
         raise UserError(f"{ppe.root}: no member left to ingest")
+    opts = WriteOptions(seed=seed, split=split or {}, log_vars=tuple(log_vars), log_eps=log_eps,
+                        chunk_gridcell=chunk_gridcell, chunk_time=chunk_time, catalog=catalog, progress=progress,
+                        forcing_per_member=forcing_per_member, complevel=complevel)
+    members = _MemberTheta(theta, location, reduction)
     try:
-        return _write(ppe, Path(out), variables, table, seed, split or {}, log_vars, log_eps, chunk_gridcell,
-                      chunk_time, catalog, progress, forcing_per_member, theta, location, reduction, complevel)
+        return _write(ppe, Path(out), variables, table, members, opts)
     except _ForcingDiffers:
-        return _write(ppe, Path(out), variables, table, seed, split or {}, log_vars, log_eps, chunk_gridcell,
-                      chunk_time, catalog, progress, True, theta, location, reduction, complevel)
+        return _write(ppe, Path(out), variables, table, members, replace(opts, forcing_per_member=True))
 
 
 def _member_buffers(variables, G: int, T: int) -> dict[str, np.ndarray]:
@@ -332,183 +359,296 @@ def _balanced(n: int, most: int) -> int:
     return -(-n // -(-n // most))
 
 
-def _write(ppe, out, variables, table, seed, split, log_vars, log_eps, chunk_gridcell, chunk_time, catalog,
-           progress, forcing_per_member, theta, location, reduction, complevel=0) -> Path:
-    from ppe_ingest.base.progress import progress as _progress
+@dataclass(frozen=True)
+class _MemberTheta:
+    """The parameters each member ran with: theta (member x param DataFrame), location and reduction per param."""
 
-    from ppe_ingest.base.netcdf import history_line
+    theta: object
+    location: Mapping[str, str]
+    reduction: Mapping[str, str]
 
-    report: Report = ppe.report
+
+@dataclass
+class _Layout:
+    """What the store holds, worked out before anything is written."""
+
+    variables: list[str]
+    tapes: dict[str, str]                 # variable -> history tape it is read from
+    by_tape: dict[str, list[str]]
+    h0: HistFile                          # first history file of the first member: grid and time units
+    time: np.ndarray                      # raw time values of the chosen tapes
+    attrs: dict[str, dict]                # CTSM metadata of each variable
+    split_of: dict[str, int]              # member -> split code
+    split_gridcell: np.ndarray
+    split_time: np.ndarray
+    static: np.ndarray                    # (gridcell, field)
+    fields: list[str]
+    static_units: dict[str, str]
+    params: list[str]
+    lo: np.ndarray                        # table bounds, NaN where unknown
+    hi: np.ndarray
+    log_vars: list[str]
+    forcing_per_member: bool
+
+    @property
+    def G(self) -> int:
+        return self.h0.lat.size
+
+    @property
+    def T(self) -> int:
+        return self.time.size
+
+    @property
+    def forcing(self) -> list[str]:
+        return [v for v in self.variables if v in FORCING]
+
+    def shared(self, v: str) -> bool:
+        """Is `v` stored once for all members, (gridcell, time)?"""
+        return v in FORCING and not self.forcing_per_member
+
+    @property
+    def norm_vars(self) -> list[str]:
+        return [*self.variables, *self.fields, *self.params]
+
+    @property
+    def norm_groups(self) -> list[str]:
+        return ([GROUP_VARIABLE] * len(self.variables) + [GROUP_STATIC] * len(self.fields)
+                + [GROUP_PARAM] * len(self.params))
+
+
+def _plan(ppe: Ppe, variables: list[str], table, theta, opts: WriteOptions) -> _Layout:
+    """The store's layout: tapes, time axis, split, static fields and parameter bounds."""
     tapes = choose_tape(ppe, variables)
     by_tape = {t: [v for v in variables if tapes[v] == t] for t in sorted(set(tapes.values()))}
-    ref_files = {v: ppe.files(ppe.members[0], tapes[v]) for v in variables}
-    h0 = ref_files[variables[0]][0]
-    raw_time = np.concatenate([h.times for h in ref_files[variables[0]]])
-    G, T = h0.lat.size, raw_time.size
+    ref_files = ppe.files(ppe.members[0], tapes[variables[0]])
+    h0 = ref_files[0]
+    raw_time = np.concatenate([h.times for h in ref_files])
     attrs = {}
     for t, vs in by_tape.items():
         attrs.update(_var_attrs(ppe.files(ppe.members[0], t)[0], vs))
-    forcing = [v for v in variables if v in FORCING]
     years = (np.array([d.year for d in netCDF4.num2date(raw_time, h0.time_units, h0.calendar)])
-             if T else np.array([], int))
-    sm_all, sg, st = make_split(len(ppe.members), G, years, seed, **split)
-    split_of = dict(zip(ppe.members, sm_all))
+             if raw_time.size else np.array([], int))
+    sm_all, sg, st = make_split(len(ppe.members), h0.lat.size, years, opts.seed, **opts.split)
     static, fields, static_units = read_static(ppe.surfdata, h0.lat, h0.lon)
     params = list(theta.columns)
     lo = np.array([table[p].bounds()[0] if table is not None and p in table else np.nan for p in params])
     hi = np.array([table[p].bounds()[1] if table is not None and p in table else np.nan for p in params])
-    train_g = sg == TRAIN
-    train_t = st == TRAIN
-    log_vars = [v for v in log_vars if v in variables]
-    norm_vars = [*variables, *fields, *params]
-    norm_groups = ["variable"] * len(variables) + ["static"] * len(fields) + ["param"] * len(params)
-    moments = {v: _Moments() for v in variables}
-    cg, ct = _balanced(G, chunk_gridcell), _balanced(T, chunk_time)
-    bufs = _member_buffers(variables, G, T)
+    return _Layout(variables=variables, tapes=tapes, by_tape=by_tape, h0=h0, time=raw_time, attrs=attrs,
+                   split_of=dict(zip(ppe.members, sm_all)), split_gridcell=sg, split_time=st, static=static,
+                   fields=fields, static_units=static_units, params=params, lo=lo, hi=hi,
+                   log_vars=[v for v in opts.log_vars if v in variables],
+                   forcing_per_member=opts.forcing_per_member)
 
+
+def _write(ppe: Ppe, out: Path, variables: list[str], table, members: _MemberTheta, opts: WriteOptions) -> Path:
+    """Lay out the store, stream the members into it, then write theta, static fields, split,
+    normalisation statistics and global attributes."""
+    lay = _plan(ppe, variables, table, members.theta, opts)
     with atomic_path(out, inputs=[h.path for h in ppe.hist]) as tmp:
         nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
         try:
-            nc.createDimension("member", None)
-            for d, n in (("gridcell", G), ("time", T), ("param", len(params)), ("field", len(fields)),
-                         ("norm_var", len(norm_vars))):
-                nc.createDimension(d, n)
-            vmem = nc.createVariable("member", str, ("member",))
-            vmem.long_name = "PPE member"
-            nc.createVariable("gridcell", "i4", ("gridcell",))[:] = np.arange(G, dtype="i4")
-            vt = nc.createVariable("time", "f8", ("time",))
-            vt[:] = raw_time
-            vt.units, vt.calendar = h0.time_units, h0.calendar
-            vt.long_name = "time"
-            for name, vals, units in (("grid1d_lat", h0.lat, "degrees_north"),
-                                      ("grid1d_lon", h0.lon, "degrees_east")):
-                x = nc.createVariable(name, "f8", ("gridcell",))
-                x[:], x.units = vals, units
-            for name, vals in (("param", params), ("field", fields), ("norm_var", norm_vars)):
-                x = nc.createVariable(name, str, (name,))
-                for i, s in enumerate(vals):
-                    x[i] = s
-            x = nc.createVariable("norm_group", str, ("norm_var",))
-            x.long_name = "what each norm_var is: variable (forcing/response), static field or param"
-            for i, s in enumerate(norm_groups):
-                x[i] = s
-            out_vars = {}
-            comp = dict(zlib=True, complevel=int(complevel), shuffle=True) if complevel else {}
-            for v in variables:
-                per_member = v not in FORCING or forcing_per_member
-                dims = ("member", "gridcell", "time") if per_member else ("gridcell", "time")
-                chunks = (1, cg, ct) if per_member else (cg, ct)
-                x = nc.createVariable(v, "f4", dims, chunksizes=chunks, fill_value=np.float32(np.nan), **comp)
-                # Each member slab covers whole chunks and is written once, so a chunk cache only
-                # costs memory: netCDF's default (64 MiB per variable) kept ~11 full-size members of
-                # every variable resident. 1 MiB (size=0 is ignored by netCDF-C) keeps RSS flat.
-                x.set_var_chunk_cache(size=1 << 20, nelems=11, preemption=1.0)
-                x.set_auto_maskandscale(False)  # buffers are written as they are (NaN = missing)
-                x.setncatts(attrs[v])
-                out_vars[v] = x
-            forcing_ref = None
-            k = 0
-            bar = _progress(ppe.members, desc="ingest", unit="member", enabled=progress)
-            for m in bar:
-                _read_member(ppe, m, by_tape, bufs)
-                bad = False
-                for v in variables:
-                    a = bufs[v]
-                    if a.size == 0:
-                        continue
-                    amin, amax = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in amax
-                    if np.isnan(amax):
-                        t_bad = int(np.flatnonzero(np.isnan(a).any(axis=0))[0])
-                        f = _file_at(ppe, m, tapes[v], t_bad)
-                        report.add(f, m, f"variable {v} has {nan_count(a)} NaN values (first at time index {t_bad})")
-                        bad = True
-                        break
-                    if np.isinf(amax) or np.isinf(amin):
-                        filled = np.isinf(a)
-                        if v in FORCING:
-                            t_bad = int(np.flatnonzero(filled.any(axis=0))[0])
-                            report.add(_file_at(ppe, m, tapes[v], t_bad), m, f"forcing {v} has missing (fill) values")
-                            bad = True
-                            break
-                        a[filled] = np.nan  # fill values: missing
-                        del filled
-                if bad:
-                    continue
-                if forcing and not forcing_per_member:
-                    if forcing_ref is None:
-                        forcing_ref = {v: _digest(bufs[v]) for v in forcing}
-                    elif any(_digest(bufs[v]) != forcing_ref[v] for v in forcing):
-                        raise _ForcingDiffers
-                is_train = split_of[m] == TRAIN
-                for v in variables:
-                    a = bufs[v]
-                    shared = v in FORCING and not forcing_per_member
-                    if shared:
-                        if k == 0:
-                            out_vars[v][:, :] = a
-                    else:
-                        out_vars[v][k, :, :] = a
-                    if is_train if not shared else k == 0:
-                        _train_moments(moments[v], a, train_g, train_t, log_eps if v in log_vars else None)
-                vmem[k] = m
-                k += 1
-            del bufs
-            if k == 0:
-                raise UserError(f"{ppe.root}: no member left to ingest; first problem: {report.lines()[0]}")
-            kept = [vmem[j] for j in range(k)]
-            sm = np.array([split_of[m] for m in kept], dtype="i1")
-            th = theta.loc[kept].to_numpy("f8")
-            x = nc.createVariable("theta", "f8", ("member", "param"))
-            x[:, :] = th
-            x.long_name = "parameter values each member ran with (from its paramfile and namelist_mods)"
-            for name, vals in (("theta_min", lo), ("theta_max", hi)):
-                y = nc.createVariable(name, "f8", ("param",))
-                y[:] = vals
-                y.long_name = "table bound (NaN where unknown)"
-            y = nc.createVariable("param_location", str, ("param",))
-            z = nc.createVariable("theta_reduction", str, ("param",))
-            for j, p in enumerate(params):
-                y[j], z[j] = location[p], reduction[p]
-            s = nc.createVariable("static", "f8", ("gridcell", "field"))
-            s[:, :] = static
-            s.long_name = "static surface fields (surfdata)"
-            s.soil_layer_reduction = SOIL_LAYER_REDUCTION
-            if "LAI_MAX" in fields:
-                s.lai_derivation = LAI_DERIVATION
-            s.units = " ".join(f"{f}:{static_units[f] or '1'}" for f in fields)
-            for name, vals, dim in (("split_member", sm, "member"), ("split_gridcell", sg, "gridcell"),
-                                    ("split_time", st, "time")):
-                y = nc.createVariable(name, "i1", (dim,))
-                y[:] = vals
-                y.setncatts(SPLIT_ATTRS)
-            means, stds = [], []
-            for v in variables:
-                means.append(moments[v].mean if moments[v].n else np.nan)
-                stds.append(moments[v].std)
-            trm = sm == TRAIN
-            for j in range(len(fields)):
-                col = static[train_g, j]
-                means.append(np.nanmean(col))
-                stds.append(np.nanstd(col))
-            for j in range(len(params)):
-                col = th[trm, j]
-                means.append(np.nanmean(col) if trm.any() else np.nan)
-                stds.append(np.nanstd(col) if trm.any() else np.nan)
-            for name, vals in (("norm_mean", means), ("norm_std", stds)):
-                y = nc.createVariable(name, "f8", ("norm_var",))
-                y[:] = np.asarray(vals, dtype="f8")
-                y.long_name = f"{name[5:]} over the train split (log(max(x,0)+log_eps) for log_transform_vars)"
-            nc.setncatts({
-                "title": "esm-emu training store", "source_ppe": str(ppe.root), "catalog": catalog or "",
-                "history": history_line(f"ingest {ppe.root}"), "esm_emu_version": _version(),
-                "forcing_shared_across_members": int(bool(forcing) and not forcing_per_member),
-                "log_transform_vars": " ".join(log_vars), "log_eps": float(log_eps), "log_clip_min": 0.0,
-                "split_seed": int(seed), "warmup_days": int(min(365, T)),
-                "layout": ppe.layout, "skipped": report.to_json(),
-                "history_tapes": " ".join(f"{v}:{tapes[v]}" for v in variables)})
+            _define_coordinates(nc, lay)
+            data_vars = _define_variables(nc, lay, opts.complevel, opts.chunk_gridcell, opts.chunk_time)
+            kept, moments = _stream_members(ppe, lay, opts, nc.variables[MEMBER], data_vars)
+            th, sm = _write_theta(nc, lay, members, kept)
+            _write_static(nc, lay)
+            _write_splits(nc, lay, sm)
+            _write_norm_stats(nc, lay, moments, th, sm)
+            _write_global_attrs(nc, ppe, lay, opts)
         finally:
             nc.close()
     return out
+
+
+def _define_coordinates(nc, lay: _Layout) -> None:
+    """Dims, coordinates (member, gridcell, time, lat/lon) and the name lists (param, field, norm_var/group)."""
+    nc.createDimension(MEMBER, None)
+    for d, n in ((GRIDCELL, lay.G), (TIME, lay.T), (PARAM, len(lay.params)), (FIELD, len(lay.fields)),
+                 (NORM_VAR, len(lay.norm_vars))):
+        nc.createDimension(d, n)
+    vmem = nc.createVariable(MEMBER, str, (MEMBER,))
+    vmem.long_name = "PPE member"
+    nc.createVariable(GRIDCELL, "i4", (GRIDCELL,))[:] = np.arange(lay.G, dtype="i4")
+    vt = nc.createVariable(TIME, "f8", (TIME,))
+    vt[:] = lay.time
+    vt.units, vt.calendar = lay.h0.time_units, lay.h0.calendar
+    vt.long_name = "time"
+    for name, vals, units in ((LAT, lay.h0.lat, "degrees_north"), (LON, lay.h0.lon, "degrees_east")):
+        x = nc.createVariable(name, "f8", (GRIDCELL,))
+        x[:], x.units = vals, units
+    for name, vals in ((PARAM, lay.params), (FIELD, lay.fields), (NORM_VAR, lay.norm_vars)):
+        _write_strings(nc.createVariable(name, str, (name,)), vals)
+    x = nc.createVariable(NORM_GROUP, str, (NORM_VAR,))
+    x.long_name = "what each norm_var is: variable (forcing/response), static field or param"
+    _write_strings(x, lay.norm_groups)
+
+
+def _write_strings(var, values) -> None:
+    for i, s in enumerate(values):
+        var[i] = s
+
+
+def _define_variables(nc, lay: _Layout, complevel: int, chunk_gridcell: int, chunk_time: int) -> dict:
+    """The float32 forcing/response variables, chunked (1, gridcell, time) per member; name -> variable."""
+    cg, ct = _balanced(lay.G, chunk_gridcell), _balanced(lay.T, chunk_time)
+    comp = {"zlib": True, "complevel": int(complevel), "shuffle": True} if complevel else {}
+    out = {}
+    for v in lay.variables:
+        shared = lay.shared(v)
+        dims = (GRIDCELL, TIME) if shared else (MEMBER, GRIDCELL, TIME)
+        chunks = (cg, ct) if shared else (1, cg, ct)
+        x = nc.createVariable(v, "f4", dims, chunksizes=chunks, fill_value=np.float32(np.nan), **comp)
+        # Each member slab covers whole chunks and is written once, so a chunk cache only
+        # costs memory: netCDF's default (64 MiB per variable) kept ~11 full-size members of
+        # every variable resident. 1 MiB (size=0 is ignored by netCDF-C) keeps RSS flat.
+        x.set_var_chunk_cache(size=1 << 20, nelems=11, preemption=1.0)
+        x.set_auto_maskandscale(False)  # buffers are written as they are (NaN = missing)
+        x.setncatts(lay.attrs[v])
+        out[v] = x
+    return out
+
+
+def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars: dict) -> tuple[list, dict]:
+    """Each member in turn: read, check, fingerprint the forcing, write its slab and add it to the
+    train statistics. Returns the members kept and the variables' train moments."""
+    from ppe_ingest.base.progress import progress as _progress
+
+    moments = {v: _Moments() for v in lay.variables}
+    bufs = _member_buffers(lay.variables, lay.G, lay.T)
+    forcing_ref = None
+    kept = []
+    for m in _progress(ppe.members, desc="ingest", unit="member", enabled=opts.progress):
+        _read_member(ppe, m, lay.by_tape, bufs)
+        if not _check_member(ppe, m, lay, bufs):
+            continue
+        if lay.forcing and not lay.forcing_per_member:
+            forcing_ref = _check_forcing_shared(bufs, lay.forcing, forcing_ref)
+        _write_member(len(kept), bufs, lay, data_vars, moments, lay.split_of[m] == TRAIN, opts.log_eps)
+        vmem[len(kept)] = m
+        kept.append(m)
+    if not kept:
+        raise UserError(f"{ppe.root}: no member left to ingest; first problem: {ppe.report.lines()[0]}")
+    return kept, moments
+
+
+def _check_member(ppe: Ppe, m: str, lay: _Layout, bufs: dict[str, np.ndarray]) -> bool:
+    """False, with a report entry, when a variable of member `m` holds NaN or a forcing holds fill
+    values; fill values (+inf) of responses become NaN (missing) in place."""
+    report: Report = ppe.report
+    for v in lay.variables:
+        a = bufs[v]
+        if a.size == 0:
+            continue
+        amin, amax = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in amax
+        if np.isnan(amax):
+            t_bad = int(np.flatnonzero(np.isnan(a).any(axis=0))[0])
+            f = _file_at(ppe, m, lay.tapes[v], t_bad)
+            report.add(f, m, f"variable {v} has {nan_count(a)} NaN values (first at time index {t_bad})")
+            return False
+        if np.isinf(amax) or np.isinf(amin):
+            filled = np.isinf(a)
+            if v in FORCING:
+                t_bad = int(np.flatnonzero(filled.any(axis=0))[0])
+                report.add(_file_at(ppe, m, lay.tapes[v], t_bad), m, f"forcing {v} has missing (fill) values")
+                return False
+            a[filled] = np.nan  # fill values: missing
+            del filled
+    return True
+
+
+def _check_forcing_shared(bufs: dict[str, np.ndarray], forcing: list[str], ref: dict | None) -> dict:
+    """The forcing fingerprints of the first member; _ForcingDiffers when a later member's differ."""
+    if ref is None:
+        return {v: _digest(bufs[v]) for v in forcing}
+    if any(_digest(bufs[v]) != ref[v] for v in forcing):
+        raise _ForcingDiffers
+    return ref
+
+
+def _write_member(k: int, bufs: dict[str, np.ndarray], lay: _Layout, data_vars: dict, moments: dict,
+                  is_train: bool, log_eps: float) -> None:
+    """Write member slab `k` (shared forcing with the first member only) and add it to the train moments."""
+    for v in lay.variables:
+        a = bufs[v]
+        shared = lay.shared(v)
+        if shared:
+            if k == 0:
+                data_vars[v][:, :] = a
+        else:
+            data_vars[v][k, :, :] = a
+        if (k == 0) if shared else is_train:
+            _train_moments(moments[v], a, lay.split_gridcell == TRAIN, lay.split_time == TRAIN,
+                           log_eps if v in lay.log_vars else None)
+
+
+def _write_theta(nc, lay: _Layout, members: _MemberTheta, kept: list) -> tuple[np.ndarray, np.ndarray]:
+    """theta(member, param) of the kept members with bounds, location and reduction; returns (theta, split_member)."""
+    sm = np.array([lay.split_of[m] for m in kept], dtype="i1")
+    th = members.theta.loc[kept].to_numpy("f8")
+    x = nc.createVariable(THETA, "f8", (MEMBER, PARAM))
+    x[:, :] = th
+    x.long_name = "parameter values each member ran with (from its paramfile and namelist_mods)"
+    for name, vals in ((THETA_MIN, lay.lo), (THETA_MAX, lay.hi)):
+        y = nc.createVariable(name, "f8", (PARAM,))
+        y[:] = vals
+        y.long_name = "table bound (NaN where unknown)"
+    y = nc.createVariable(PARAM_LOCATION, str, (PARAM,))
+    z = nc.createVariable(THETA_REDUCTION, str, (PARAM,))
+    for j, p in enumerate(lay.params):
+        y[j], z[j] = members.location[p], members.reduction[p]
+    return th, sm
+
+
+def _write_static(nc, lay: _Layout) -> None:
+    s = nc.createVariable(STATIC, "f8", (GRIDCELL, FIELD))
+    s[:, :] = lay.static
+    s.long_name = "static surface fields (surfdata)"
+    s.setncattr(ATTR_SOIL_LAYER_REDUCTION, SOIL_LAYER_REDUCTION)
+    if set(LAI_FIELDS) & set(lay.fields):
+        s.setncattr(ATTR_LAI_DERIVATION, LAI_DERIVATION)
+    s.units = " ".join(f"{f}:{lay.static_units[f] or '1'}" for f in lay.fields)
+
+
+def _write_splits(nc, lay: _Layout, split_member: np.ndarray) -> None:
+    for name, vals, dim in ((SPLIT_MEMBER, split_member, MEMBER), (SPLIT_GRIDCELL, lay.split_gridcell, GRIDCELL),
+                            (SPLIT_TIME, lay.split_time, TIME)):
+        y = nc.createVariable(name, "i1", (dim,))
+        y[:] = vals
+        y.setncatts(SPLIT_ATTRS)
+
+
+def _write_norm_stats(nc, lay: _Layout, moments: dict, th: np.ndarray, split_member: np.ndarray) -> None:
+    """norm_mean/norm_std over the train split: variables (streamed moments), static fields, params."""
+    means, stds = [], []
+    for v in lay.variables:
+        means.append(moments[v].mean if moments[v].n else np.nan)
+        stds.append(moments[v].std)
+    train_g, trm = lay.split_gridcell == TRAIN, split_member == TRAIN
+    for j in range(len(lay.fields)):
+        col = lay.static[train_g, j]
+        means.append(np.nanmean(col))
+        stds.append(np.nanstd(col))
+    for j in range(len(lay.params)):
+        col = th[trm, j]
+        means.append(np.nanmean(col) if trm.any() else np.nan)
+        stds.append(np.nanstd(col) if trm.any() else np.nan)
+    for name, vals, what in ((NORM_MEAN, means, "mean"), (NORM_STD, stds, "std")):
+        y = nc.createVariable(name, "f8", (NORM_VAR,))
+        y[:] = np.asarray(vals, dtype="f8")
+        y.long_name = f"{what} over the train split (log(max(x,0)+log_eps) for log_transform_vars)"
+
+
+def _write_global_attrs(nc, ppe: Ppe, lay: _Layout, opts: WriteOptions) -> None:
+    from ppe_ingest.base.netcdf import history_line
+
+    nc.setncatts({
+        ATTR_TITLE: "esm-emu training store", ATTR_SOURCE_PPE: str(ppe.root), ATTR_CATALOG: opts.catalog or "",
+        ATTR_HISTORY: history_line(f"ingest {ppe.root}"), ATTR_VERSION: _version(),
+        ATTR_FORCING_SHARED: int(bool(lay.forcing) and not lay.forcing_per_member),
+        ATTR_LOG_VARS: " ".join(lay.log_vars), ATTR_LOG_EPS: float(opts.log_eps), ATTR_LOG_CLIP_MIN: 0.0,
+        ATTR_SPLIT_SEED: int(opts.seed), ATTR_WARMUP: int(min(WARMUP_DAYS, lay.T)),
+        ATTR_LAYOUT: ppe.layout, ATTR_SKIPPED: ppe.report.to_json(),
+        ATTR_HISTORY_TAPES: " ".join(f"{v}:{lay.tapes[v]}" for v in lay.variables)})
 
 
 def _digest(a: np.ndarray) -> bytes:
