@@ -38,7 +38,7 @@ def camels_root() -> Path:
 def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 300, seed: int = 0):
     """Entities, observations, simulator, trained emulator and parameter table for the 4 basins."""
     from esm_emu.emulator import Emulator
-    from esm_emu.inverse.forward import EmulatorForward, SimulatorForward
+    from esm_emu.forward import EmulatorForward, SimulatorForward
     from esm_emu.inverse.problem import bounds_from_table
     from esm_emu.normalize import Normalizer, Scaler
     from ppe_ingest.obs.camels import read_camels_streamflow

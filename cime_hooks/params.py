@@ -39,6 +39,22 @@ def initial_parameters(cfg: dict, user_nl: dict) -> dict[str, float]:
     return out
 
 
+def fixed_parameters(cfg: dict, names) -> dict[str, float]:
+    """Values of the forward model's parameters `names` that the DA does not update, where the
+    base paramfile holds them as scalars."""
+    from ppe_ingest.base.netcdf import open_dataset
+    from ppe_ingest.ctsmio.paramfile import read_paramfile
+
+    rest = [n for n in names if n not in cfg["da"]["parameters"]]
+    base = base_paramfile(cfg)
+    if not rest or not base:
+        return {}
+    with open_dataset(base) as ds:
+        present = [n for n in rest if n in ds.variables]
+    values = read_paramfile(base, present) if present else {}
+    return {n: float(v.reshape(-1)[0]) for n, v in values.items() if v.size == 1}
+
+
 def write_parameter_set(caseroot: Path, cfg: dict, values: dict[str, float], tag: str,
                         overwrite: bool = True) -> dict:
     """Write `CASEROOT/esm-emu/params/<tag>/` files for `values`; return the user_nl_clm settings.

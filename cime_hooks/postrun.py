@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from esm_emu import metrics as M
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.history import history_files, read_history
+from ppe_ingest.obs.io import paired_with_gridcells, read_observations
 
 from .case import open_case
 from .config import load_case_config
-from .da import history_files, match_sites, paired, read_history, read_observations
 from .prerun import check_single_instance
 from .state import read_state
 
@@ -27,21 +29,22 @@ MAX_SITE_PLOTS = 20
 
 def run_postrun(caseroot) -> Path:
     """Write the report; return the path of metrics.json."""
-    from esm_emu import metrics as M
-
     case = open_case(caseroot)
     check_single_instance(case)
     cfg = load_case_config(case.caseroot)
     if cfg["observations"] is None:
         raise UserError(f"{case.caseroot}/esm-emu/config.yaml: observations: needed by the POSTRUN report")
-    var = cfg["observations"]["variable"]
-    hist = read_history(history_files(case, cfg["history_tape"]), [var], None)
-    obs, mask = read_observations(cfg["observations"])
-    cell = match_sites(obs, hist["lat"], hist["lon"], cfg["observations"]["max_distance_deg"])
-    y_obs, y_sim = paired(obs, mask, var, hist["days"], hist["data"][var], cell)
+    obs_cfg = cfg["observations"]
+    var = obs_cfg["variable"]
+    hist = read_history(history_files(case.require("RUNDIR"), case.require("CASE"), cfg["history_tape"]), [var])
+    if hist["days"].size == 0:
+        raise UserError(f"{case.require('RUNDIR')}: the {cfg['history_tape']} history files hold no time steps")
+    obs, usable = read_observations(obs_cfg["file"], var, obs_cfg["mask"])
+    cell, y_obs, y_sim = paired_with_gridcells(obs, usable, var, hist["days"], hist["data"][var],
+                                               hist["lat"], hist["lon"], obs_cfg["max_distance_deg"])
     use = (cell >= 0) & (np.isfinite(y_obs).sum(axis=1) >= 2)
     if not use.any():
-        raise UserError(f"{cfg['observations']['file']}: no site has two or more observations on days "
+        raise UserError(f"{obs_cfg['file']}: no site has two or more observations on days "
                         f"{hist['days'][0]}..{hist['days'][-1]} at a gridcell of the history files")
     sites = [str(s) for s in obs["site"].values]
     per_site = {}
@@ -56,7 +59,7 @@ def run_postrun(caseroot) -> Path:
     report = {
         "case": case.get_value("CASE"), "variable": var, "units": hist["units"].get(var, ""),
         "period": [str(hist["days"][0]), str(hist["days"][-1])], "history_tape": cfg["history_tape"],
-        "observations": cfg["observations"]["file"], "n_sites": len(per_site),
+        "observations": obs_cfg["file"], "n_sites": len(per_site),
         "median": summary, "sites": per_site,
         "da_cycles": [{k: c.get(k) for k in ("cycle", "first_day", "last_day", "objective", "parameters")}
                       for c in state["cycles"]],

@@ -1,46 +1,21 @@
-"""The emulator as a coupled component: initialise once, then step it on forcing chunks.
+"""A land component stepped on forcing chunks: initialise once, then step a forward model.
 
-Any model with the emulator contract works:
+The model is any `esm_emu.forward.ForwardModel` (the emulator through `EmulatorForward`, the
+built-in simulator through `SimulatorForward`), or a bare module with the emulator's contract
 ``m(forcing (B,T,F), static (B,S), theta (B,P), state=None, return_state=True) -> (y (B,T,R), state)``
-with attributes ``forcing_names``, ``static_names``, ``param_names``, ``response_names``
-(`esm_emu.emulator.Emulator`, or the built-in simulator through `RunLandModel`). The state
-is carried between `step` calls, so a year in twelve monthly steps equals one twelve-month call.
+and ``forcing_names``, ``static_names``, ``param_names``, ``response_names``, which is wrapped in
+`EmulatorForward`. The state is carried between `step` calls, so a year in twelve monthly steps
+equals one twelve-month call.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from ppe_ingest.base.errors import UserError
 
 from .grids import Grid
-
-
-class RunLandModel:
-    """The built-in land simulator (`ppe_ingest.simulator.physics.run_land`, not CTSM) behind
-    the emulator's tensor contract."""
-
-    def __init__(self, param_names=("fff", "baseflow_scalar"), response_names=("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT"),
-                 run_land: Callable | None = None):
-        from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, FORCING
-        from ppe_ingest.simulator import physics
-
-        self._run = run_land or physics.run_land
-        self.forcing_names = list(FORCING)
-        self.static_names = list(ALL_STATIC_FIELDS)
-        self.param_names = list(param_names)
-        self.response_names = list(response_names)
-
-    def __call__(self, forcing, static, theta, state=None, return_state=False):
-        f = {n: forcing[..., i] for i, n in enumerate(self.forcing_names)}
-        s = {n: static[:, i] for i, n in enumerate(self.static_names)}
-        p = {n: theta[:, i] for i, n in enumerate(self.param_names)}
-        out, new_state = self._run(f, s, p, state=state, return_state=True)
-        import torch
-
-        y = torch.stack([out[r] for r in self.response_names], -1)
-        return (y, new_state) if return_state else y
 
 
 def _table(obj, names, grid: Grid, what: str, B_idx: np.ndarray) -> np.ndarray:
@@ -61,7 +36,7 @@ def _table(obj, names, grid: Grid, what: str, B_idx: np.ndarray) -> np.ndarray:
 
 
 class EmulatorComponent:
-    """A land component driven by an emulator, optionally regridding its output.
+    """A land component driven by a forward model, optionally regridding its output.
 
     comp = EmulatorComponent(model)
     comp.initialize(grid, static, theta, target_grid=rof_grid)   # or regridder=Regridder(...)
@@ -69,9 +44,13 @@ class EmulatorComponent:
     """
 
     def __init__(self, model):
-        for a in ("forcing_names", "static_names", "param_names", "response_names"):
-            if not hasattr(model, a):
-                raise UserError(f"the model lacks the attribute '{a}' of the emulator contract")
+        from esm_emu.forward import EmulatorForward, ForwardModel
+
+        if not isinstance(model, ForwardModel):
+            for a in ("forcing_names", "static_names", "param_names", "response_names"):
+                if not hasattr(model, a):
+                    raise UserError(f"the model lacks the attribute '{a}' of the emulator contract")
+            model = EmulatorForward(model)
         self.model = model
         self.grid: Grid | None = None
         self.state = None
@@ -79,7 +58,7 @@ class EmulatorComponent:
         self.steps = 0
 
     def initialize(self, grid: Grid, static, theta, target_grid: Grid | None = None,
-                   regridder=None, method: str = "conserve") -> "EmulatorComponent":
+                   regridder=None, method: str = "conserve") -> EmulatorComponent:
         """Fix the emulator's grid, static fields and parameters; reset the state."""
         import torch
 

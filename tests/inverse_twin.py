@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from esm_emu.emulator import Emulator
-from esm_emu.inverse.forward import EmulatorForward, SimulatorForward
+from esm_emu.forward import EmulatorForward, SimulatorForward
 from esm_emu.inverse.problem import bounds_from_table
 from esm_emu.normalize import Normalizer, Scaler
 from ppe_ingest.param_table import default_table_path, load_param_table

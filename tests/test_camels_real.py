@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from esm_emu.inverse.forward import SimulatorForward
+from esm_emu.forward import SimulatorForward
 from esm_emu.inverse.inversion import skill
 from esm_emu.inverse.problem import build_problem
 

@@ -286,6 +286,24 @@ def test_three_da_cycles_with_restart_then_report(setup):
     assert all((report_dir / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+def test_da_objective_is_one_minus_pooled_nse(setup):
+    """The recorded objective is 1 - NSE pooled over the matched sites, each with its own mean."""
+    from esm_emu.metrics import pooled_nse
+
+    root, f_all = setup
+    run_prerun(root)
+    model_segment(root, f_all, 0, None)
+    record = run_da(root, 0)
+    rundir = Path(open_case(root).get_value("RUNDIR"))
+    with netCDF4.Dataset(rundir / "ctsm_da.clm2.h1.2001-01-01-00000.nc") as ds:
+        sim = np.asarray(ds["QRUNOFF"][:], float).T  # (gridcell = site, day)
+    with netCDF4.Dataset(root.parent.parent / "inputs" / "obs.nc") as ds:
+        obs = np.asarray(ds["QRUNOFF"][:3, :SEG_DAYS], float)  # the three sites at the gridcells
+    by_hand = np.sum((sim - obs) ** 2) / np.sum((obs - obs.mean(axis=1, keepdims=True)) ** 2)
+    assert record["objective"] == pytest.approx(by_hand, rel=1e-9)
+    assert record["objective"] == pytest.approx(1.0 - pooled_nse(sim, obs), rel=1e-12)
+
+
 def test_da_without_history_names_the_pattern(setup):
     root, _ = setup
     proc = run_exe(root / HOOKS / "esm_emu_da", root, 0, check=False)

@@ -6,10 +6,10 @@ import torch
 import xarray as xr
 
 from coupler import grids
-from coupler.component import EmulatorComponent, RunLandModel
+from coupler.component import EmulatorComponent
+from esm_emu.forward import SimulatorForward
 from ppe_ingest.base.errors import UserError
-
-FORCING = ("RAIN", "SNOW", "TBOT", "FSDS", "FLDS", "QBOT", "PBOT", "WIND")
+from ppe_ingest.ctsmio.vocabulary import FORCING
 
 
 def _grid():
@@ -57,7 +57,7 @@ def test_year_in_monthly_steps_equals_one_call_with_the_simulator():
     g = _grid()
     forcing, static = _forcing(g), _static(g)
     theta = {"fff": 0.5, "baseflow_scalar": np.linspace(5e-4, 2e-3, g.n)}
-    model = RunLandModel(param_names=("fff", "baseflow_scalar"))
+    model = SimulatorForward(("fff", "baseflow_scalar"), ("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT"))
     whole = EmulatorComponent(model).initialize(g, static, theta).step(forcing)
     comp = EmulatorComponent(model).initialize(g, static, theta)
     parts = xr.concat([comp.step(f) for f in _months(forcing)], dim="time")

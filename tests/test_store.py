@@ -200,7 +200,7 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
     import torch
 
     from esm_emu.inverse.cli import load_entities
-    from esm_emu.inverse.forward import SimulatorForward
+    from esm_emu.forward import SimulatorForward
     from esm_emu.inverse.problem import attributes
     from ppe_ingest.simulator.sites import builtin_sites
 

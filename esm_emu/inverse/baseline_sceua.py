@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .dpl import masked_loss, score_mask
-from .forward import ForwardModel
+from ..forward import ForwardModel
 from .problem import InverseProblem
 
 

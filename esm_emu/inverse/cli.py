@@ -41,7 +41,7 @@ def run_from_config(cfg: dict, config_path=None, progress: bool = True):
 
     from ppe_ingest.param_table import default_table_path, load_param_table
 
-    from .forward import load_forward
+    from ..forward import load_forward
     from .inversion import run_inversion
 
     base = Path(config_path).resolve().parent if config_path else Path.cwd()

@@ -11,7 +11,7 @@ import torch
 from ..metrics import nse_terms
 from torch import nn
 
-from .forward import ForwardModel
+from ..forward import ForwardModel
 from .problem import InverseProblem
 
 

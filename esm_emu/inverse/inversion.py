@@ -13,7 +13,7 @@ import xarray as xr
 from ppe_ingest.base.errors import UserError
 
 from . import dpl as _dpl
-from .forward import ForwardModel
+from ..forward import ForwardModel
 from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
 from .param_map import build_param_map, cluster_param_map
 from .problem import InverseProblem, build_problem

@@ -13,7 +13,7 @@ import xarray as xr
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.base.geometry import nearest_gridcell
 
-from .forward import ForwardModel
+from ..forward import ForwardModel
 
 QC_NAMES = ("{v}_mask", "{v}_qc", "qc_{v}", "qc", "mask")  # the obs schema uses VAR_mask (True = usable)
 

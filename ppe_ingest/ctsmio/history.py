@@ -1,7 +1,8 @@
-"""CTSM history files (1-D `gridcell` output, as the CLM5 PPE writes them with hist_dov2xy=.false.).
+"""CTSM history files: the writer (1-D `gridcell` output, as the CLM5 PPE writes them with
+hist_dov2xy=.false.) and the one reader, which also takes lat/lon output.
 
 CTSM's own names, long_names, units and `cell_methods` for the forcing and response fields,
-its global attributes, its file naming `<case>_<member>.clm2.h<N>.<YYYY-MM-DD-SSSSS>.nc`, and
+its global attributes, its file naming `<case>[_<member>].clm2.h<N>.<YYYY-MM-DD-SSSSS>.nc`, and
 its time axis: `time` in `days since YYYY-01-01 00:00:00` on the `noleap` calendar stamped at the
 END of each averaging interval, with `time_bounds(time, hist_interval)` giving the interval and
 `mcdate`/`mcsec` the date of the stamp (so day 1 of a daily file has time = 1, bounds [0, 1]).
@@ -22,7 +23,6 @@ from ppe_ingest.base.netcdf import history_line
 from .vocabulary import HIST_FIELDS
 
 FILL = np.float32(1.0e36)  # CTSM spval
-
 
 
 def hist_filename(case: str, member: str, tape: int, year: int, month: int = 1, day: int = 1, sec: int = 0) -> str:
@@ -116,14 +116,105 @@ def write_history(path: os.PathLike | str, data: Mapping[str, np.ndarray], lat: 
     return path
 
 
-def read_history(path: os.PathLike | str, variables: Sequence[str] | None = None):
-    """Open a history file as an xarray Dataset (gridcell, time) with cftime noleap times."""
+def history_files(rundir: os.PathLike | str, case: str, tape: str) -> list[Path]:
+    """A case's history files of one tape in `rundir`, `<case>.clm2.<tape>.*.nc`, in time order
+    (the names sort by date)."""
+    rundir = Path(rundir)
+    pattern = f"{case}.clm2.{tape}.*.nc"
+    files = sorted(rundir.glob(pattern))
+    if not files:
+        raise UserError(f"{rundir}: no CTSM history files {pattern} (is {tape} written? "
+                        "set hist_fincl/hist_nhtfrq in user_nl_clm)")
+    return files
+
+
+def read_history(files: os.PathLike | str | Sequence[os.PathLike | str], variables: Sequence[str],
+                 after: str | None = None) -> dict:
+    """Daily means of `variables` per gridcell from one or more history files, for the days after
+    `after` ('YYYY-MM-DD'; None for all).
+
+    Returns ``{"days": 'YYYY-MM-DD' labels (D,), "lat", "lon": gridcell centres (G,),
+    "data": {name: (D, G)}, "units": {name: units}}``; lat/lon output is flattened to gridcells
+    row by row. A day is labelled by the start of its averaging interval, and steps sharing a
+    label (sub-daily tapes) are averaged.
+    """
     import xarray as xr
 
-    ds = xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
-    if variables is not None:
-        missing = [v for v in variables if v not in ds]
-        if missing:
-            ds.close()
-            raise UserError(f"{path}: variable {missing[0]} is not in this history file")
-    return ds
+    files = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+    days, data, lat, lon, units = [], {v: [] for v in variables}, None, None, {}
+    for path in files:
+        try:
+            ds = xr.open_dataset(path, decode_times=_time_coder())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read history file ({e})") from None
+        with ds:
+            glat, glon, form = _gridcell_coords(ds, path)
+            if lat is None:
+                lat, lon = glat, glon
+            elif glat.shape != lat.shape or not np.allclose(glat, lat):
+                raise UserError(f"{path}: gridcells differ from {files[0].name}")
+            label = _day_labels(ds)
+            keep = label > after if after else np.ones(label.size, bool)
+            if not keep.any():
+                continue
+            days.append(label[keep])
+            for v in variables:
+                data[v].append(_flat(ds, v, form, path)[keep])
+                units.setdefault(v, ds[v].attrs.get("units", ""))
+    if not days:
+        return {"days": np.array([], dtype=str), "lat": lat, "lon": lon, "data": {}, "units": units}
+    label = np.concatenate(days)
+    uniq, inv = np.unique(label, return_inverse=True)
+    out = {}
+    for v in variables:
+        a = np.concatenate(data[v])
+        sums = np.zeros((uniq.size, a.shape[1]))
+        np.add.at(sums, inv, a)
+        out[v] = sums / np.bincount(inv)[:, None]
+    return {"days": uniq, "lat": lat, "lon": lon, "data": out, "units": units}
+
+
+def _time_coder():
+    """Decode CTSM's noleap times as cftime dates (the keyword moved in newer xarray)."""
+    import xarray as xr
+
+    coders = getattr(xr, "coders", None)
+    return coders.CFDatetimeCoder(use_cftime=True) if coders is not None else True
+
+
+def _day_labels(ds) -> np.ndarray:
+    """'YYYY-MM-DD' of each time step: the start of its averaging interval when CTSM gives bounds
+    (CTSM stamps averages at the interval's end), else the time itself."""
+    bounds = next((ds[b] for b in ("time_bounds", "time_bnds") if b in ds.variables), None)
+    t = bounds.isel({bounds.dims[-1]: 0}).values if bounds is not None else ds["time"].values
+    return np.array([_iso(x)[:10] for x in np.ravel(t)])
+
+
+def _iso(x) -> str:
+    if isinstance(x, np.datetime64):
+        return str(np.datetime_as_string(x, unit="s"))
+    return x.isoformat() if hasattr(x, "isoformat") else str(x)
+
+
+def _gridcell_coords(ds, path: Path):
+    """Gridcell centres (lat, lon) and the output form: 1-D `gridcell` or a flattened lat/lon grid."""
+    if "grid1d_lat" in ds.variables and "grid1d_lon" in ds.variables:
+        return np.asarray(ds["grid1d_lat"].values, float), np.asarray(ds["grid1d_lon"].values, float), "gridcell"
+    if "lat" in ds.variables and "lon" in ds.variables:
+        lat2, lon2 = np.meshgrid(ds["lat"].values, ds["lon"].values, indexing="ij")
+        return lat2.ravel().astype(float), lon2.ravel().astype(float), "latlon"
+    raise UserError(f"{path}: no gridcell coordinates (grid1d_lat/grid1d_lon or lat/lon)")
+
+
+def _flat(ds, var: str, form: str, path: Path) -> np.ndarray:
+    """(time, gridcell) values of a history variable, either output form."""
+    if var not in ds.variables:
+        raise UserError(f"{path}: variable {var} not in the history file (add it to hist_fincl in user_nl_clm)")
+    a = ds[var]
+    if form == "gridcell":
+        if a.dims != ("time", "gridcell"):
+            raise UserError(f"{path}: {var} has dims {a.dims}, expected (time, gridcell)")
+        return np.asarray(a.values, float)
+    if a.dims != ("time", "lat", "lon"):
+        raise UserError(f"{path}: {var} has dims {a.dims}, expected (time, lat, lon)")
+    return np.asarray(a.values, float).reshape(a.shape[0], -1)

@@ -1,4 +1,5 @@
-"""Observations on disk (netCDF, written atomically) and the merge of several sources on ``site``."""
+"""Observations on disk (netCDF, written atomically), the merge of several sources on ``site``, and
+their pairing with a model's daily gridcell output."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ import xarray as xr
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.geometry import nearest_gridcell
+
 from .schema import MASK_SUFFIX, SCHEMA_VERSION, obs_vars, validate_obs
 
 
@@ -124,3 +127,43 @@ def merge_obs(datasets: Sequence[xr.Dataset], source: str = "merge") -> xr.Datas
     out.attrs = {"obs_schema_version": SCHEMA_VERSION,
                  "source": " + ".join(dict.fromkeys(d.attrs.get("source", "unknown") for d in dss))}
     return validate_obs(out, source)
+
+
+def read_observations(path: os.PathLike | str, variable: str, mask: str | None = None):
+    """Observations of `variable` from `path` and their usable-value mask (site, time): the file's
+    quality mask (`mask`, default `<variable>_mask`) where it has one, and finite values."""
+    ds = read_obs(path)
+    if variable not in ds.data_vars:
+        raise UserError(f"{path}: observations have no variable {variable}")
+    name = mask or variable + MASK_SUFFIX
+    values = ds[variable].values
+    usable = ds[name].values.astype(bool) if name in ds.variables else np.isfinite(values)
+    return ds, usable & np.isfinite(values)
+
+
+def values_on_days(obs: xr.Dataset, usable: np.ndarray, variable: str, days: Sequence[str]) -> np.ndarray:
+    """(site, day) observed values on the 'YYYY-MM-DD' `days` (a model's day labels), NaN where the
+    value is unusable or the day is not observed."""
+    obs_days = np.array([str(d)[:10] for d in obs["time"].values.astype("datetime64[D]")])
+    pos = {d: i for i, d in enumerate(obs_days)}
+    values = obs[variable].values
+    y = np.full((values.shape[0], len(days)), np.nan)
+    for j, d in enumerate(days):
+        i = pos.get(d)
+        if i is not None:
+            y[:, j] = np.where(usable[:, i], values[:, i], np.nan)
+    return y
+
+
+def paired_with_gridcells(obs: xr.Dataset, usable: np.ndarray, variable: str, days: Sequence[str],
+                          model: np.ndarray, grid_lat, grid_lon, max_deg: float):
+    """Each site's observations beside the model at its nearest gridcell (great-circle, within
+    `max_deg` degrees). `model` is (day, gridcell) on the 'YYYY-MM-DD' `days`.
+
+    Returns (gridcell of each site, -1 when none is near enough; observed (site, day) with NaN where
+    unusable or unmatched; model (site, day))."""
+    cell, dist = nearest_gridcell(obs["site_lat"].values, obs["site_lon"].values, grid_lat, grid_lon, max_deg)
+    cell[~np.isfinite(dist)] = -1  # sites without a location
+    y_obs = values_on_days(obs, usable, variable, days)
+    y_obs[cell < 0] = np.nan
+    return cell, y_obs, np.asarray(model)[:, np.maximum(cell, 0)].T

@@ -1,20 +1,23 @@
-"""One frozen forward-model interface over the trained emulator and the built-in simulator.
+"""The forward model F(forcing, static, theta) -> responses: one interface over the trained emulator
+and the built-in simulator.
 
-Both adapters are called as ``forward(forcing (B,T,F), static (B,S), theta (B,P)) -> (B,T,R)``
-in physical CTSM units and are differentiable in ``theta``; the inverse models never see which
-one they run through.
+Every caller (the inverse models, the DA hook's anchored update, the coupler's stepping component)
+calls ``forward(forcing (B,T,F), static (B,S), theta (B,P)) -> (B,T,R)`` in physical CTSM units,
+differentiable in ``theta``. With ``return_state=True`` it returns ``(y, state)``; passing that
+state to the next call continues the run, so a year in twelve monthly calls equals one
+twelve-month call.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, FORCING
 
-from ..checkpoint import file_sha256
+from .checkpoint import file_sha256
 
 # Static fields the simulator fills with defaults when a source lacks them (physics.STATIC_DEFAULTS).
 SIM_STATIC_OPTIONAL = ("ORGANIC", "STD_ELEV", "LAI_MAX", "LAI_MIN")
@@ -34,6 +37,9 @@ class ForwardModel(torch.nn.Module):
         self.response_names = list(response_names)
         self.checkpoint_sha256 = ""
 
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
+        raise NotImplementedError
+
     def response_index(self, names: Sequence[str]) -> list[int]:
         missing = [n for n in names if n not in self.response_names]
         if missing:
@@ -51,7 +57,7 @@ class ForwardModel(torch.nn.Module):
 
 
 class EmulatorForward(ForwardModel):
-    """The trained emulator, frozen: ``emu(forcing, static, theta) -> (B,T,R)``."""
+    """A trained emulator (or any module with the emulator's call and names), frozen."""
 
     kind = "emulator"
 
@@ -63,8 +69,10 @@ class EmulatorForward(ForwardModel):
         if checkpoint is not None:
             self.checkpoint_sha256 = file_sha256(checkpoint)
 
-    def forward(self, forcing, static, theta):
-        return self.emu(forcing, static, theta)
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
+        if state is None and not return_state:
+            return self.emu(forcing, static, theta)
+        return self.emu(forcing, static, theta, state=state, return_state=return_state)
 
 
 class SimulatorForward(ForwardModel):
@@ -81,32 +89,44 @@ class SimulatorForward(ForwardModel):
         self._run_land = run_land
         self.fixed_params = dict(fixed_params or {})
 
-    def forward(self, forcing, static, theta):
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
         B = forcing.shape[0]
         f = {n: forcing[..., i] for i, n in enumerate(self.forcing_names)}
         s = {n: static[:, i] for i, n in enumerate(self.static_names)}
         p = {n: torch.full((B,), float(v), dtype=theta.dtype) for n, v in self.fixed_params.items()}
         p.update({n: theta[:, i] for i, n in enumerate(self.param_names)})
-        out = self._run_land(f, s, p)
+        out, new_state = self._run_land(f, s, p, state=state, return_state=True)
         missing = [n for n in self.response_names if n not in out]
         if missing:
             raise UserError(f"simulator: response {missing[0]} is not produced by run_land")
-        return torch.stack([out[n] for n in self.response_names], dim=-1).to(theta.dtype)
+        y = torch.stack([out[n] for n in self.response_names], dim=-1).to(theta.dtype)
+        return (y, new_state) if return_state else y
 
     @classmethod
-    def for_entities(cls, entities, param_names, response_names=("QRUNOFF",)) -> "SimulatorForward":
+    def for_static_fields(cls, available: Iterable[str], param_names, response_names=("QRUNOFF",)
+                          ) -> SimulatorForward:
+        """The simulator taking every static field it needs plus the optional ones in `available`."""
+        have = set(available)
+        static = [n for n in ALL_STATIC_FIELDS if n in have or n not in SIM_STATIC_OPTIONAL]
+        return cls(param_names, response_names, static_names=static)
+
+    @classmethod
+    def for_entities(cls, entities, param_names, response_names=("QRUNOFF",)) -> SimulatorForward:
         """The simulator taking the static fields ``entities`` has (optional ones may be absent): its
         own variables or, for a training store, the ``field`` entries of ``static(gridcell, field)``."""
         have = set(entities.variables)
         if "static" in entities.variables and "field" in entities.coords:
             have |= {str(f) for f in entities["field"].values}
-        static = [n for n in ALL_STATIC_FIELDS if n in have or n not in SIM_STATIC_OPTIONAL]
-        return cls(param_names, response_names, static_names=static)
+        return cls.for_static_fields(have, param_names, response_names)
 
 
 def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: Sequence[str] | None = None,
-                 response_names: Sequence[str] = ("QRUNOFF",), entities=None) -> ForwardModel:
-    """The forward model named in a config: ``emulator`` (from a checkpoint) or ``simulator``."""
+                 response_names: Sequence[str] = ("QRUNOFF",), entities=None,
+                 static_fields: Iterable[str] | None = None) -> ForwardModel:
+    """The forward model named in a config: ``emulator`` (from a checkpoint) or ``simulator``.
+
+    The simulator takes the optional static fields that ``entities`` (a Dataset) or
+    ``static_fields`` (names) provide."""
     if kind == "emulator":
         if checkpoint is None:
             raise UserError("inverse.forward.checkpoint: required when forward.kind is emulator")
@@ -124,5 +144,7 @@ def load_forward(kind: str, checkpoint: str | Path | None = None, param_names: S
             raise UserError("inverse.params: list the parameters to infer when forward.kind is simulator")
         if entities is not None:
             return SimulatorForward.for_entities(entities, param_names, response_names)
+        if static_fields is not None:
+            return SimulatorForward.for_static_fields(static_fields, param_names, response_names)
         return SimulatorForward(param_names, response_names)
     raise UserError(f"inverse.forward.kind: {kind!r} is not one of emulator, simulator")
