@@ -33,6 +33,11 @@ def test_nearest_gridcell_marks_points_beyond_the_limit():
     assert dist[0] < 0.01 and dist[1] > 0.5
 
 
+def test_nearest_gridcell_gives_no_cell_to_a_point_without_location():
+    idx, dist = nearest_gridcell([np.nan, 10.0], [5.0, 0.0], [10.0, np.nan], [0.0, 0.0])
+    assert idx.tolist() == [-1, 0] and np.isinf(dist[0])
+
+
 def test_nearest_gridcell_in_blocks_matches_one_pass():
     rng = np.random.default_rng(3)
     lat, lon = rng.uniform(-80, 80, 50), rng.uniform(0, 360, 50)

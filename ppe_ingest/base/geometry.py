@@ -24,8 +24,8 @@ def nearest_gridcell(lat, lon, grid_lat, grid_lon, max_deg: float | None = None,
                      block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """For each point (lat, lon), the index of the nearest gridcell and its distance in degrees.
 
-    Points farther than `max_deg` from every gridcell get index -1. Works in blocks of points so
-    that memory stays (block x gridcells) for large sets.
+    Points farther than `max_deg` from every gridcell, and points without a location (NaN), get
+    index -1 and distance inf. Works in blocks of points so that memory stays (block x gridcells).
     """
     lat = np.atleast_1d(np.asarray(lat, float)).ravel()
     lon = np.atleast_1d(np.asarray(lon, float)).ravel()
@@ -37,9 +37,11 @@ def nearest_gridcell(lat, lon, grid_lat, grid_lon, max_deg: float | None = None,
         return idx, dist
     for i in range(0, lat.size, block):
         d = great_circle_deg(lat[i:i + block, None], lon[i:i + block, None], glat[None, :], glon[None, :])
+        d = np.where(np.isnan(d), np.inf, d)  # gridcells without a location never match
         k = d.argmin(axis=1)
         idx[i:i + block] = k
         dist[i:i + block] = d[np.arange(k.size), k]
+    idx[~np.isfinite(dist)] = -1
     if max_deg is not None:
         idx[dist > max_deg] = -1
     return idx, dist
