@@ -27,7 +27,8 @@ def machine() -> str:
         tv = f"torch {torch.__version__}"
     except ImportError:
         tv = "no torch"
-    return f"{platform.node() or 'host'}: {cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, {tv}"
+    return (f"{platform.node() or 'host'}: {cpu}, {os.cpu_count()} cores visible, "
+            f"Python {platform.python_version()}, {tv}")
 
 
 def record(title: str, lines: list[str], command: str | None = None) -> str:

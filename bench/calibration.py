@@ -19,17 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the twin builder the tests use
 
-from bench._record import record  # noqa: E402
-from esm_emu.inverse.baseline_sceua import calibrate_site  # noqa: E402
-from esm_emu.inverse.dpl import DPLConfig, masked_loss, predict, score_mask, simulate, train_dpl  # noqa: E402
-from esm_emu.inverse.problem import build_problem  # noqa: E402
-from inverse_twin import PARAMS, make_twin, observations  # noqa: E402
+from inverse_twin import PARAMS, make_twin, observations
+
+from bench._record import record
+from esm_emu.inverse.baseline_sceua import calibrate_site
+from esm_emu.inverse.dpl import DPLConfig, masked_loss, predict, score_mask, simulate, train_dpl
+from esm_emu.inverse.problem import build_problem
 
 
 def per_site_objective(problem, forward, theta, idx, tmask):
     with torch.no_grad():
         sim = simulate(problem, forward, idx, theta[idx])
-        return np.array([float(masked_loss(sim[i:i + 1], problem.obs[idx[i]:idx[i] + 1], tmask)) for i in range(len(idx))])
+        return np.array([float(masked_loss(sim[i:i + 1], problem.obs[idx[i]:idx[i] + 1], tmask))
+                         for i in range(len(idx))])
 
 
 def main():
@@ -68,7 +70,8 @@ def main():
             net.train()
             t_start[0] = time.perf_counter()
 
-    net, _ = train_dpl(p, fwd, DPLConfig(steps=a.dpl_steps, warmup_days=180, batch=a.dpl_batch), seed=a.seed, on_step=on_step)
+    net, _ = train_dpl(p, fwd, DPLConfig(steps=a.dpl_steps, warmup_days=180, batch=a.dpl_batch), seed=a.seed,
+                       on_step=on_step)
     spent[0] += time.perf_counter() - t_start[0]
     ours_wall = spent[0]
     th_ours = predict(net, p).numpy()
@@ -84,7 +87,10 @@ def main():
     reach_sce = [c.time_to(target) for c in cal]
     sce_to_target = float(sum(min(r, c.wall_s) for r, c in zip(reach_sce, cal)))
     ours_to_target = next((s for s, v in trace if v <= target), float("inf"))
-    r = lambda th, j: float(np.corrcoef(true[:, j], th[:, j])[0, 1])
+
+    def r(th, j):
+        return float(np.corrcoef(true[:, j], th[:, j])[0, 1])
+
     lines = [f"twin: {a.sites} sites, {a.years} years daily ({a.years - 1} calibration years), emulator LSTM "
              f"(hidden 32, {a.emu_steps} steps on a {a.sites * 3}-run simulator PPE), params {', '.join(PARAMS)}; "
              f"setup {setup_s:.0f} s; torch threads {a.threads}",
@@ -92,8 +98,8 @@ def main():
              f"SCE-UA: {a.sce_evals} evals cap/site, total wall {sce_wall:.1f} s, wall to target (each site stopped "
              f"at target) {sce_to_target:.1f} s, median final 1-NSE {np.median(obj_sce):.4f}, "
              f"mean evals/site {np.mean([c.evaluations for c in cal]):.0f}",
-             f"dPL g_A: {a.dpl_steps} steps of {a.dpl_batch or a.sites} sites, total wall {ours_wall:.1f} s, wall to median <= target "
-             f"{ours_to_target:.1f} s, median final 1-NSE {np.median(obj_ours):.4f}",
+             f"dPL g_A: {a.dpl_steps} steps of {a.dpl_batch or a.sites} sites, total wall {ours_wall:.1f} s, "
+             f"wall to median <= target {ours_to_target:.1f} s, median final 1-NSE {np.median(obj_ours):.4f}",
              f"speed-up to target: {sce_to_target / ours_to_target:.1f}x" if np.isfinite(ours_to_target)
              else "speed-up to target: dPL did not reach the target",
              "parameter recovery r(true, inferred), SCE-UA vs dPL: " + ", ".join(

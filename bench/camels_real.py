@@ -23,7 +23,7 @@ import xarray as xr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._record import record  # noqa: E402
+from bench._record import record
 
 PARAMS = ["fff", "FMAX", "hksat_sf", "watsat_sf", "baseflow_scalar", "medlynslope"]
 BASINS = ["01022500", "01547700", "02064000", "03015500"]
@@ -86,7 +86,10 @@ def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 30
         b = torch.randint(0, n, (32,), generator=g)
         pred, _ = emu.forward_normalized(norm.forcing(f[ent[b.numpy()]]), emu.conditioning(s[ent[b.numpy()]], th[b]))
         loss = ((pred[:, 180:] - target[b, 180:]) ** 2).mean()
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
     emu_s = time.perf_counter() - t
     return dict(entities=entities, obs=obs, table=table, sim=sim, forward=EmulatorForward(emu), sites=sites,
                 forcing=f, static=s, ppe_s=ppe_s, emu_s=emu_s, emu_loss=float(loss.detach()), n_ppe=n)
@@ -94,9 +97,9 @@ def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 30
 
 def soil_comparison(sites, theta: np.ndarray, root: Path) -> list[str]:
     """Inferred effective ksat / porosity vs the CAMELS soil attributes, per basin."""
+    from ppe_ingest.ctsmio.vocabulary import SOIL_FIELDS
     from ppe_ingest.obs.camels import read_camels_attributes
     from ppe_ingest.simulator.physics import soil_properties
-    from ppe_ingest.ctsmio.vocabulary import SOIL_FIELDS
 
     attrs = read_camels_attributes(root / "camels_attributes_v2.0", basins=BASINS)
     st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in SOIL_FIELDS}
@@ -111,7 +114,8 @@ def soil_comparison(sites, theta: np.ndarray, root: Path) -> list[str]:
         # mm/s -> cm/hr: * 0.1 cm/mm * 3600 s/hr
         ks_d, ks_i = float(base["hksat"][i]) * 360.0, float(inf["hksat"][i]) * 360.0
         out.append(f"{b}: ksat CAMELS {ks_c:.2f} cm/h, Cosby default {ks_d:.2f}, inferred {ks_i:.2f}; "
-                   f"porosity CAMELS {float(attrs.loc[b, 'soil_porosity']):.3f}, default {float(base['watsat'][i]):.3f}, "
+                   f"porosity CAMELS {float(attrs.loc[b, 'soil_porosity']):.3f}, "
+                   f"default {float(base['watsat'][i]):.3f}, "
                    f"inferred {float(inf['watsat'][i]):.3f}")
     return out
 
@@ -159,13 +163,15 @@ def main():
              f"{a.dpl_steps} steps: {inv_s:.0f} s; total {time.perf_counter() - t0:.0f} s",
              "held-out-year NSE / KGE per basin, simulator re-run: default -> inferred"]
     for i, b in enumerate(sk_def["entity"]):
-        lines.append(f"  {b}: NSE {sk_def['nse'][i]:.3f} -> {sk_inf['nse'][i]:.3f}, KGE {sk_def['kge'][i]:.3f} -> {sk_inf['kge'][i]:.3f}")
+        lines.append(f"  {b}: NSE {sk_def['nse'][i]:.3f} -> {sk_inf['nse'][i]:.3f}, "
+                     f"KGE {sk_def['kge'][i]:.3f} -> {sk_inf['kge'][i]:.3f}")
     lines.append(f"median NSE simulator: default {sk_def['nse_median']:.3f}, inferred {sk_inf['nse_median']:.3f}; "
                  f"through the emulator: default {e['default']['QRUNOFF']['nse_median']:.3f}, "
                  f"inferred {e['inferred']['QRUNOFF']['nse_median']:.3f}")
     lines.append("inferred theta (" + ", ".join(PARAMS) + "):")
     for i, b in enumerate(BASINS):
-        lines.append(f"  {b}: " + ", ".join(f"{v:.3g}+-{s_:.2g}" for v, s_ in zip(theta[i], pmap['theta_std'].values[i])))
+        lines.append(f"  {b}: " + ", ".join(f"{v:.3g}+-{s_:.2g}"
+                                            for v, s_ in zip(theta[i], pmap['theta_std'].values[i])))
     lines += ["soil properties vs CAMELS attributes:"] + ["  " + x for x in soil_comparison(d["sites"], theta, root)]
     record("Real data: CAMELS basins, inversion against observed streamflow", lines)
     return 0

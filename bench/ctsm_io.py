@@ -14,11 +14,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._record import record  # noqa: E402
-from ppe_ingest.ctsmio.paramfile import NPFT, create_paramfile, read_paramfile  # noqa: E402
-from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata, write_surfdata  # noqa: E402
-from ppe_ingest.design import make_design, write_member_files  # noqa: E402
-from ppe_ingest.param_table import default_table_path, load_param_table  # noqa: E402
+from bench._record import record
+from ppe_ingest.ctsmio.paramfile import NPFT, create_paramfile, read_paramfile
+from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata, write_surfdata
+from ppe_ingest.design import make_design, write_member_files
+from ppe_ingest.param_table import default_table_path, load_param_table
 
 
 def main() -> None:
@@ -50,7 +50,8 @@ def main() -> None:
         surf = create_surfdata_1d(d / "surfdata.nc", rng.uniform(-60, 70, n), rng.uniform(0, 360, n), fields)
         t_create = time.perf_counter() - t0
         t0 = time.perf_counter()
-        write_surfdata(surf, d / "surfdata_new.nc", {"FMAX": rng.uniform(0.1, 0.6, n), "zbedrock": fields["zbedrock"] * 1.1})
+        write_surfdata(surf, d / "surfdata_new.nc",
+                       {"FMAX": rng.uniform(0.1, 0.6, n), "zbedrock": fields["zbedrock"] * 1.1})
         t_write = time.perf_counter() - t0
         t0 = time.perf_counter()
         read_surfdata(d / "surfdata_new.nc")

@@ -28,13 +28,13 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ppe_ingest.ctsmio.vocabulary import RESPONSES
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._record import record  # noqa: E402
+from bench._record import record
 
 VARS = ["RAIN", "TBOT", "FSDS", "QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM"]
 
@@ -70,8 +70,6 @@ print(json.dumps({"discover": t1 - t0, "theta": t2 - t1, "store": t3 - t2, "wall
 def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress=None):
     """Stand-in for `simulator.ppe.run_ensemble`: (M, G, T) float32 responses from forcing and parameters, cheaply."""
     import numpy as np
-
-    from ppe_ingest.simulator import physics
 
     G, T = sites.sizes["gridcell"], weather.sizes["time"]
     p = np.stack([np.asarray(v, float).reshape(len(v), -1).mean(axis=1) for v in member_params.values()], axis=1)

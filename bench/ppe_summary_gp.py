@@ -20,7 +20,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._record import record  # noqa: E402
+from bench._record import record
 
 
 def data_root() -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._record import record  # noqa: E402
+from bench._record import record
 
 TARGETS_EMU = {"QRUNOFF": 0.95, "EFLX_LH_TOT": 0.97, "SOILWATER_10CM": 0.97}
 IDENTIFIABLE = ("FMAX", "fff", "hksat_sf")
@@ -36,14 +36,16 @@ def lines_from(report: dict, stages: dict) -> list[str]:
     rec = report.get("parameter_recovery") or {}
     for where in ("observed", "unobserved"):
         for p, d in (rec.get(where) or {}).items():
-            tgt = f" (target r >= 0.9: {'met' if d['r'] >= 0.9 else 'NOT met'})" if where == "unobserved" and p in IDENTIFIABLE else ""
+            tgt = (f" (target r >= 0.9: {'met' if d['r'] >= 0.9 else 'NOT met'})"
+                   if where == "unobserved" and p in IDENTIFIABLE else "")
             out.append(f"recovery at {where} gridcells, {p:26s} r {d['r']:.3f}  RMSE {d['rmse']:.4g}  "
                        f"coverage {d.get('coverage', float('nan')):.2f}{tgt}")
     sk = report.get("skill_held_out_years") or {}
     for v, d in (sk.get("inferred") or {}).items():
         dflt = (sk.get("default") or {}).get(v, {}).get("nse_median")
         goal = " (target >= 0.9: " + ("met" if d["nse_median"] >= 0.9 else "NOT met") + ")" if v == "QRUNOFF" else ""
-        out.append(f"held-out-year median NSE at observed sites, {v}: default {dflt:.3f}, inferred {d['nse_median']:.3f}{goal}")
+        out.append(f"held-out-year median NSE at observed sites, {v}: default {dflt:.3f}, "
+                   f"inferred {d['nse_median']:.3f}{goal}")
     for name, d in (report.get("ablation") or {}).items():
         un = d.get("unobserved")
         if isinstance(un, dict):

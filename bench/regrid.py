@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._record import record  # noqa: E402
-from coupler import grids  # noqa: E402
-from coupler.conservative import conservative_weights  # noqa: E402
-from coupler.smm import apply_weights  # noqa: E402
+from bench._record import record
+from coupler import grids
+from coupler.conservative import conservative_weights
+from coupler.smm import apply_weights
 
 
 def data_dir() -> Path:
@@ -67,7 +67,7 @@ def main() -> int:
 
     # xarray-regrid on the same pair as rectilinear lat/lon grids
     import xarray as xr
-    import xarray_regrid  # noqa: F401  (registers the .regrid accessor)
+    import xarray_regrid  # registers the .regrid accessor
 
     ny, nx = src.shape
     slat = src.lat.reshape(ny, nx)[:, 0]
@@ -81,9 +81,11 @@ def main() -> int:
     out = ds.regrid.conservative(target, latitude_coord="lat", skipna=False)["x"].values
     t_xr = time.perf_counter() - t0
     slat_b = np.unique(src.corner_lat.reshape(ny, nx, -1)[:, 0, :])
-    slon_b = np.concatenate([src.corner_lon.reshape(ny, nx, -1)[0, :, 0], src.corner_lon.reshape(ny, nx, -1)[0, -1:, 1]])
+    scorner_lon = src.corner_lon.reshape(ny, nx, -1)
+    slon_b = np.concatenate([scorner_lon[0, :, 0], scorner_lon[0, -1:, 1]])
     dlat_b = np.unique(dst.corner_lat.reshape(*dst.shape, -1)[:, 0, :])
-    dlon_b = np.concatenate([dst.corner_lon.reshape(*dst.shape, -1)[0, :, 0], dst.corner_lon.reshape(*dst.shape, -1)[0, -1:, 1]])
+    dcorner_lon = dst.corner_lon.reshape(*dst.shape, -1)
+    dlon_b = np.concatenate([dcorner_lon[0, :, 0], dcorner_lon[0, -1:, 1]])
     sa, da = band_areas(slat_b, slon_b), band_areas(dlat_b, dlon_b)
     ja = (f.reshape(args.ntime, ny, nx) * sa).sum((1, 2))
     jb = np.nansum(out * da, axis=(1, 2))
@@ -93,11 +95,14 @@ def main() -> int:
     cells = args.ntime * src.n
     lines = [
         f"native conservative weights T42 (8192 cells) -> 2.5 deg (10368 cells): {t_weights:.2f} s, {w.n_s} weights",
-        f"native apply ({args.ntime} time steps, scipy CSR): {t_apply * 1e3:.1f} ms, {cells / t_apply:.3g} source cells/s",
+        f"native apply ({args.ntime} time steps, scipy CSR): {t_apply * 1e3:.1f} ms, "
+        f"{cells / t_apply:.3g} source cells/s",
         f"native conservation error (area-weighted global integral, relative, max over time): {err_native:.2e}",
         f"xarray-regrid {xarray_regrid.__version__} conservative, same pair as rectilinear grids: "
-        f"{t_xr * 1e3:.1f} ms for {args.ntime} time steps (incl. its weight generation), {cells / t_xr:.3g} source cells/s",
-        f"xarray-regrid conservation error (with lat-band cell areas, its geometry): {err_xr:.2e}; NaN outputs: {nan_xr}",
+        f"{t_xr * 1e3:.1f} ms for {args.ntime} time steps (incl. its weight generation), "
+        f"{cells / t_xr:.3g} source cells/s",
+        f"xarray-regrid conservation error (with lat-band cell areas, its geometry): {err_xr:.2e}; "
+        f"NaN outputs: {nan_xr}",
         "note: native weights use great-circle cell edges (as ESMF); xarray-regrid treats latitude edges as parallels",
     ]
     record("regrid: native conservative T42 -> 2.5 deg vs xarray-regrid", lines)

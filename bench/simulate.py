@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench._record import record  # noqa: E402
-from ppe_ingest.simulator import physics  # noqa: E402
-from ppe_ingest.simulator.sites import builtin_sites, static_tensors  # noqa: E402
-from ppe_ingest.simulator.weather import forcing_tensors, generate_weather  # noqa: E402
+from bench._record import record
+from ppe_ingest.simulator import physics
+from ppe_ingest.simulator.sites import builtin_sites, static_tensors
+from ppe_ingest.simulator.weather import forcing_tensors, generate_weather
 
 
 def main(argv=None):

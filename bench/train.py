@@ -14,7 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench._record import record  # noqa: E402
+from bench._record import record
 
 
 def _cfg(config: str, store: str):

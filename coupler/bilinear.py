@@ -15,6 +15,7 @@ from ppe_ingest.base.errors import UserError
 from . import sphere
 from .grids import Grid
 
+
 def _quads(src: Grid) -> np.ndarray:
     ny, nx = src.shape
     lon = src.lon.reshape(ny, nx)
@@ -53,7 +54,8 @@ def _bilinear_st(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.full(T.shape[0], 0.5)
     t = np.full(T.shape[0], 0.5)
     for _ in range(20):
-        F = ((1 - s) * (1 - t))[:, None] * A + (s * (1 - t))[:, None] * B + (s * t)[:, None] * C + ((1 - s) * t)[:, None] * D
+        F = (((1 - s) * (1 - t))[:, None] * A + (s * (1 - t))[:, None] * B
+             + (s * t)[:, None] * C + ((1 - s) * t)[:, None] * D)
         Fs = (1 - t)[:, None] * (B - A) + t[:, None] * (C - D)
         Ft = (1 - s)[:, None] * (D - A) + s[:, None] * (C - B)
         det = Fs[:, 0] * Ft[:, 1] - Fs[:, 1] * Ft[:, 0]
@@ -100,7 +102,9 @@ def bilinear_weights(src: Grid, dst: Grid):
                 T = _tangent(X[q[f[hit]]], pts[hit])
                 s, t = _bilinear_st(T)
                 w4 = np.stack([(1 - s) * (1 - t), s * (1 - t), s * t, (1 - s) * t], -1)
-                rows.append(np.repeat(di[hit], 4)); cols.append(q[f[hit]].ravel()); S.append(w4.ravel())
+                rows.append(np.repeat(di[hit], 4))
+                cols.append(q[f[hit]].ravel())
+                S.append(w4.ravel())
                 left = ~hit
     if left.any():
         si = np.flatnonzero(src.mask)
@@ -120,9 +124,12 @@ def bilinear_weights(src: Grid, dst: Grid):
                     lam = np.linalg.solve(np.transpose(V, (0, 2, 1)), pts[li[hit]][..., None])[..., 0]
                     lam = np.clip(lam, 0, None)
                     lam /= lam.sum(1, keepdims=True)
-                    rows.append(np.repeat(di[li[hit]], 3)); cols.append(tri[f[hit]].ravel()); S.append(lam.ravel())
+                    rows.append(np.repeat(di[li[hit]], 3))
+                    cols.append(tri[f[hit]].ravel())
+                    S.append(lam.ravel())
     if not rows:
-        raise UserError(f"bilinear: no destination point of {dst.source or 'the destination grid'} lies inside the source grid")
+        raise UserError(f"bilinear: no destination point of {dst.source or 'the destination grid'} "
+                        "lies inside the source grid")
     row, col, S = np.concatenate(rows), np.concatenate(cols), np.concatenate(S)
     keep = S > 1e-15
     row, col, S = row[keep], col[keep], S[keep]

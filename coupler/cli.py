@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("regrid", help="regrid between component grids (ESMF weight files)",
                               description="Build regridding weights between grid files (SCRIP, ESMF mesh, UGRID, "
@@ -13,9 +12,12 @@ def register(subparsers) -> None:
     w = sub.add_parser("weights", help="build weights from two grid files")
     w.add_argument("--src", required=True, help="source grid file")
     w.add_argument("--dst", required=True, help="destination grid file")
-    w.add_argument("--method", default="conserve", choices=["conserve", "bilinear", "nearest", "nearest_s2d", "nearest_d2s"])
-    w.add_argument("--norm", default="fracarea", choices=["fracarea", "destarea"], help="conservative normalisation (ESMF's)")
-    w.add_argument("--backend", default="native", choices=["native", "esmpy"], help="native (default) or ESMPy when installed")
+    w.add_argument("--method", default="conserve",
+                   choices=["conserve", "bilinear", "nearest", "nearest_s2d", "nearest_d2s"])
+    w.add_argument("--norm", default="fracarea", choices=["fracarea", "destarea"],
+                   help="conservative normalisation (ESMF's)")
+    w.add_argument("--backend", default="native", choices=["native", "esmpy"],
+                   help="native (default) or ESMPy when installed")
     w.add_argument("--ignore-mask", action="store_true", help="treat every cell as active")
     w.add_argument("--out", required=True, help="output weight file")
     w.set_defaults(func=_weights)
@@ -65,7 +67,7 @@ def _apply(args) -> int:
     rg = Regridder(None, None, weights=args.weights, skipna=args.skipna)
     try:
         ds = xr.open_dataset(args.input)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UserError(f"{args.input}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
     with ds:
         if args.vars:
@@ -75,9 +77,11 @@ def _apply(args) -> int:
             ds = ds[args.vars]
         todo = [v for v in ds.data_vars if rg._find_dims(ds[v])]
         if not todo:
-            raise UserError(f"{args.input}: no variable has horizontal dims matching the weights' {rg.weights.n_a} source cells")
+            raise UserError(f"{args.input}: no variable has horizontal dims matching the weights' "
+                            f"{rg.weights.n_a} source cells")
         out = xr.Dataset({v: rg(ds[v]) for v in todo}, attrs=dict(ds.attrs))
-        out.attrs["history"] = (str(ds.attrs.get("history", "")) + f"\nesm-emu regrid apply --weights {args.weights}").strip()
+        out.attrs["history"] = (str(ds.attrs.get("history", ""))
+                                + f"\nesm-emu regrid apply --weights {args.weights}").strip()
         with atomic_path(args.output, inputs=[args.input, args.weights]) as tmp:
             out.to_netcdf(tmp)
     print(f"{args.output}: {', '.join(todo)} regridded ({rg.method}) to {rg.weights.n_b} cells")
@@ -95,7 +99,7 @@ def _dlnd(args) -> int:
     grid = read_grid(args.grid)
     try:
         ds = xr.open_dataset(args.runoff, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UserError(f"{args.runoff}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
     with ds:
         files = write_lnd2rof(ds, grid, args.out, args.case)

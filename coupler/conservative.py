@@ -56,7 +56,9 @@ def overlap_areas(sub: Grid, clip: Grid, progress=None) -> tuple[np.ndarray, np.
         # slivers from shared edges are round-off, not overlap
         tiny = 1e-12 * np.minimum(sa[bj], ca[bi])
         ok = a > tiny
-        ii.append(bi[ok]); jj.append(bj[ok]); aa.append(a[ok])
+        ii.append(bi[ok])
+        jj.append(bj[ok])
+        aa.append(a[ok])
         if progress is not None:
             progress(bi.size)
     if not ii:

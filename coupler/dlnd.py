@@ -57,6 +57,7 @@ def write_lnd2rof(runoff, grid: Grid, out_dir: os.PathLike | str, case: str, aux
     """
     import cftime
     import xarray as xr
+
     from ppe_ingest.base.atomic import atomic_path
 
     mapping = dict(mapping or {k: v[0] for k, v in LND2ROF.items()})
@@ -87,12 +88,16 @@ def write_lnd2rof(runoff, grid: Grid, out_dir: os.PathLike | str, case: str, aux
         bnds = np.stack([t0, t0 + interval_days], -1)
         tval = bnds.mean(-1)
         first_end = cftime.num2date(bnds[0, 1], units, calendar)
-        stamp = f"{first_end.year:04d}-{first_end.month:02d}-{first_end.day:02d}-{first_end.hour * 3600 + first_end.minute * 60 + first_end.second:05d}"
+        seconds = first_end.hour * 3600 + first_end.minute * 60 + first_end.second
+        stamp = f"{first_end.year:04d}-{first_end.month:02d}-{first_end.day:02d}-{seconds:05d}"
         vars_ = {
-            "time": (("time",), tval, {"long_name": "time", "units": units, "calendar": calendar, "bounds": "time_bnds"}),
+            "time": (("time",), tval,
+                     {"long_name": "time", "units": units, "calendar": calendar, "bounds": "time_bnds"}),
             "time_bnds": (("time", "ntb"), bnds),
-            f"{PREFIX}_lon": ((f"{PREFIX}_ny", f"{PREFIX}_nx"), lon, {"long_name": "longitude", "units": "degrees_east"}),
-            f"{PREFIX}_lat": ((f"{PREFIX}_ny", f"{PREFIX}_nx"), lat, {"long_name": "latitude", "units": "degrees_north"}),
+            f"{PREFIX}_lon": ((f"{PREFIX}_ny", f"{PREFIX}_nx"), lon,
+                              {"long_name": "longitude", "units": "degrees_east"}),
+            f"{PREFIX}_lat": ((f"{PREFIX}_ny", f"{PREFIX}_nx"), lat,
+                              {"long_name": "latitude", "units": "degrees_north"}),
         }
         for fld, src in mapping.items():
             if src in runoff:

@@ -14,9 +14,10 @@ from .grids import Grid
 def available() -> tuple[bool, str]:
     """(True, version) when ESMPy imports, else (False, the reason)."""
     try:
-        import esmpy  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - ImportError or a broken ESMF shared library
-        return False, f"esmpy is not importable ({e.__class__.__name__}: {e}); install it from conda-forge or load an ESMF module"
+        import esmpy
+    except Exception as e:  # ImportError or a broken ESMF shared library
+        return False, (f"esmpy is not importable ({e.__class__.__name__}: {e}); "
+                       "install it from conda-forge or load an ESMF module")
     return True, getattr(esmpy, "__version__", "unknown")
 
 

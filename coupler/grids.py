@@ -85,7 +85,7 @@ class Grid:
         """Area (steradians) of each cell with great-circle edges, as ESMF computes it."""
         return self.polygons()[2]
 
-    def with_mask(self, mask) -> "Grid":
+    def with_mask(self, mask) -> Grid:
         """The same grid with another mask (True = active); `None` makes every cell active."""
         m = np.ones(self.n, dtype=bool) if mask is None else np.asarray(mask).ravel().astype(bool)
         g = replace(self, mask=m, _cache=self._cache)
@@ -342,7 +342,7 @@ def read_grid(path: os.PathLike | str, format: str | None = None, use_mask: bool
         raise UserError(f"{path}: grid file not found")
     try:
         ds = xr.open_dataset(path, decode_times=False, mask_and_scale=False)
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input file
+    except Exception as e:  # any reader failure is a bad input file
         raise UserError(f"{path}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
     with ds:
         fmt = format or detect_format(ds)
@@ -362,7 +362,8 @@ def read_grid(path: os.PathLike | str, format: str | None = None, use_mask: bool
                 if use_mask and mask_var:
                     g = g.with_mask(ds[mask_var].values != 0)
             else:
-                raise UserError(f"{path}: unknown grid format '{fmt}' (SCRIP, ESMFMESH, UGRID, domain, history1d, rectilinear)")
+                raise UserError(f"{path}: unknown grid format '{fmt}' "
+                                "(SCRIP, ESMFMESH, UGRID, domain, history1d, rectilinear)")
         except KeyError as e:
             raise UserError(f"{path}: {fmt} grid file lacks the variable {e.args[0]}") from None
     g.source = str(path)
@@ -381,6 +382,7 @@ def _poly_centres(clon, clat):
 def write_scrip(grid: Grid, path, title: str | None = None) -> Path:
     """Write `grid` as a SCRIP grid file (degrees; grid_area as exact great-circle areas)."""
     import xarray as xr
+
     from ppe_ingest.base.atomic import atomic_path
 
     dims = list(grid.shape[::-1]) if len(grid.shape) == 2 else [grid.n]
@@ -403,6 +405,7 @@ def write_scrip(grid: Grid, path, title: str | None = None) -> Path:
 def write_esmf_mesh(grid: Grid, path, inputs=()) -> Path:
     """Write `grid` as an ESMF unstructured mesh file (the `*_ESMFmesh*.nc` CMEPS and CDEPS read)."""
     import xarray as xr
+
     from ppe_ingest.base.atomic import atomic_path
 
     P, nv, area = grid.polygons()

@@ -83,7 +83,8 @@ class Regridder:
                 raise UserError(f"the {side} grid has {g.n} cells, the weights {n}")
         self.method = weights.method
         self.skipna, self.na_thres = skipna, na_thres
-        self.input_dims = tuple(input_dims) if input_dims else (self.src_grid.dims if self.src_grid is not None else None)
+        self.input_dims = (tuple(input_dims) if input_dims
+                           else (self.src_grid.dims if self.src_grid is not None else None))
         if output_dims:
             self.output_dims = tuple(output_dims)
         elif self.dst_grid is not None:

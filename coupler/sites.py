@@ -124,7 +124,8 @@ def from_points(grid: Grid, lat, lon, names=None) -> AreaMap:
     names = list(names) if names is not None else [f"site{i}" for i in range(lat.size)]
     bad = np.flatnonzero(idx < 0)
     if bad.size:
-        raise UserError(f"site '{names[bad[0]]}' ({lat[bad[0]]}, {lon[bad[0]]}) lies in no active cell of {grid.source or 'the grid'}")
+        raise UserError(f"site '{names[bad[0]]}' ({lat[bad[0]]}, {lon[bad[0]]}) lies in no active cell of "
+                        f"{grid.source or 'the grid'}")
     A = csr_matrix((np.ones(lat.size), (np.arange(lat.size), idx)), shape=(lat.size, grid.n))
     return AreaMap(A, grid, names, "points")
 
@@ -168,7 +169,8 @@ def read_geojson(path: os.PathLike | str, name_property: str | None = None):
         elif geom.get("type") == "MultiPolygon":
             parts = geom["coordinates"]
         else:
-            raise UserError(f"{path}: feature {k} has geometry type {geom.get('type')!r}; Polygon or MultiPolygon expected")
+            raise UserError(f"{path}: feature {k} has geometry type {geom.get('type')!r}; "
+                            "Polygon or MultiPolygon expected")
         for poly in parts:
             for r, ring in enumerate(poly):
                 ring = np.asarray(ring, float)[:, :2]
@@ -176,7 +178,9 @@ def read_geojson(path: os.PathLike | str, name_property: str | None = None):
                     ring = ring[:-1]
                 if len(ring) < 3:
                     raise UserError(f"{path}: feature {k} has a ring with fewer than 3 points")
-                rings.append(ring); signs.append(1.0 if r == 0 else -1.0); groups.append(len(names))
+                rings.append(ring)
+                signs.append(1.0 if r == 0 else -1.0)
+                groups.append(len(names))
         names.append(str(props.get(name_property, k)) if name_property else str(props.get("name", props.get("id", k))))
     if not rings:
         raise UserError(f"{path}: no polygons found")
@@ -229,7 +233,9 @@ def from_centroids(grid: Grid, lat, lon, area_km2, names=None) -> AreaMap:
         n = min(n, cells.size)
         take = cell_area[cells[:n]].copy()
         take[-1] -= max(cum[n - 1] - area_sr[u], 0.0)
-        rows += [u] * n; cols += list(cells[:n]); vals += list(take)
+        rows += [u] * n
+        cols += list(cells[:n])
+        vals += list(take)
     A = csr_matrix((vals, (rows, cols)), shape=(lat.size, grid.n))
     names = list(names) if names is not None else [f"basin{i}" for i in range(lat.size)]
     return AreaMap(A, grid, names, "centroid+area", approximate=True, note=APPROX_NOTE)

@@ -71,7 +71,7 @@ class Weights:
         """True for destination cells that receive any weight."""
         return np.bincount(self.row, minlength=self.n_b) > 0
 
-    def renormalize(self, normalization: str) -> "Weights":
+    def renormalize(self, normalization: str) -> Weights:
         """Convert conservative weights between 'destarea' and 'fracarea' using frac_b (as ESMF)."""
         if normalization == self.normalization:
             return self
@@ -90,16 +90,23 @@ class Weights:
 def _grid_vars(grid: Grid | None, n: int, shape, s: str, io: str, area, frac) -> dict:
     v = {}
     if grid is not None:
-        v[f"xc_{s}"] = ((f"n_{s}",), grid.lon, {"long_name": f"longitude of grid cell center ({io})", "units": "degrees"})
-        v[f"yc_{s}"] = ((f"n_{s}",), grid.lat, {"long_name": f"latitude of grid cell center ({io})", "units": "degrees"})
+        v[f"xc_{s}"] = ((f"n_{s}",), grid.lon,
+                        {"long_name": f"longitude of grid cell center ({io})", "units": "degrees"})
+        v[f"yc_{s}"] = ((f"n_{s}",), grid.lat,
+                        {"long_name": f"latitude of grid cell center ({io})", "units": "degrees"})
         if grid.has_corners:
-            v[f"xv_{s}"] = ((f"n_{s}", f"nv_{s}"), grid.corner_lon, {"long_name": f"longitude of grid cell vertices ({io})", "units": "degrees"})
-            v[f"yv_{s}"] = ((f"n_{s}", f"nv_{s}"), grid.corner_lat, {"long_name": f"latitude of grid cell vertices ({io})", "units": "degrees"})
-        v[f"mask_{s}"] = ((f"n_{s}",), grid.mask.astype(np.int32), {"long_name": f"domain mask ({io})", "units": "unitless"})
+            v[f"xv_{s}"] = ((f"n_{s}", f"nv_{s}"), grid.corner_lon,
+                            {"long_name": f"longitude of grid cell vertices ({io})", "units": "degrees"})
+            v[f"yv_{s}"] = ((f"n_{s}", f"nv_{s}"), grid.corner_lat,
+                            {"long_name": f"latitude of grid cell vertices ({io})", "units": "degrees"})
+        v[f"mask_{s}"] = ((f"n_{s}",), grid.mask.astype(np.int32),
+                          {"long_name": f"domain mask ({io})", "units": "unitless"})
     if area is not None:
-        v[f"area_{s}"] = ((f"n_{s}",), np.asarray(area, float), {"long_name": f"area of cell ({io})", "units": "square radians"})
+        v[f"area_{s}"] = ((f"n_{s}",), np.asarray(area, float),
+                          {"long_name": f"area of cell ({io})", "units": "square radians"})
     if frac is not None:
-        v[f"frac_{s}"] = ((f"n_{s}",), np.asarray(frac, float), {"long_name": f"fraction of cell covered ({io})", "units": "unitless"})
+        v[f"frac_{s}"] = ((f"n_{s}",), np.asarray(frac, float),
+                          {"long_name": f"fraction of cell covered ({io})", "units": "unitless"})
     rank = "src_grid_rank" if s == "a" else "dst_grid_rank"
     v["src_grid_dims" if s == "a" else "dst_grid_dims"] = ((rank,), np.asarray(shape[::-1], dtype=np.int32))
     return v
@@ -108,11 +115,12 @@ def _grid_vars(grid: Grid | None, n: int, shape, s: str, io: str, area, frac) ->
 def write_weights(w: Weights, path: os.PathLike | str, inputs=(), extra_attrs: dict | None = None) -> Path:
     """Write `w` as an ESMF offline weight file (temporary name, then rename)."""
     import xarray as xr
+
     from ppe_ingest.base.atomic import atomic_path
 
     try:
         from esm_emu import __version__ as version
-    except Exception:  # noqa: BLE001
+    except Exception:
         version = "unknown"
     vars_ = {}
     vars_.update(_grid_vars(w.src, w.n_a, w.src_shape, "a", "input", w.area_a, w.frac_a))
@@ -165,8 +173,10 @@ def read_weights(path: os.PathLike | str) -> Weights:
         row = np.asarray(v[names[1]][:], dtype=np.int64) - 1
         col = np.asarray(v[names[2]][:], dtype=np.int64) - 1
         dims = nc.dimensions
-        n_a = len(dims["n_a"]) if "n_a" in dims else len(dims["src_grid_size"]) if "src_grid_size" in dims else int(col.max()) + 1
-        n_b = len(dims["n_b"]) if "n_b" in dims else len(dims["dst_grid_size"]) if "dst_grid_size" in dims else int(row.max()) + 1
+        n_a = (len(dims["n_a"]) if "n_a" in dims
+               else len(dims["src_grid_size"]) if "src_grid_size" in dims else int(col.max()) + 1)
+        n_b = (len(dims["n_b"]) if "n_b" in dims
+               else len(dims["dst_grid_size"]) if "dst_grid_size" in dims else int(row.max()) + 1)
         if S.size and (row.min() < 0 or col.min() < 0 or row.max() >= n_b or col.max() >= n_a):
             raise UserError(f"{path}: row/col indices outside 1..n_b / 1..n_a")
 
@@ -190,7 +200,8 @@ def read_weights(path: os.PathLike | str) -> Weights:
         src_shape, dst_shape = shape("src_grid_dims", n_a), shape("dst_grid_dims", n_b)
         attrs = {k: nc.getncattr(k) for k in nc.ncattrs()}
         method = {"Conservative remapping": "conserve", "Bilinear remapping": "bilinear",
-                  "Nearest source to destination": "nearest_s2d"}.get(str(attrs.get("map_method")), str(attrs.get("map_method", "unknown")))
+                  "Nearest source to destination": "nearest_s2d"}.get(str(attrs.get("map_method")),
+                                                                      str(attrs.get("map_method", "unknown")))
         return Weights(S, row, col, n_a, n_b, get("frac_a"), get("frac_b"), get("area_a"), get("area_b"),
                        grid("a", n_a, src_shape), grid("b", n_b, dst_shape), method,
                        str(attrs.get("normalization", "none")), attrs, src_shape, dst_shape)

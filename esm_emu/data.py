@@ -16,11 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ppe_ingest.base.errors import UserError
 from ppe_ingest import store as contract
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.vocabulary import RESPONSES
 from ppe_ingest.store import TRAIN, VAL
-
 
 
 def _open(path):
@@ -32,7 +31,7 @@ def _open(path):
         raise UserError(f"{path}: store not found (write it with `esm-emu ingest`)")
     try:
         return xr.open_dataset(path, chunks={})
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
+    except Exception as e:  # any reader failure is a bad file for the user
         raise UserError(f"{path}: cannot open as a store ({type(e).__name__}: {e})") from None
 
 

@@ -67,7 +67,8 @@ class Distributed:
             self.rank, self.world_size = comm.Get_rank(), comm.Get_size()
             self.local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank).Get_rank()
         if device is None:
-            device = f"cuda:{self.local_rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
+            device = (f"cuda:{self.local_rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available()
+                      else "cpu")
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -153,11 +154,11 @@ class Distributed:
         os._exit(1)  # torchrun: the agent sees the exit and stops the other ranks
 
     @contextlib.contextmanager
-    def guard(self, prog: str = "esm-emu") -> Iterator["Distributed"]:
+    def guard(self, prog: str = "esm-emu") -> Iterator[Distributed]:
         """Run a block; on several ranks an exception there ends the whole job instead of hanging it."""
         try:
             yield self
-        except BaseException as e:  # noqa: BLE001 - every failure must take the job down
+        except BaseException as e:  # every failure must take the job down
             if not self.is_distributed or isinstance(e, SystemExit) and not e.code:
                 raise
             self.abort(e, prog)

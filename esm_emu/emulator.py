@@ -45,7 +45,7 @@ class Emulator(nn.Module):
 
     @classmethod
     def build(cls, model_cfg: Mapping, normalizer: Normalizer, forcing_names, static_names, param_names,
-              response_names) -> "Emulator":
+              response_names) -> Emulator:
         dims = dict(n_forcing=len(forcing_names), n_cond=len(static_names) + len(param_names),
                     n_param=len(param_names), n_response=len(response_names))
         return cls(build_model(model_cfg, dims), normalizer, forcing_names, static_names, param_names,
@@ -71,9 +71,11 @@ class Emulator(nn.Module):
             raise ValueError(f"forcing must be (B, T, {len(self.forcing_names)}) for {self.forcing_names}, "
                              f"got {tuple(forcing.shape)}")
         if static.dim() != 2 or static.shape[-1] != len(self.static_names):
-            raise ValueError(f"static must be (B, {len(self.static_names)}) for {self.static_names}, got {tuple(static.shape)}")
+            raise ValueError(f"static must be (B, {len(self.static_names)}) for {self.static_names}, "
+                             f"got {tuple(static.shape)}")
         if theta.dim() != 2 or theta.shape[-1] != len(self.param_names):
-            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, got {tuple(theta.shape)}")
+            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, "
+                             f"got {tuple(theta.shape)}")
 
     def payload(self) -> dict:
         """Everything needed to rebuild this emulator, in types `torch.load(weights_only=True)` accepts."""
@@ -107,7 +109,8 @@ class TabularEmulator(nn.Module):
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if theta.dim() != 2 or theta.shape[-1] != len(self.param_names):
-            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, got {tuple(theta.shape)}")
+            raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, "
+                             f"got {tuple(theta.shape)}")
         return self.norm.response.inverse(self.core(self.norm.theta(theta)))
 
     def payload(self) -> dict:
@@ -139,7 +142,8 @@ def load_emulator(path: str | os.PathLike, map_location: str | torch.device = "c
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a corrupt or foreign file: one line naming it
-        raise UserError(f"{path}: not a readable esm-emu checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable esm-emu checkpoint "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
     payload = obj.get("emulator") if isinstance(obj, Mapping) else None
     if payload is None:
         raise UserError(f"{path}: not an esm-emu checkpoint (no 'emulator' entry)")

@@ -19,7 +19,6 @@ import torch
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
-
 from ppe_ingest.store import TEST, TRAIN, VAL
 
 from .data import SequenceStore, SummaryTable
@@ -199,8 +198,10 @@ def _plots(st: SequenceStore, series: dict, per_gc: list[dict], out_dir: Path):
         ax = axes[0, r]
         pts = [d for d in per_gc if d["variable"] == var and d["group"] in ("members", "members_x_gridcells")]
         if pts:
+            finite = [d["NSE"] for d in pts if np.isfinite(d["NSE"])]
             sc = ax.scatter([d["lon"] for d in pts], [d["lat"] for d in pts], c=[d["NSE"] for d in pts],
-                            cmap="viridis", vmin=max(0.0, min(d["NSE"] for d in pts if np.isfinite(d["NSE"])) if any(np.isfinite(d["NSE"]) for d in pts) else 0.0), vmax=1.0, s=30, edgecolors="k", linewidths=0.3)
+                            cmap="viridis", vmin=max(0.0, min(finite)) if finite else 0.0, vmax=1.0, s=30,
+                            edgecolors="k", linewidths=0.3)
             fig.colorbar(sc, ax=ax, label="NSE")
         ax.set_title(f"{var}: per-gridcell NSE")
         ax.set_xlabel("longitude [deg]")
@@ -216,7 +217,8 @@ def _evaluate_tabular(emu, store, cfg, out_dir: Path, plots: bool) -> dict:
     seed = (cfg.get("train") or {}).get("seed", 0)
     frac = (cfg.get("data") or {}).get("val_fraction", 0.2)
     if tab.split_member is not None:
-        idx = np.flatnonzero(tab.split_member == TEST) if (tab.split_member == TEST).any() else np.flatnonzero(tab.split_member == VAL)
+        held_out = TEST if (tab.split_member == TEST).any() else VAL
+        idx = np.flatnonzero(tab.split_member == held_out)
     else:
         perm = np.random.default_rng([seed, 31]).permutation(len(tab.theta))
         idx = np.sort(perm[:max(1, int(round(frac * len(tab.theta))))])

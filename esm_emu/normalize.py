@@ -1,8 +1,9 @@
 """Normalisation from the training store's statistics, as a torch module.
 
 The store (`ppe_ingest.store`) holds train-split statistics per (norm_group, norm_var) and the
-log-transformed variables: those are normalised as (log(max(x, 0) + log_eps) - mean) / std. Living in a module (buffers), the statistics travel inside
-checkpoints and the exported TorchScript, so callers always work in physical units.
+log-transformed variables: those are normalised as (log(max(x, 0) + log_eps) - mean) / std.
+Living in a module (buffers), the statistics travel inside checkpoints and the exported
+TorchScript, so callers always work in physical units.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Normalizer(nn.Module):
         self.response = response
 
     @classmethod
-    def from_store(cls, ds, forcing_names, static_names, param_names, response_names) -> "Normalizer":
+    def from_store(cls, ds, forcing_names, static_names, param_names, response_names) -> Normalizer:
         """Build from an opened store (xarray Dataset following `ppe_ingest.store`)."""
         st = contract.norm_stats(ds)
 
@@ -66,7 +67,9 @@ class Normalizer(nn.Module):
                    scaler(param_names, contract.GROUP_PARAM), scaler(response_names, contract.GROUP_VARIABLE))
 
     @classmethod
-    def empty(cls, nf: int, ns: int, npar: int, nr: int) -> "Normalizer":
+    def empty(cls, nf: int, ns: int, npar: int, nr: int) -> Normalizer:
         """Identity-initialised placeholder whose buffers a state_dict then fills."""
-        mk = lambda n: Scaler(np.zeros(n), np.ones(n), [False] * n, 1e-6)
+        def mk(n):
+            return Scaler(np.zeros(n), np.ones(n), [False] * n, 1e-6)
+
         return cls(mk(nf), mk(ns), mk(npar), mk(nr))

@@ -13,6 +13,7 @@ import xarray as xr
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+
 from .param_table import ParamTable
 
 NAMELIST_HEADER = "! user_nl_clm namelist options written by generate_params:"
@@ -56,7 +57,10 @@ def make_design(table: ParamTable, n_members: int, seed: int | None = None, pref
             s0 = np.where(hi != lo, (d - lo) / (hi - lo), 0.0)
         s, theta = np.vstack([s0, s]), np.vstack([d, theta])
         members = [f"{prefix}0000"] + members
-    str_attr = lambda f: np.array([f(table[p]) for p in params], dtype=object)
+
+    def str_attr(f):
+        return np.array([f(table[p]) for p in params], dtype=object)
+
     ds = xr.Dataset(
         {
             "s": (("member", "param"), s, {"long_name": "unit-hypercube position", "units": "1"}),

@@ -29,13 +29,16 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
     snow = np.where(tbot < 273.15, rain, 0.0)
     rain = np.where(tbot < 273.15, 0.0, rain)
     forcing = dict(RAIN=rain, SNOW=snow, TBOT=tbot, FSDS=fsds, FLDS=300 + 0.8 * (tbot - 283),
-                   QBOT=np.broadcast_to(0.006 + 0.003 * season, (G, T)), PBOT=np.full((G, T), 95000.0) + rng.normal(0, 200, (G, T)),
+                   QBOT=np.broadcast_to(0.006 + 0.003 * season, (G, T)),
+                   PBOT=np.full((G, T), 95000.0) + rng.normal(0, 200, (G, T)),
                    WIND=np.abs(rng.normal(3, 1, (G, T))))
     theta = np.stack([rng.uniform(0.2, 2.0, M), rng.uniform(2.0, 8.0, M)], axis=1)
     static = np.stack([rng.uniform(10, 80, G), rng.uniform(0.1, 0.5, G)], axis=1)
     # bucket: w (kg/m2) gets precipitation, loses ET (FSDS-driven) and drainage (rate from params)
     w = np.full((M, G), 30.0)
-    q = np.zeros((M, G, T)); le = np.zeros((M, G, T)); sw = np.zeros((M, G, T))
+    q = np.zeros((M, G, T))
+    le = np.zeros((M, G, T))
+    sw = np.zeros((M, G, T))
     kd = 0.02 * theta[:, 0:1] * (0.5 + static[None, :, 0] / 80)
     fmax = static[None, :, 1]
     et_scale = theta[:, 1:2] / 5.0
@@ -53,11 +56,17 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
     resp = dict(QRUNOFF=q, EFLX_LH_TOT=le, SOILWATER_10CM=sw)
     resp["QRUNOFF"][0, 0, 10:20] = np.nan  # a gap: NaN = missing
     members = [f"LHC{i + 1:04d}" for i in range(M)]
-    split_m = np.zeros(M, np.int8); split_m[-3] = 1; split_m[-2:] = 2
-    split_g = np.zeros(G, np.int8); split_g[-2] = 1; split_g[-1] = 2
-    split_t = np.zeros(T, np.int8); split_t[-365:] = 2
+    split_m = np.zeros(M, np.int8)
+    split_m[-3] = 1
+    split_m[-2:] = 2
+    split_g = np.zeros(G, np.int8)
+    split_g[-2] = 1
+    split_g[-1] = 2
+    split_t = np.zeros(T, np.int8)
+    split_t[-365:] = 2
     ds = xr.Dataset(coords=dict(member=members, gridcell=np.arange(G), param=PARAMS, field=STATIC,
-                                time=xr.date_range("2000-01-01", periods=T, freq="D", calendar="noleap", use_cftime=True),
+                                time=xr.date_range("2000-01-01", periods=T, freq="D", calendar="noleap",
+                                                   use_cftime=True),
                                 grid1d_lat=("gridcell", rng.uniform(30, 48, G)),
                                 grid1d_lon=("gridcell", rng.uniform(240, 290, G))))
     units = dict(RAIN="mm/s", SNOW="mm/s", TBOT="K", FSDS="W/m^2", FLDS="W/m^2", QBOT="kg/kg", PBOT="Pa",
@@ -68,7 +77,8 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
     for k, v in resp.items():
         ds[k] = (("member", "gridcell", "time"), v.astype(np.float32), {"units": units[k]})
     ds["theta"] = (("member", "param"), theta)
-    ds["theta_min"] = ("param", [0.2, 2.0]); ds["theta_max"] = ("param", [2.0, 8.0])
+    ds["theta_min"] = ("param", [0.2, 2.0])
+    ds["theta_max"] = ("param", [2.0, 8.0])
     ds["param_location"] = ("param", ["P", "P"])
     ds["static"] = (("gridcell", "field"), static)
     logs = ["QRUNOFF"]
@@ -77,18 +87,27 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
     names, mean, std = [], [], []
     for k in FORCING:
         x = ds[k].values[..., tr_g, :][..., tr_t] if shared_forcing else ds[k].values[tr_m][:, tr_g][..., tr_t]
-        names.append(k); mean.append(float(np.mean(x))); std.append(float(np.std(x)))
+        names.append(k)
+        mean.append(float(np.mean(x)))
+        std.append(float(np.std(x)))
     for k in RESPONSES:
         x = ds[k].values[tr_m][:, tr_g][..., tr_t]
         if k in logs:
             x = np.log(x + eps)
-        names.append(k); mean.append(float(np.nanmean(x))); std.append(float(np.nanstd(x)))
+        names.append(k)
+        mean.append(float(np.nanmean(x)))
+        std.append(float(np.nanstd(x)))
     for i, k in enumerate(STATIC):
-        names.append(k); mean.append(float(static[tr_g, i].mean())); std.append(float(static[tr_g, i].std()))
+        names.append(k)
+        mean.append(float(static[tr_g, i].mean()))
+        std.append(float(static[tr_g, i].std()))
     for i, k in enumerate(PARAMS):
-        names.append(k); mean.append(float(theta[tr_m, i].mean())); std.append(float(theta[tr_m, i].std()))
+        names.append(k)
+        mean.append(float(theta[tr_m, i].mean()))
+        std.append(float(theta[tr_m, i].std()))
     ds = ds.assign_coords(norm_var=names)
-    ds["norm_mean"] = ("norm_var", mean); ds["norm_std"] = ("norm_var", std)
+    ds["norm_mean"] = ("norm_var", mean)
+    ds["norm_std"] = ("norm_var", std)
     flags = {"flag_values": [0, 1, 2], "flag_meanings": "train val test"}
     ds["split_member"] = ("member", split_m, flags)
     ds["split_gridcell"] = ("gridcell", split_g, flags)
@@ -102,8 +121,9 @@ def make_store(path, n_member=10, n_grid=6, n_years=3, seed=0, shared_forcing=Tr
 
 def write_config(folder, store, run_dir="run", model=None, data=None, train=None, evaluate=None):
     """An `emulator:` YAML config for tiny, fast runs; returns its path."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     cfg = {"store": str(store), "run_dir": str(run_dir),
            "model": {"name": "lstm", "hidden": 16, "embed": 8, **(model or {})},

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
 from _ingest_ppe import make_ppe, sim_ppe
+
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ingest.catalog import open_catalog, write_catalog
 from ppe_ingest.ingest.discover import discover

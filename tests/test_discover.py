@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from _ingest_ppe import CASE, make_ppe, sim_ppe
+
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover

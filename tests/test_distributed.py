@@ -6,8 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from emu_store import make_store, write_config
+from emu_store import read_losses as _losses
 
-from emu_store import make_store, read_losses as _losses, write_config
 from esm_emu.cli import main
 
 BIN = Path(sys.executable).parent

@@ -22,7 +22,8 @@ def test_lnd2rof_files_as_cmeps_writes_them(tmp_path):
     g = grids.regular(4, 8)
     ro = _runoff(g)
     files = write_lnd2rof(ro, g, tmp_path, case="emu_run")
-    assert [f.name for f in files] == ["emu_run.cpl.hx.l2r.2003-01-02-00000.nc", "emu_run.cpl.hx.l2r.2004-01-02-00000.nc"]
+    assert [f.name for f in files] == ["emu_run.cpl.hx.l2r.2003-01-02-00000.nc",
+                                       "emu_run.cpl.hx.l2r.2004-01-02-00000.nc"]
     with xr.open_dataset(files[1], decode_times=False) as ds:
         for fld in ("rofsur", "rofsub", "rofgwl", "rofi"):
             v = ds[f"lndImp_Flrl_{fld}"]

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from emu_store import make_store, write_config
+
 from esm_emu.cli import main
 
 
@@ -33,7 +33,8 @@ def test_evaluation_at_end_of_training_writes_every_group(trained):
     for png in ("hydrographs.png", "scatter.png", "nse_map.png"):
         assert (ev / png).stat().st_size > 5000
     per = pd.read_csv(ev / "metrics_per_series.csv")
-    assert set(per.columns) >= {"group", "member", "gridcell", "lat", "lon", "variable", "NSE", "KGE", "RMSE", "bias", "R2"}
+    assert set(per.columns) >= {"group", "member", "gridcell", "lat", "lon", "variable",
+                                "NSE", "KGE", "RMSE", "bias", "R2"}
     gc = pd.read_csv(ev / "metrics_per_gridcell.csv")
     assert np.isfinite(gc["lat"]).all()
 

@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 import torch
-
 from emu_store import make_store, write_config
+
 from esm_emu.cli import main
 from esm_emu.emulator import load_emulator
 

@@ -66,7 +66,8 @@ def test_ctsm_domain_and_history_files(shared_data):
 def test_rectilinear_from_xarray_uses_cf_bounds():
     import xarray as xr
 
-    ds = xr.Dataset(coords={"lat": ("lat", [-45.0, 45.0], {"bounds": "lat_bnds"}), "lon": ("lon", [45.0, 135.0, 225.0, 315.0])})
+    ds = xr.Dataset(coords={"lat": ("lat", [-45.0, 45.0], {"bounds": "lat_bnds"}),
+                            "lon": ("lon", [45.0, 135.0, 225.0, 315.0])})
     ds["lat_bnds"] = (("lat", "nb"), [[-90.0, 0.0], [0.0, 90.0]])
     g = grids.from_xarray(ds)
     assert g.shape == (2, 4)

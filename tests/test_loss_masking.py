@@ -11,11 +11,12 @@ from ppe_ingest.base.config import validate
 
 def test_nan_targets_outside_the_mask_leave_gradients_finite():
     torch.manual_seed(0)
-    norm = Normalizer(Scaler(np.zeros(2), np.ones(2), [False] * 2, 1e-6), Scaler(np.zeros(1), np.ones(1), [False], 1e-6),
+    norm = Normalizer(Scaler(np.zeros(2), np.ones(2), [False] * 2, 1e-6),
+                      Scaler(np.zeros(1), np.ones(1), [False], 1e-6),
                       Scaler(np.zeros(1), np.ones(1), [False], 1e-6),
                       Scaler(np.zeros(2), np.ones(2), [True, False], 1e-8))
-    emu = Emulator.build(validate({"name": "lstm", "hidden": 8, "embed": 4}, MODEL), norm, ["RAIN", "TBOT"], ["PCT_SAND"], ["fff"],
-                         ["QRUNOFF", "EFLX_LH_TOT"])
+    emu = Emulator.build(validate({"name": "lstm", "hidden": 8, "embed": 4}, MODEL), norm, ["RAIN", "TBOT"],
+                         ["PCT_SAND"], ["fff"], ["QRUNOFF", "EFLX_LH_TOT"])
     loss = SequenceLoss(emu)
     forcing, static, theta = torch.rand(3, 20, 2), torch.rand(3, 1), torch.rand(3, 1)
     target = torch.rand(3, 20, 2)

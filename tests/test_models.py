@@ -14,8 +14,10 @@ CASES = {"lstm": BASE, "ea_lstm": dict(BASE, ea_gate=True),
 
 def _norm():
     # a real (non-identity) normaliser with a log-transformed response, like the store's QRUNOFF
-    return Normalizer(Scaler([1, 2, 3], [2, 2, 2], [False] * 3, 1e-6), Scaler([10, 0.3], [5, 0.1], [False] * 2, 1e-6),
-                      Scaler([1, 1, 1, 1], [0.5] * 4, [False] * 4, 1e-6), Scaler([-12, 30], [2, 10], [True, False], 1e-6))
+    return Normalizer(Scaler([1, 2, 3], [2, 2, 2], [False] * 3, 1e-6),
+                      Scaler([10, 0.3], [5, 0.1], [False] * 2, 1e-6),
+                      Scaler([1, 1, 1, 1], [0.5] * 4, [False] * 4, 1e-6),
+                      Scaler([-12, 30], [2, 10], [True, False], 1e-6))
 
 
 def _emu(cfg):
@@ -90,7 +92,8 @@ def test_load_emulator_bad_files(tmp_path):
 
 
 def test_tabular_emulator():
-    norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6), Scaler([0.5] * 3, [0.3] * 3, [False] * 3, 1e-6),
+    norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6),
+                      Scaler([0.5] * 3, [0.3] * 3, [False] * 3, 1e-6),
                       Scaler([2.0, 40.0], [0.5, 5.0], [False, False], 1e-6))
     emu = TabularEmulator.build(dict(name="tabular", hidden=8, layers=2, dropout=0.0), norm, ["p", "q", "r"],
                                 ["TLAI", "EFLX_LH_TOT"])

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.obs.camels import (read_camels_attributes, read_camels_forcing,
-                                   read_camels_streamflow)
+from ppe_ingest.obs.camels import read_camels_attributes, read_camels_forcing, read_camels_streamflow
 from ppe_ingest.obs.io import read_obs, write_obs
 from ppe_ingest.obs.schema import make_obs
 

@@ -5,10 +5,15 @@ import numpy as np
 import pytest
 
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.obs.camels import read_camels_forcing
 from ppe_ingest.ctsmio.vocabulary import FORCING as FORCING_VARS
-from ppe_ingest.obs.forcing import (longwave_brutsaert, longwave_idso,
-                                    partition_precip, pressure_from_elevation, specific_humidity)
+from ppe_ingest.obs.camels import read_camels_forcing
+from ppe_ingest.obs.forcing import (
+    longwave_brutsaert,
+    longwave_idso,
+    partition_precip,
+    pressure_from_elevation,
+    specific_humidity,
+)
 
 
 def test_partition_follows_ctsm_ramp():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.param_table import ParamSpec, default_table_path, load_oaat_key, load_param_table
 
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")

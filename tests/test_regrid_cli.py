@@ -53,7 +53,8 @@ def test_bad_inputs_exit_nonzero_with_one_line(tmp_path, shared_data, capsys):
     r = _run("regrid", "weights", "--src", src, "--dst", src, "--out", src, capsys=capsys)
     assert r.returncode == 2 and "refusing to overwrite" in r.stderr
     w = tmp_path / "w.nc"
-    assert _run("regrid", "weights", "--src", src, "--dst", src, "--method", "nearest", "--out", w, capsys=capsys).returncode == 0
+    r = _run("regrid", "weights", "--src", src, "--dst", src, "--method", "nearest", "--out", w, capsys=capsys)
+    assert r.returncode == 0
     xr.Dataset({"x": (("n",), np.ones(3))}).to_netcdf(tmp_path / "in.nc")
     r = _run("regrid", "apply", "--weights", w, tmp_path / "in.nc", tmp_path / "out.nc", capsys=capsys)
     assert r.returncode == 2 and "no variable has horizontal dims" in r.stderr
@@ -64,8 +65,10 @@ def test_dlnd_command_prints_case_settings(tmp_path, capsys):
     g = grids.regular(4, 8)
     grids.write_scrip(g, tmp_path / "lnd.nc")
     time = xr.date_range("2001-01-01", periods=31, freq="D", calendar="noleap", use_cftime=True)
-    xr.Dataset({"QOVER": (("time", "lat", "lon"), np.full((31, 4, 8), 1e-5))}, coords={"time": time}).to_netcdf(tmp_path / "ro.nc")
-    r = _run("regrid", "dlnd", tmp_path / "ro.nc", "--grid", tmp_path / "lnd.nc", "--case", "emu", "--out", tmp_path / "out", capsys=capsys)
+    xr.Dataset({"QOVER": (("time", "lat", "lon"), np.full((31, 4, 8), 1e-5))},
+               coords={"time": time}).to_netcdf(tmp_path / "ro.nc")
+    r = _run("regrid", "dlnd", tmp_path / "ro.nc", "--grid", tmp_path / "lnd.nc", "--case", "emu",
+             "--out", tmp_path / "out", capsys=capsys)
     assert r.returncode == 0, r.stderr
     assert "./xmlchange DLND_CPLHIST_CASE=emu" in r.stdout and "rof_forcing:meshfile" in r.stdout
     assert (tmp_path / "out" / "emu.cpl.hx.l2r.2001-01-02-00000.nc").exists()

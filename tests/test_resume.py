@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from emu_store import make_store, write_config
+
 from esm_emu.cli import main
 
 EXE = shutil.which("esm-emu", path=str(Path(sys.executable).parent)) or shutil.which("esm-emu")

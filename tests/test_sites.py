@@ -73,7 +73,8 @@ def test_basins_from_a_mesh_file(shared_data):
 
 
 def test_camels_centroid_area_approximation_says_so(shared_data, grid):
-    topo = shared_data("camels_us", "neuralhydrology_test_data", "camels_us", "camels_attributes_v2.0", "camels_topo.txt")
+    topo = shared_data("camels_us", "neuralhydrology_test_data", "camels_us", "camels_attributes_v2.0",
+                       "camels_topo.txt")
     import pandas as pd
 
     t = pd.read_csv(topo, sep=";", dtype={"gauge_id": str})

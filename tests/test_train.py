@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from emu_store import make_store, write_config
+from emu_store import read_losses as _losses
 
-from emu_store import make_store, read_losses as _losses, write_config
 from esm_emu.cli import main
 from esm_emu.emulator import load_emulator
 

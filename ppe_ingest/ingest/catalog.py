@@ -25,6 +25,7 @@ import pandas as pd
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+
 from .discover import Ppe
 
 GROUPBY = ["component", "stream", "case", "frequency"]

@@ -9,7 +9,6 @@ other gridcells, other units, duplicate), becomes a Problem in the Report.
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.base.netcdf import NC_LOCK
+
 from .checks import CTSM_UNITS, Report, units_ok
 
 # HDF5 and netCDF-C are not thread-safe: every netCDF4 call in the ingest holds this lock.
@@ -244,7 +244,8 @@ def _check_members(ppe: Ppe, variables) -> None:
         for h in sorted(hs, key=lambda h: str(h.path)):
             for t in (h.tape, float(h.times[0])), (h.tape, float(h.times[-1])):
                 if t in seen and seen[t] is not h:
-                    report.add(h.path, m, f"duplicate member: tape {h.tape} time {h.time_range} is also in {seen[t].path}")
+                    report.add(h.path, m,
+                               f"duplicate member: tape {h.tape} time {h.time_range} is also in {seen[t].path}")
                     break
                 seen[t] = h
     # The common layout: the (tape, time range) files, gridcells and variables most members have.

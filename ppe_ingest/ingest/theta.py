@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ppe_ingest.base.errors import UserError
+
 from .checks import Report
 
 RTOL = 1e-5  # design tables are written with ~6 significant digits in some PPEs
@@ -27,7 +28,9 @@ def _as_float(value, where: str) -> float:
             raise UserError(f"{where}: expected one value, got {len(value)}")
         value = value[0]
     try:
-        return float(str(value).replace("d", "e").replace("D", "e")) if not isinstance(value, (int, float)) else float(value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        return float(str(value).replace("d", "e").replace("D", "e"))
     except ValueError:
         raise UserError(f"{where}: value {value!r} is not a number") from None
 
@@ -41,7 +44,8 @@ def _reduce(name: str, arr: np.ndarray, spec, base=None) -> tuple[float, str]:
         base = np.asarray(base, dtype="f8")
         nz = base != 0
         if spec.transform == "multiplicative" and nz.any():
-            return float(spec.default * np.median(arr[nz] / base[nz])), "multiplicative: default x median(array / base array)"
+            return (float(spec.default * np.median(arr[nz] / base[nz])),
+                    "multiplicative: default x median(array / base array)")
         if spec.transform == "additive":
             return float(spec.default + np.median(arr - base)), "additive: default + median(array - base array)"
     if spec is not None and spec.pft_bounds and spec.pft_min.shape == arr.shape[-1:]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ppe_ingest.base.errors import UserError
+
 from .daily import to_daily
 from .io import merge_obs
 from .schema import make_obs
@@ -41,7 +42,7 @@ def read_ameriflux_base(path: os.PathLike | str, variables=("LE", "SWC"), lat=No
     if not path.is_file():
         raise UserError(f"{path}: AmeriFlux file not found")
     site = None
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.startswith("#"):
                 break

@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
+
 from .forcing import daily_basin_to_ctsm
 from .schema import make_obs
 
@@ -86,7 +87,7 @@ def read_camels_forcing_table(path: os.PathLike | str) -> tuple[pd.DataFrame, di
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: CAMELS forcing file not found")
-    with open(path, "r", encoding="ascii", errors="replace") as f:
+    with open(path, encoding="ascii", errors="replace") as f:
         head = [f.readline() for _ in range(4)]
     try:
         lat, elev, area = (float(head[i].strip()) for i in range(3))
@@ -169,8 +170,9 @@ def _read_attr_txt(path: Path) -> pd.DataFrame:
     df["gauge_id"] = [gauge_id(g) for g in df["gauge_id"]]
     if df["gauge_id"].duplicated().any():
         raise UserError(f"{path}: gauge_id: duplicate ids {df.gauge_id[df.gauge_id.duplicated()].tolist()[:5]}")
-    for c in df.columns[df.dtypes == object]:
-        df[c] = df[c].str.strip()
+    for c in df.columns:
+        if pd.api.types.is_object_dtype(df[c]):
+            df[c] = df[c].str.strip()
     return df.set_index("gauge_id")
 
 
@@ -220,7 +222,7 @@ def read_streamflow_table(path: os.PathLike | str, basin=None) -> pd.DataFrame:
     and ``flag`` (USGS: A approved, P provisional, e estimated, M missing)."""
     path = Path(path)
     rows, dates = [], []
-    with open(path, "r", encoding="ascii", errors="replace") as f:
+    with open(path, encoding="ascii", errors="replace") as f:
         for i, line in enumerate(f, 1):
             parts = line.split()
             if not parts:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ppe_ingest.base.errors import UserError
+
 from .daily import to_daily
 from .io import merge_obs
 from .schema import make_obs

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ppe_ingest.base.errors import UserError
+
 from .daily import to_daily
 from .io import merge_obs
 from .schema import make_obs
@@ -46,7 +47,7 @@ def read_ismn_stm(path: os.PathLike | str, min_coverage: float = 0.5,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: ISMN file not found")
-    with open(path, "r", encoding="utf-8", errors="replace") as f:  # universal newlines: CR, LF, CRLF
+    with open(path, encoding="utf-8", errors="replace") as f:  # universal newlines: CR, LF, CRLF
         lines = [ln for ln in f.read().splitlines() if ln.strip()]
     if len(lines) < 2:
         raise UserError(f"{path}: no ISMN records")

@@ -10,6 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
+
 from .daily import to_daily
 from .forcing import plumber_met_to_ctsm
 from .schema import make_obs

@@ -19,7 +19,11 @@ import xarray as xr
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES, STATIC_FIELDS
-from . import physics, sites as sites_mod, truth as truth_mod, weather as weather_mod
+
+from . import physics
+from . import sites as sites_mod
+from . import truth as truth_mod
+from . import weather as weather_mod
 
 # ctsm51_params.c210217_kwo.c210222.nc medlynslope per PFT (FORMAT.md): the base the
 # multiplicative medlynslope perturbation scales; crops beyond index 16 take the crop value.
@@ -222,7 +226,8 @@ def write_truth(cfg: dict, tcfg: dict, out: Path, sites: xr.Dataset, weather: xr
                       ("QSOIL", "mm/s"), ("QVEGT", "mm/s"), ("QVEGE", "mm/s"), ("SOILWATER_10CM", "kg/m2"),
                       ("H2OSNO", "mm"), ("TWS", "mm"), ("ZWT", "m"))},
         coords={"gridcell": sites.gridcell.values, "time": weather.time.values,
-                "grid1d_lat": ("gridcell", sites.grid1d_lat.values), "grid1d_lon": ("gridcell", sites.grid1d_lon.values)})
+                "grid1d_lat": ("gridcell", sites.grid1d_lat.values),
+                "grid1d_lon": ("gridcell", sites.grid1d_lon.values)})
     for k in FORCING:
         sim[k] = weather[k].astype(np.float32)
     sim.attrs.update(title="Noise-free truth run of the twin experiment", source=SOURCE,

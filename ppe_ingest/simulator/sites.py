@@ -76,7 +76,10 @@ def attributes_at(lat, lon, seed: int) -> dict[str, np.ndarray]:
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     n = lat.size
     z = {k: smooth_field(lat, lon, rng) for k in ("wet", "relief", "sand", "clay", "org", "depth", "seas")}
-    noise = lambda s: rng.normal(0, s, n)  # noqa: E731
+
+    def noise(s):
+        return rng.normal(0, s, n)
+
     elev = np.clip(600 + 500 * z["relief"] + noise(80), 0, 3500)
     slope = np.clip(np.exp(1.0 + 0.9 * z["relief"] + noise(0.3)), 0.2, 25.0)        # degrees
     p_mean = np.clip(np.exp(0.9 + 0.5 * z["wet"] + noise(0.1)), 0.3, 9.0)            # mm/day

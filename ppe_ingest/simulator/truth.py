@@ -18,6 +18,7 @@ from scipy.special import ndtr
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+
 from .sites import smooth_field
 
 CFS_TO_M3S = 0.0283168466  # m3/s per ft3/s
@@ -203,7 +204,7 @@ def write_observations(out_dir: Path, sites: xr.Dataset, weather: xr.Dataset, si
     ids = synthetic_ids(n)
     time = weather["time"].values
     rows = []
-    for k, (g, sid) in enumerate(zip(cells, ids)):
+    for g, sid in zip(cells, ids):
         lat, lon = float(sites.grid1d_lat[g]), float(sites.grid1d_lon[g])
         elev, area = float(sites.elev_mean[g]), float(sites.area[g])
         row = dict(site_id=sid, gridcell=int(g), lat=lat, lon=lon, elev_mean=elev, area_km2=round(area * 1e6) / 1e6)

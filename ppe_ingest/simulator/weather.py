@@ -14,9 +14,17 @@ import pandas as pd
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
+
 from ..ctsmio.vocabulary import FORCING, hist_attrs
-from ..obs.forcing import (SECONDS_PER_DAY, STEBOL, TFRZ, longwave_brutsaert,
-                           partition_precip, pressure_from_elevation, specific_humidity)
+from ..obs.forcing import (
+    SECONDS_PER_DAY,
+    STEBOL,
+    TFRZ,
+    longwave_brutsaert,
+    partition_precip,
+    pressure_from_elevation,
+    specific_humidity,
+)
 
 SOLAR_CONSTANT = 1361.0  # W/m2
 
