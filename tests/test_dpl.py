@@ -8,9 +8,10 @@ import xarray as xr
 
 from esm_emu.inverse.config import inverse_config
 from esm_emu.inverse.dpl import DPLConfig, ParamNet, masked_loss, predict, train_dpl
-from esm_emu.inverse.inversion import run_inversion
+from esm_emu.inverse.inversion import InversionSettings, run_inversion
 from esm_emu.inverse.problem import bounds_from_table, build_problem
 from esm_emu.metrics import nse
+from ppe_ingest.base.errors import UserError
 
 from inverse_twin import PARAMS, make_twin, observations
 
@@ -144,3 +145,15 @@ def test_training_through_the_builtin_simulator_passes_gradients(twin):
     loss.backward()
     grads = torch.cat([q.grad.flatten() for q in net.parameters()])
     assert torch.isfinite(grads).all() and grads.abs().sum() > 0
+
+
+def test_every_schema_section_is_a_typed_settings_object():
+    # the schema's defaults fill each section's dataclass: no key of the schema is dropped on the way
+    s = InversionSettings.from_config(inverse_config())
+    assert (s.kgssl.ppe_samples, s.uncertainty.mc_samples, s.dpl.warmup_days, s.method) == (4, 20, 180, "g_z")
+
+
+def test_run_inversion_refuses_an_unknown_key(twin):
+    for cfg, key in (({"kgssl": {"stepz": 3}}, "inverse.kgssl.stepz"), ({"methd": "g_A"}, "inverse.methd")):
+        with pytest.raises(UserError, match=key):
+            run_inversion(cfg, twin["entities"], None, twin["forward"], twin["table"], progress=False)

@@ -3,7 +3,7 @@ ensemble for theta_std, evaluation against observations (and the truth in a twin
 from __future__ import annotations
 
 import time as _time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -14,18 +14,51 @@ from ppe_ingest.base.errors import UserError
 
 from . import dpl as _dpl
 from ..forward import ForwardModel
+from .config import inverse_config
 from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
-from .param_map import build_param_map, cluster_param_map
+from .param_map import build_param_map, cluster_param_map, param_values_at
 from .problem import InverseProblem, build_problem
-from .uncertainty import combine, coverage
+from .report import write_outputs
+from .uncertainty import UncertaintyConfig, combine, coverage
 
 
 IDENTIFIABLE_MIN = 0.05
 
 
-def _sub(cls, d: Mapping | None):
+def _section(cls, cfg: Mapping, key: str):
+    """The validated section ``cfg[key]`` as its dataclass; a key the dataclass lacks is a UserError."""
+    values = cfg[key]
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in (d or {}).items() if k in names})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"inverse.{key}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """The ``inverse:`` section as typed objects (the schema in esm_emu.inverse.config holds the defaults)."""
+
+    params: list | None
+    variables: list
+    train_period: Mapping | None
+    test_period: Mapping | None
+    method: str
+    ablation: bool
+    clusters: int
+    seed: int
+    kgssl: KGSSLConfig
+    dpl: _dpl.DPLConfig
+    uncertainty: UncertaintyConfig
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> InversionSettings:
+        """From a validated ``inverse:`` mapping (esm_emu.inverse.config.inverse_config)."""
+        return cls(params=cfg["params"], variables=list(cfg["variables"]), train_period=cfg["train_period"],
+                   test_period=cfg["test_period"], method=cfg["method"], ablation=bool(cfg["ablation"]),
+                   clusters=int(cfg["clusters"]), seed=int(cfg["seed"]), kgssl=_section(KGSSLConfig, cfg, "kgssl"),
+                   dpl=_section(_dpl.DPLConfig, cfg, "dpl"),
+                   uncertainty=_section(UncertaintyConfig, cfg, "uncertainty"))
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -51,24 +84,6 @@ def ppe_samples(problem: InverseProblem, forward: ForwardModel, per_entity: int,
     if noise:
         y = y + noise * y.std((0, 1)) * torch.randn(y.shape, generator=g)
     return problem.forcing[ent], y, u, ent
-
-
-def _truth_array(truth: xr.Dataset, problem: InverseProblem) -> np.ndarray:
-    dim = problem.entity_dim
-    out = np.full((len(problem.entity), problem.n_params), np.nan)
-    tdim = dim if dim in truth.dims else ("gridcell" if "gridcell" in truth.dims else "site")
-    ids = truth[tdim].values if tdim in truth.coords else np.arange(truth.sizes[tdim])
-    pos = {v: i for i, v in enumerate(ids)}
-    rows = [pos.get(e, -1) for e in problem.entity]
-    for j, p in enumerate(problem.param_names):
-        if "theta" in truth.data_vars and "param" in truth.dims and p in truth["param"].values:
-            col = truth["theta"].sel(param=p).transpose(tdim).values
-        elif p in truth.data_vars and truth[p].dims == (tdim,):
-            col = truth[p].values
-        else:
-            continue
-        out[:, j] = [col[r] if r >= 0 else np.nan for r in rows]
-    return out
 
 
 def _pearson(a, b) -> float:
@@ -138,89 +153,128 @@ def skill(problem: InverseProblem, forward: ForwardModel, theta: torch.Tensor, i
     return out
 
 
+@dataclass
+class Pretrained:
+    """KGSSL at every entity: the standardized embedding z (zeros where none), whether the entity
+    has one, KGSSL's own theta (NaN where unobserved) and its loss history."""
+
+    z: torch.Tensor
+    has_z: torch.Tensor
+    theta: torch.Tensor
+    history: dict
+
+
 def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset | None, forward: ForwardModel,
                   table, out_dir=None, truth: xr.Dataset | None = None, progress: bool = True,
                   sources: Sequence[str] = ()) -> tuple[xr.Dataset, dict]:
     """Infer theta at every entity from observations at some of them.
 
-    ``cfg`` is the validated ``inverse:`` section (see ``esm_emu.inverse.config``); ``entities``
-    holds (gridcell|site, time) forcing and static fields; ``observations`` follows the
-    observation schema. Returns the parameter map and a metrics dict; with ``out_dir`` both are
-    written there (``parameter_map.nc``, ``metrics.json``) with plots.
+    ``cfg`` is the ``inverse:`` section (see ``esm_emu.inverse.config``; validated here, so an
+    unknown key is a UserError); ``entities`` holds (gridcell|site, time) forcing and static
+    fields; ``observations`` follows the observation schema. Returns the parameter map and a
+    metrics dict; with ``out_dir`` both are written there (``parameter_map.nc``,
+    ``metrics.json``) with plots.
     """
     t0 = _time.perf_counter()
     walls = {}
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    problem = build_problem(entities, observations, forward, table, cfg.get("params"),
-                            cfg.get("variables", ["QRUNOFF"]), cfg.get("train_period"), cfg.get("test_period"),
-                            sources=sources)
-    if not problem.observed.any():
-        raise UserError("observations: no observed site has data in the training period")
-    seed = int(cfg.get("seed", 0))
-    method = cfg.get("method", "g_z")
-    kc = _sub(KGSSLConfig, cfg.get("kgssl"))
-    dc = _sub(_dpl.DPLConfig, cfg.get("dpl"))
-    unc = cfg.get("uncertainty") or {}
-    n_ens, mc = int(unc.get("ensemble", 3)), int(unc.get("mc_samples", 0))
-    level = float(unc.get("level", 0.9))
-    ablation = bool(cfg.get("ablation", False))
-    obs_idx = np.flatnonzero(problem.observed)
-    N = len(problem.entity)
+    cfg = inverse_config(dict(cfg))
+    s = InversionSettings.from_config(cfg)
+    torch.manual_seed(s.seed)
+    problem = _problem(s, entities, observations, forward, table, sources)
     walls["prepare_s"] = _time.perf_counter() - t0
 
-    z = has_z = kg_theta = None
-    kg_hist = None
-    if method in ("g_z", "kgssl") or ablation:
+    pre = None
+    if s.method in ("g_z", "kgssl") or s.ablation:
         t1 = _time.perf_counter()
-        per = int((cfg.get("kgssl") or {}).get("ppe_samples", 4))
-        pf, py, pu, _ = ppe_samples(problem, forward, per, seed, float((cfg.get("kgssl") or {}).get("noise", 0.02)))
-        obs_train = problem.obs.clone()
-        obs_train[:, ~problem.train_time] = float("nan")
-        of = problem.forcing[torch.as_tensor(obs_idx)]
-        oy = obs_train[torch.as_tensor(obs_idx)]
-        forcing = torch.cat([pf, of])
-        response = torch.cat([py, oy])
-        theta_u = torch.cat([pu, torch.zeros(len(obs_idx), problem.n_params)])
-        mask = torch.cat([torch.ones_like(pu), torch.zeros(len(obs_idx), problem.n_params)])
-        data = KGSSLData(forcing, response, theta_u, mask, kc)
-        with _bar(kc.steps, "KGSSL", progress) as bar:
-            kmodel, kg_hist = train_kgssl(data, problem.n_params, kc, seed, bar)
-        zz, th, has = embed_entities(kmodel, data)
-        z = torch.zeros(N, kc.embedding)
-        has_z = torch.zeros(N, dtype=torch.bool)
-        kg_theta = torch.full((N, problem.n_params), float("nan"))
-        n_ppe = len(pu)
-        z[obs_idx] = zz[n_ppe:]
-        has_z[obs_idx] = has[n_ppe:]
-        kg_theta[obs_idx] = problem.from_unit(th[n_ppe:])
-        # standardize the embedding so it enters g_z on the attributes' scale
-        mu, sd = z[has_z].mean(0), z[has_z].std(0).clamp_min(1e-6)
-        z = torch.where(has_z[:, None], (z - mu) / sd, torch.zeros_like(z))
+        pre = pretrain(problem, forward, s.kgssl, s.seed, progress)
         walls["kgssl_s"] = _time.perf_counter() - t1
 
-    def fit(kind: str, n_members: int, n_mc: int, tag: str):
-        samples, hists = [], []
-        with _bar(dc.steps * n_members, f"dPL {tag}", progress) as bar:
-            for m in range(n_members):
-                zin, hin = (z, has_z) if kind == "g_z" else (None, None)
-                net, h = _dpl.train_dpl(problem, forward, dc, zin, hin, seed=seed + 1000 * m, progress=bar)
-                samples.append(_dpl.predict(net, problem, zin, hin, n_mc))
-                hists.append(h["loss"])
-        mean, std = combine(samples)
-        return mean, std, hists
-
     t2 = _time.perf_counter()
-    if method == "kgssl":
-        theta, theta_std, dpl_hist = kg_theta, torch.zeros_like(kg_theta), []
+    if s.method == "kgssl":
+        theta, theta_std, dpl_hist = pre.theta, torch.zeros_like(pre.theta), []
     else:
-        theta, theta_std, dpl_hist = fit(method, n_ens, mc, method)
+        theta, theta_std, dpl_hist = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble,
+                                             s.uncertainty.mc_samples, s.method, progress)
     walls["dpl_s"] = _time.perf_counter() - t2
 
     t3 = _time.perf_counter()
-    metrics: dict = {"method": method, "forward_model": forward.kind, "n_entities": N,
+    metrics = evaluate(problem, forward, s, theta, dpl_hist, pre)
+    if truth is not None:
+        metrics.update(_twin_metrics(problem, forward, s, theta, theta_std, pre, truth, progress))
+    walls["evaluate_s"] = _time.perf_counter() - t3
+    walls["total_s"] = _time.perf_counter() - t0
+    metrics["wall_s"] = walls
+
+    pmap = _parameter_map(problem, forward, s, theta, theta_std, cfg, sources)
+    if out_dir is not None:
+        write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth)
+    return pmap, metrics
+
+
+def _problem(s: InversionSettings, entities, observations, forward: ForwardModel, table,
+             sources: Sequence[str]) -> InverseProblem:
+    """The inverse problem's tensors; a UserError when no observed entity has training data."""
+    problem = build_problem(entities, observations, forward, table, s.params, s.variables, s.train_period,
+                            s.test_period, sources=sources)
+    if not problem.observed.any():
+        raise UserError("observations: no observed site has data in the training period")
+    return problem
+
+
+def pretrain(problem: InverseProblem, forward: ForwardModel, kc: KGSSLConfig, seed: int,
+             progress: bool = False) -> Pretrained:
+    """KGSSL pretraining on a forward-model PPE plus the observed series (training period only)."""
+    obs_idx = np.flatnonzero(problem.observed)
+    N = len(problem.entity)
+    pf, py, pu, _ = ppe_samples(problem, forward, kc.ppe_samples, seed, kc.noise)
+    obs_train = problem.obs.clone()
+    obs_train[:, ~problem.train_time] = float("nan")
+    of = problem.forcing[torch.as_tensor(obs_idx)]
+    oy = obs_train[torch.as_tensor(obs_idx)]
+    forcing = torch.cat([pf, of])
+    response = torch.cat([py, oy])
+    theta_u = torch.cat([pu, torch.zeros(len(obs_idx), problem.n_params)])
+    mask = torch.cat([torch.ones_like(pu), torch.zeros(len(obs_idx), problem.n_params)])
+    data = KGSSLData(forcing, response, theta_u, mask, kc)
+    with _bar(kc.steps, "KGSSL", progress) as bar:
+        kmodel, hist = train_kgssl(data, problem.n_params, kc, seed, bar)
+    zz, th, has = embed_entities(kmodel, data)
+    z = torch.zeros(N, kc.embedding)
+    has_z = torch.zeros(N, dtype=torch.bool)
+    kg_theta = torch.full((N, problem.n_params), float("nan"))
+    n_ppe = len(pu)
+    z[obs_idx] = zz[n_ppe:]
+    has_z[obs_idx] = has[n_ppe:]
+    kg_theta[obs_idx] = problem.from_unit(th[n_ppe:])
+    # standardize the embedding so it enters g_z on the attributes' scale
+    mu, sd = z[has_z].mean(0), z[has_z].std(0).clamp_min(1e-6)
+    z = torch.where(has_z[:, None], (z - mu) / sd, torch.zeros_like(z))
+    return Pretrained(z, has_z, kg_theta, hist)
+
+
+def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, pre: Pretrained | None,
+            kind: str, n_members: int, n_mc: int, tag: str, progress: bool = False):
+    """An ensemble of dPL networks (g_A, or g_z on the KGSSL embedding): (theta mean, theta std, loss histories)."""
+    samples, hists = [], []
+    zin, hin = (pre.z, pre.has_z) if kind == "g_z" else (None, None)
+    with _bar(s.dpl.steps * n_members, f"dPL {tag}", progress) as bar:
+        for m in range(n_members):
+            net, h = _dpl.train_dpl(problem, forward, s.dpl, zin, hin, seed=s.seed + 1000 * m, progress=bar)
+            samples.append(_dpl.predict(net, problem, zin, hin, n_mc))
+            hists.append(h["loss"])
+    mean, std = combine(samples)
+    return mean, std, hists
+
+
+def evaluate(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
+             dpl_hist: list, pre: Pretrained | None) -> dict:
+    """Skill of default and inferred theta in the test period, sensitivity, identifiability, training curves."""
+    obs_idx = np.flatnonzero(problem.observed)
+    N = len(problem.entity)
+    metrics: dict = {"method": s.method, "forward_model": forward.kind, "n_entities": N,
                      "n_observed": int(len(obs_idx)), "params": problem.param_names,
                      "variables": problem.variables}
-    score = _dpl.score_mask(problem, problem.test_time, dc.warmup_days).numpy()
+    score = _dpl.score_mask(problem, problem.test_time, s.dpl.warmup_days).numpy()
     default = problem.default.expand(N, -1)
     metrics["skill_test_period"] = {
         "default": skill(problem, forward, default, obs_idx, score),
@@ -228,45 +282,48 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     metrics["sensitivity"] = sensitivity(problem, forward, obs_idx)
     # one-at-a-time response change below 5 % of the observed std: the data cannot pin it down
     metrics["identifiable"] = {p: bool(v >= IDENTIFIABLE_MIN) for p, v in metrics["sensitivity"].items()}
-    metrics["training"] = {"dpl_loss": dpl_hist, "kgssl": kg_hist}
-    unobs = ~problem.observed
-    if truth is not None:
-        true = _truth_array(truth, problem)
-        th_np, sd_np = theta.numpy(), theta_std.numpy()
-        metrics["recovery"] = {"observed": recovery(true, th_np, sd_np, problem.param_names, problem.observed, level),
-                               "unobserved": recovery(true, th_np, sd_np, problem.param_names, unobs, level),
-                               "coverage_level": level}
-        if ablation:
-            ab = {}
-            if kg_theta is not None:
-                ab["kgssl"] = {"observed": recovery(true, kg_theta.numpy(), None, problem.param_names, problem.observed, level),
-                               "unobserved": "not applicable: the KGSSL head needs an observed series"}
-            for kind in ("g_A", "g_z"):
-                if kind == method:
-                    est = th_np
-                else:
-                    est = fit(kind, 1, 0, f"{kind} (ablation)")[0].numpy()
-                ab[kind] = {"observed": recovery(true, est, None, problem.param_names, problem.observed, level),
-                            "unobserved": recovery(true, est, None, problem.param_names, unobs, level)}
-            metrics["ablation"] = ab
-    walls["evaluate_s"] = _time.perf_counter() - t3
-    walls["total_s"] = _time.perf_counter() - t0
-    metrics["wall_s"] = walls
+    metrics["training"] = {"dpl_loss": dpl_hist, "kgssl": pre.history if pre is not None else None}
+    return metrics
 
+
+def _twin_metrics(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
+                  theta_std: torch.Tensor, pre: Pretrained | None, truth: xr.Dataset, progress: bool) -> dict:
+    """Recovery of the true parameters at observed and unobserved entities; with ``ablation``, also
+    that of KGSSL alone and of the other dPL variant (one member each)."""
+    names, observed, unobs, level = problem.param_names, problem.observed, ~problem.observed, s.uncertainty.level
+    true = param_values_at(truth, problem.entity_dim, problem.entity, names)
+    th_np, sd_np = theta.numpy(), theta_std.numpy()
+    out = {"recovery": {"observed": recovery(true, th_np, sd_np, names, observed, level),
+                        "unobserved": recovery(true, th_np, sd_np, names, unobs, level),
+                        "coverage_level": level}}
+    if s.ablation:
+        ab = {}
+        if pre is not None:
+            ab["kgssl"] = {"observed": recovery(true, pre.theta.numpy(), None, names, observed, level),
+                           "unobserved": "not applicable: the KGSSL head needs an observed series"}
+        for kind in ("g_A", "g_z"):
+            if kind == s.method:
+                est = th_np
+            else:
+                est = fit_dpl(problem, forward, s, pre, kind, 1, 0, f"{kind} (ablation)", progress)[0].numpy()
+            ab[kind] = {"observed": recovery(true, est, None, names, observed, level),
+                        "unobserved": recovery(true, est, None, names, unobs, level)}
+        out["ablation"] = ab
+    return out
+
+
+def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
+                   theta_std: torch.Tensor, cfg: Mapping, sources: Sequence[str]) -> xr.Dataset:
+    """The parameter map with provenance, and k-means clusters when ``clusters`` asks for them."""
     prov = {"forward_model": forward.kind, "emulator_checkpoint_sha256": forward.checkpoint_sha256,
             "observation_sources": list(sources), "observed_variables": problem.variables, "config": dict(cfg)}
     pmap = build_param_map(problem.entity, theta.numpy(), theta_std.numpy(), problem.param_names,
                            "site" if problem.entity_dim in ("site", "basin") else "gridcell",
                            problem.lat, problem.lon, problem.observed, problem.lo.numpy(), problem.hi.numpy(),
                            problem.default.numpy(), prov)
-    k = int(cfg.get("clusters", 0) or 0)
-    if k:
-        cl = cluster_param_map(pmap, k, seed=seed)
+    if s.clusters:
+        cl = cluster_param_map(pmap, s.clusters, seed=s.seed)
         pmap["cluster"] = cl["cluster"].assign_attrs(long_name="k-means cluster of the inferred parameters "
                                                      "(one paramfile per cluster)")
         pmap["theta_cluster"] = cl["theta_cluster"].assign_attrs(long_name="parameter value of each cluster's paramfile")
-    if out_dir is not None:
-        from .report import write_outputs
-
-        write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth)
-    return pmap, metrics
+    return pmap

@@ -13,6 +13,8 @@ from torch import nn
 
 @dataclass
 class KGSSLConfig:
+    """The ``inverse.kgssl`` section (defaults as in esm_emu.inverse.config.KGSSL)."""
+
     embedding: int = 16
     hidden: int = 32
     window_days: int = 365
@@ -26,6 +28,8 @@ class KGSSLConfig:
     batch: int = 64
     lr: float = 3e-3
     min_obs_fraction: float = 0.5  # windows with less observed response are not used
+    ppe_samples: int = 4  # forward-model PPE samples per entity for pretraining (inversion.ppe_samples)
+    noise: float = 0.02  # noise added to those PPE responses, fraction of their std
 
 
 class Standardizer:

@@ -85,6 +85,25 @@ def read_param_map(path: str | Path) -> xr.Dataset:
     return ds
 
 
+def param_values_at(ds: xr.Dataset, entity_dim: str, entity, param_names: Sequence[str]) -> np.ndarray:
+    """(N, P) values of a parameter map at the given entity ids: from ``theta(dim, param)`` or one
+    (dim,) variable per parameter (a twin experiment's truth); NaN where the map lacks either."""
+    out = np.full((len(entity), len(param_names)), np.nan)
+    dim = entity_dim if entity_dim in ds.dims else ("gridcell" if "gridcell" in ds.dims else "site")
+    ids = ds[dim].values if dim in ds.coords else np.arange(ds.sizes[dim])
+    pos = {v: i for i, v in enumerate(ids)}
+    rows = [pos.get(e, -1) for e in entity]
+    for j, p in enumerate(param_names):
+        if "theta" in ds.data_vars and "param" in ds.dims and p in ds["param"].values:
+            col = ds["theta"].sel(param=p).transpose(dim).values
+        elif p in ds.data_vars and ds[p].dims == (dim,):
+            col = ds[p].values
+        else:
+            continue
+        out[:, j] = [col[r] if r >= 0 else np.nan for r in rows]
+    return out
+
+
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means with k-means++ seeding: (labels (N,), centers (k, D))."""
     rng = np.random.default_rng(seed)

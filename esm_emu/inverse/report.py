@@ -10,7 +10,7 @@ import torch
 
 from ppe_ingest.base.atomic import atomic_path
 
-from .param_map import write_param_map
+from .param_map import param_values_at, write_param_map
 
 
 def _json_default(o):
@@ -46,8 +46,6 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .inversion import _truth_array
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"parameter_map": write_param_map(pmap, out / "parameter_map.nc"),
@@ -67,7 +65,7 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
     paths["training_curves"] = p
 
     if truth is not None:
-        true = _truth_array(truth, problem)
+        true = param_values_at(truth, problem.entity_dim, problem.entity, problem.param_names)
         P = problem.n_params
         cols = min(P, 4); rows = int(np.ceil(P / cols))
         fig, axs = plt.subplots(rows, cols, figsize=(3 * cols, 2.8 * rows), squeeze=False)

@@ -2,9 +2,20 @@
 coverage of known true values by the resulting intervals."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.stats import norm
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """The validated ``inverse.uncertainty`` section (its defaults are in esm_emu.inverse.config)."""
+
+    ensemble: int  # inverse models trained with different seeds
+    mc_samples: int  # MC-dropout draws per member (0: off)
+    level: float  # interval level for coverage
 
 
 def combine(samples: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
