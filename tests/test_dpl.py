@@ -9,6 +9,7 @@ import xarray as xr
 from esm_emu.inverse.config import inverse_config
 from esm_emu.inverse.dpl import DPLConfig, ParamNet, masked_loss, predict, train_dpl
 from esm_emu.inverse.inversion import InversionSettings, run_inversion
+from esm_emu.inverse.kgssl import KGSSLConfig
 from esm_emu.inverse.problem import bounds_from_table, build_problem
 from esm_emu.metrics import nse
 from ppe_ingest.base.errors import UserError
@@ -148,9 +149,11 @@ def test_training_through_the_builtin_simulator_passes_gradients(twin):
 
 
 def test_every_schema_section_is_a_typed_settings_object():
-    # the schema's defaults fill each section's dataclass: no key of the schema is dropped on the way
+    # the schema's defaults fill each section's dataclass: no key of the schema is dropped on the way,
+    # and the dataclasses' own defaults (for use in code) agree with the schema's
     s = InversionSettings.from_config(inverse_config())
     assert (s.kgssl.ppe_samples, s.uncertainty.mc_samples, s.dpl.warmup_days, s.method) == (4, 20, 180, "g_z")
+    assert s.kgssl == KGSSLConfig() and s.dpl == DPLConfig()
 
 
 def test_run_inversion_refuses_an_unknown_key(twin):
