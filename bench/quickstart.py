@@ -63,7 +63,7 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     if not args.no_run:
-        from esm_emu.quickstart import run_quickstart
+        from esm_emu.pipeline import run_quickstart
 
         run_quickstart(out, seed=args.seed, restart=True, progress=False)
     report = json.loads((out / "report" / "metrics.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ppe_ingest.base.config import Field, read_yaml, validate
+from ppe_ingest.base.config import Field, load_config, section_type
 from ppe_ingest.base.errors import UserError
 
 CASE_DIR = "esm-emu"  # everything esm-emu keeps in a case lives under CASEROOT/esm-emu
@@ -39,7 +39,7 @@ PARAM_SCHEMA = {
 
 DA_SCHEMA = {
     "forward": Field(dict, schema=FORWARD_SCHEMA),
-    "parameters": Field(dict, help="name -> {location, min, max[, initial]}"),
+    "parameters": Field(dict, each=PARAM_SCHEMA, help="name -> {location, min, max[, initial]}"),
     "base_paramfile": Field(str, None, nullable=True, path=True,
                             help="paramfile copied and edited each cycle (default: top-level paramfile)"),
     "steps": Field(int, 40, min=1, max=10000),
@@ -58,8 +58,8 @@ SCHEMA = {
 }
 
 
-def _check(cfg: dict, source: str, base_dir: Path | None) -> dict:
-    """Checks the declarative schema cannot express (free-form mappings, cross-key rules)."""
+def _check(cfg, source: str) -> None:
+    """Checks the declarative schema cannot express (free-form values, cross-key rules)."""
     for name, value in cfg["namelist"].items():
         if not isinstance(value, (str, int, float, bool)):
             raise UserError(f"{source}: namelist.{name}: expected a number, string or bool, got {value!r}")
@@ -73,38 +73,35 @@ def _check(cfg: dict, source: str, base_dir: Path | None) -> dict:
             raise UserError(f"{source}: observations: required when da is given")
         if da["forward"]["kind"] == "emulator" and not da["forward"]["checkpoint"]:
             raise UserError(f"{source}: da.forward.checkpoint: required when da.forward.kind is emulator")
-        if not da["parameters"]:
+        params = da["parameters"]
+        if not params:
             raise UserError(f"{source}: da.parameters: list at least one parameter to update")
-        params = {}
-        for name, spec in da["parameters"].items():
-            p = validate(spec, PARAM_SCHEMA, source, base_dir, f"da.parameters.{name}.")
+        for name, p in params.items():
             if not (math.isfinite(p["min"]) and math.isfinite(p["max"]) and p["min"] < p["max"]):
                 raise UserError(f"{source}: da.parameters.{name}: min must be below max")
             if p["initial"] is not None and not p["min"] <= p["initial"] <= p["max"]:
                 raise UserError(f"{source}: da.parameters.{name}.initial: outside [min, max]")
-            params[name] = p
-        da["parameters"] = params
         needs_paramfile = any(p["location"] == "paramfile" for p in params.values())
         if needs_paramfile and not (da["base_paramfile"] or cfg["paramfile"]):
             raise UserError(f"{source}: da.base_paramfile: required when a da parameter's location is "
                             "paramfile and no top-level paramfile is given")
-    return cfg
 
 
-def parse_config(path: str | Path) -> dict:
+HookConfig = section_type(SCHEMA, "HookConfig")
+
+
+def parse_config(path: str | Path) -> HookConfig:
     """Read and validate a hook config; paths become absolute (relative ones are to the file)."""
-    path = Path(path)
-    data = read_yaml(path)
-    base = path.parent.resolve()
-    cfg = validate(data, SCHEMA, source=path.name, base_dir=base)
-    return _check(cfg, path.name, base)
+    cfg = load_config(path, SCHEMA)
+    _check(cfg, Path(path).name)
+    return cfg
 
 
 def case_config_path(caseroot: Path) -> Path:
     return Path(caseroot) / CASE_DIR / CONFIG_NAME
 
 
-def load_case_config(caseroot: Path) -> dict:
+def load_case_config(caseroot: Path) -> HookConfig:
     """The config stored in the case by `esm-emu cime install`; one-line error when absent."""
     path = case_config_path(caseroot)
     if not path.is_file():
@@ -113,7 +110,7 @@ def load_case_config(caseroot: Path) -> dict:
     return parse_config(path)
 
 
-def dump_config(cfg: dict) -> str:
+def dump_config(cfg: HookConfig) -> str:
     """YAML text of a validated config (absolute paths), as stored in the case."""
     return ("# Written by `esm-emu cime install`; the hooks read this file. Edit it here or re-install.\n"
-            + yaml.safe_dump(cfg, sort_keys=False))
+            + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import metadata, import_module
+from importlib import import_module, metadata
 
 from ppe_ingest.base.errors import UserError
 

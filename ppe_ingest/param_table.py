@@ -400,5 +400,7 @@ def load_param_table(path: str | Path, base_paramfile: str | Path | None = None)
 
 
 def default_table_path() -> Path:
-    """Our own default table for the quickstart: configs/params_hydrology.csv in the repository."""
-    return Path(__file__).resolve().parents[1] / "configs" / "params_hydrology.csv"
+    """Our own default table for the quickstart: the shipped params_hydrology.csv (package data)."""
+    from . import configs
+
+    return configs.path("params_hydrology.csv")

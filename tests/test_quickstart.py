@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from esm_emu.quickstart import STAGES, default_config, run_quickstart
+from esm_emu.pipeline import STAGES, default_config, run_quickstart
 from ppe_ingest.base.config import read_yaml, validate
 
 TINY = """

@@ -199,7 +199,7 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
     the simulator forward built on the store takes them: it reproduces a member's history."""
     import torch
 
-    from esm_emu.inverse.cli import load_entities
+    from esm_emu.inverse.pipeline import load_entities
     from esm_emu.forward import SimulatorForward
     from esm_emu.inverse.problem import attributes
     from ppe_ingest.simulator.sites import builtin_sites

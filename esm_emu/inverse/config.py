@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppe_ingest.base.config import Field, load_config, validate
+from ppe_ingest.base.config import Field, load_config, section_type, validate
 
 PERIOD = {"start": Field((str, int), None, nullable=True, help="first day (YYYY-MM-DD or year)"),
           "end": Field((str, int), None, nullable=True, help="last day (YYYY-MM-DD or year)")}
@@ -44,12 +44,12 @@ SCHEMA = {
         "kind": Field(str, "emulator", choices=("emulator", "simulator")),
         "checkpoint": Field(str, None, nullable=True, path=True, help="emulator checkpoint (.pt) or run folder"),
     }, default={}),
-    "param_table": Field(str, None, nullable=True, path=True, help="parameter table CSV (default: configs/params_hydrology.csv)"),
+    "param_table": Field(str, None, nullable=True, path=True, help="parameter table CSV (default: the shipped params_hydrology.csv)"),
     "params": Field(list, None, items=str, nullable=True, help="parameters to infer (default: all the forward model takes)"),
     "variables": Field(list, ["QRUNOFF"], items=str, help="observed responses in the loss"),
     "entities": Field(str, None, nullable=True, path=True, help="netCDF with (gridcell|site, time) forcing and static fields"),
     "store": Field(str, None, nullable=True, path=True, help="training store: forcing and static fields from it"),
-    "observations": Field(list, [], items=str, help="observation netCDF files (observation schema)"),
+    "observations": Field(list, [], items=str, path=True, help="observation netCDF files (observation schema)"),
     "truth": Field(str, None, nullable=True, path=True, help="true parameter map (twin experiment)"),
     "train_period": Field(schema=PERIOD, default=None, nullable=True),
     "test_period": Field(schema=PERIOD, default=None, nullable=True),
@@ -64,11 +64,14 @@ SCHEMA = {
 }
 
 
-def load_inverse_config(path: str | Path) -> dict:
-    """The validated ``inverse:`` section of a YAML file."""
-    return load_config(path, SCHEMA, section="inverse")
+InverseConfig = section_type(SCHEMA, "InverseConfig")
 
 
-def inverse_config(data: dict | None = None, source: str = "inverse") -> dict:
+def load_inverse_config(path: str | Path, sets=(), values=None, check_files=True) -> InverseConfig:
+    """The validated ``inverse:`` section of a YAML file with command-line overrides."""
+    return load_config(path, SCHEMA, "inverse", sets, values, check_files)
+
+
+def inverse_config(data: dict | None = None, source: str = "inverse") -> InverseConfig:
     """Validate an ``inverse:`` mapping given in code (defaults filled in)."""
     return validate(data or {}, SCHEMA, source=source, _prefix="inverse.")

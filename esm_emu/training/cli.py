@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub) -> None:
@@ -13,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("config", help="YAML file with an `emulator:` section")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--max-steps", type=int, help="override emulator.train.max_steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the emulator: section, e.g. --set train.lr=0.01 (repeatable)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -34,50 +35,31 @@ def register(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..distributed import Distributed
     from .config import load_emulator_config
-    from .loop import train
+    from .job import train_job
 
-    cfg = load_emulator_config(args.config)
-    if args.max_steps is not None:
-        if args.max_steps < 1:
-            from ppe_ingest.base.errors import UserError
-            raise UserError("--max-steps: must be >= 1")
-        cfg["train"]["max_steps"] = args.max_steps
-    dist = Distributed()
-    with dist.guard():
-        summary = train(cfg, dist, resume=not args.restart, progress=not args.quiet,
-                        config_text=Path(args.config).read_text())
-        dist.shutdown()
-    if not dist.is_root:
+    cfg = load_emulator_config(args.config, args.set, {"train.max_steps": args.max_steps})
+    summary, evaluation = train_job(cfg, resume=not args.restart, progress=not args.quiet, evaluate=not args.no_eval)
+    if summary is None:
         return 0
-    msg = (f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['cpu_s']:.1f} s CPU on rank 0; "
-           f"{summary['stop']}); "
-           f"best validation loss {summary['best_val']:.4g}; run directory {summary['run_dir']}")
-    print(msg)
+    print(f"trained {summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['cpu_s']:.1f} s CPU on rank 0; "
+          f"{summary['stop']}); best validation loss {summary['best_val']:.4g}; run directory {summary['run_dir']}")
     if summary["stop"] == "sigterm":
         print("stopped by SIGTERM after writing checkpoint.pt; run the same command to resume")
-        return 0
-    if cfg["evaluate"]["at_end"] and not args.no_eval:
-        from ..evaluate import evaluate_run
-
-        res = evaluate_run(summary["run_dir"], plots=cfg["evaluate"]["plots"])
-        print(f"evaluation written to {res['out_dir']}")
+    if evaluation is not None:
+        print(f"evaluation written to {evaluation['out_dir']}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ppe_ingest.base.errors import UserError
+
     from ..evaluate import evaluate_run
+    from .job import run_dir_of
 
-    target = Path(args.target)
-    if target.is_file() and target.suffix in (".yaml", ".yml"):
-        from .config import load_emulator_config
-
-        target = Path(load_emulator_config(target)["run_dir"])
     if args.max_series is not None and args.max_series < 1:
-        from ppe_ingest.base.errors import UserError
         raise UserError("--max-series: must be >= 1")
-    res = evaluate_run(target, out_dir=args.out, store=args.store, plots=not args.no_plots,
+    res = evaluate_run(run_dir_of(args.target), out_dir=args.out, store=args.store, plots=not args.no_plots,
                        max_series=args.max_series)
     print(f"evaluation written to {res['out_dir']}")
     for line in res["summary_lines"]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppe_ingest.base.config import Field, load_config
+from ppe_ingest.base.config import Field, load_config, section_type
 
 MODEL = {
     "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular"),
@@ -63,11 +63,13 @@ SCHEMA = {
 }
 
 
-def load_emulator_config(path: str | Path) -> dict:
-    """The validated `emulator:` section of a YAML file, paths resolved against the file's folder."""
-    cfg = load_config(path, SCHEMA, section="emulator")
-    run_dir = Path(cfg["run_dir"]).expanduser()
-    if not run_dir.is_absolute():  # the default, like every path, is relative to the config file
-        run_dir = Path(path).resolve().parent / run_dir
-    cfg["run_dir"] = str(run_dir)
+EmulatorConfig = section_type(SCHEMA, "EmulatorConfig")
+
+
+def load_emulator_config(path: str | Path, sets=(), values=None, check_files=True) -> EmulatorConfig:
+    """The validated `emulator:` section of a YAML file with command-line overrides; paths are
+    relative to the file's folder, the default run_dir too."""
+    cfg = load_config(path, SCHEMA, "emulator", sets, values, check_files)
+    if not Path(cfg.run_dir).is_absolute():  # only the default can still be relative
+        cfg = cfg.override({"run_dir": str(Path(path).resolve().parent / cfg.run_dir)})
     return cfg

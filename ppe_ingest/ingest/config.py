@@ -1,7 +1,7 @@
-"""Schema of the ``ingest:`` section of a YAML config (CLI options override it)."""
+"""Schema of the ``ingest:`` section of a YAML config (command-line flags override its keys)."""
 from __future__ import annotations
 
-from ppe_ingest.base.config import Field
+from ppe_ingest.base.config import Field, load_config, section_type
 
 SPLIT_SCHEMA = {
     "val_members": Field(float, 0.1, min=0, help="fraction (or count if >= 1) of members for validation"),
@@ -12,6 +12,13 @@ SPLIT_SCHEMA = {
 }
 
 INGEST_SCHEMA = {
+    "ppe_dir": Field(str, None, nullable=True, path=True,
+                     help="PPE folder (paramfiles/, namelist_mods/, history files); PPE_DIR on the command line"),
+    "out": Field(str, None, nullable=True, output_path=True, help="output training store (.nc); --out"),
+    "catalog": Field(str, None, nullable=True, output_path=True,
+                     help="also write an intake-esm catalog (JSON + CSV beside it); --catalog"),
+    "design": Field(str, None, nullable=True, path=True,
+                    help="member x parameter design to check against (default: PPE_DIR/design.csv)"),
     "vars": Field(list, None, items=str, nullable=True, help="history variables (default: every CTSM forcing/response found)"),
     "seed": Field(int, 0, help="seed of the member/gridcell/year split"),
     "split": Field(dict, {}, schema=SPLIT_SCHEMA),
@@ -21,4 +28,15 @@ INGEST_SCHEMA = {
     "chunk_time": Field(int, 365, min=1),
     "skip_bad": Field(bool, False),
     "params": Field(str, None, nullable=True, path=True, help="parameter table (bounds, locations)"),
+    "summary": Field(str, None, nullable=True, path=True,
+                     help="summary-PPE outputs (var x ens) instead of a PPE folder: the tabular store"),
+    "base_paramfile": Field(str, None, nullable=True, path=True,
+                            help="paramfile holding defaults for XXpercent bounds (summary mode)"),
 }
+
+IngestConfig = section_type(INGEST_SCHEMA, "IngestConfig")
+
+
+def load_ingest_config(path, sets=(), values=None, check_files=True) -> IngestConfig:
+    """The validated ``ingest:`` section of a YAML file (path None: the defaults) with overrides."""
+    return load_config(path, INGEST_SCHEMA, "ingest", sets, values, check_files)

@@ -13,15 +13,16 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML config with a `simulate:` section (e.g. configs/quickstart.yaml)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="override simulate.seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the simulate: section, e.g. --set n_members=16 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from ppe_ingest.base.config import load_config
-    from .config import SCHEMA
+    from .config import load_simulate_config
     from .ppe import simulate
 
-    cfg = load_config(args.config, SCHEMA, section="simulate")
-    simulate(cfg, args.out, seed=args.seed, quiet=args.quiet)
+    cfg = load_simulate_config(args.config, args.set, {"seed": args.seed})
+    simulate(cfg, args.out, quiet=args.quiet)
     return 0

@@ -1,7 +1,7 @@
 """The `simulate:` section of a config (e.g. configs/quickstart.yaml) for the built-in simulator."""
 from __future__ import annotations
 
-from ppe_ingest.base.config import Field
+from ppe_ingest.base.config import Field, load_config, section_type
 
 DEFAULT_PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar", "n_baseflow", "d_max", "medlynslope",
                   "n_melt_coef"]
@@ -29,7 +29,7 @@ SCHEMA = {
     "prefix": Field(str, "LHC", choices=("LHC", "OAAT", "SIM")),
     "params": Field(list, list(DEFAULT_PARAMS), items=str, help="table rows to perturb"),
     "table": Field(str, None, path=True, nullable=True,
-                   help="parameter table CSV (default: configs/params_hydrology.csv)"),
+                   help="parameter table CSV (default: the shipped params_hydrology.csv)"),
     "n_gridcells": Field(int, 200, min=1, max=100000),
     "grid": Field(str, "builtin", choices=("builtin", "camels", "sparsegrid")),
     "camels_attributes": Field(str, None, path=True, nullable=True,
@@ -46,3 +46,10 @@ SCHEMA = {
     "compress": Field(bool, True, help="zlib-compress history files (NETCDF4_CLASSIC)"),
     "truth": Field(dict, None, schema=TRUTH, nullable=True, help="twin-experiment truth and observations"),
 }
+
+SimulateConfig = section_type(SCHEMA, "SimulateConfig")
+
+
+def load_simulate_config(path, sets=(), values=None, check_files=True) -> SimulateConfig:
+    """The validated ``simulate:`` section of a YAML file with command-line overrides."""
+    return load_config(path, SCHEMA, "simulate", sets, values, check_files)

@@ -1,0 +1,221 @@
+"""The whole chain on one config, as a twin experiment: `esm-emu run CONFIG --out DIR` and
+`esm-emu quickstart --out DIR` (the same on the shipped quickstart.yaml).
+
+simulate a PPE with the built-in simulator (a CTSM stand-in) -> ingest -> train the emulator ->
+read the synthetic observations at a subset of gridcells -> invert through the frozen emulator ->
+write CTSM files -> report. Each stage calls the library function its own command calls; a
+finished stage is recorded in DIR/stages.json so a rerun after a kill continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.config import split_sets
+from ppe_ingest.base.errors import UserError
+
+STAGES = ("simulate", "ingest", "train", "observations", "invert", "write-ctsm", "report")
+SECTIONS = ("simulate", "ingest", "emulator", "inverse")
+
+
+def default_config() -> Path:
+    """The shipped quickstart.yaml (package data)."""
+    from ppe_ingest import configs
+
+    return configs.path("quickstart.yaml")
+
+
+class _Stages:
+    """Completed stages and their wall times, kept in DIR/stages.json."""
+
+    def __init__(self, out: Path, restart: bool):
+        self.path = out / "stages.json"
+        self.done = {} if restart or not self.path.exists() else json.loads(self.path.read_text())
+
+    def start(self, name: str) -> float | None:
+        """The start time of a stage to run, or None (with a line saying so) when it is done."""
+        if name in self.done:
+            print(f"[{name}] already done (recorded in {self.path.name}); skipping")
+            return None
+        print(f"[{name}]", flush=True)
+        return time.perf_counter()
+
+    def record(self, name: str, t0: float, **info) -> None:
+        self.done[name] = {"wall_s": round(time.perf_counter() - t0, 2), **info}
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.done, indent=2))
+
+
+def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, sets: Sequence[str] = (),
+                 restart: bool = False, progress: bool = True) -> dict:
+    """Run every stage of `config` into `out`; return the report also written to out/report/metrics.json.
+
+    `seed` overrides the seed of every stage; `sets` are ``SECTION.KEY=VALUE`` overrides. The
+    pipeline sets the paths between stages itself (ingest.ppe_dir/out/catalog, emulator.store/run_dir,
+    inverse.store/observations/truth/forward/out).
+    """
+    from esm_emu.inverse.config import load_inverse_config
+    from esm_emu.training.config import load_emulator_config
+    from ppe_ingest.ingest.config import load_ingest_config
+    from ppe_ingest.simulator.config import load_simulate_config
+
+    cfg_path = Path(config)
+    out = Path(out).resolve()
+    ppe, store, run_dir = out / "ppe", out / "store.nc", out / "emulator"
+    obs_path, inv_dir, ctsm_dir = out / "observations" / "observations.nc", out / "inverse", out / "ctsm"
+    loaders = {"simulate": load_simulate_config, "ingest": load_ingest_config,
+               "emulator": load_emulator_config, "inverse": load_inverse_config}
+    sets_of = split_sets(sets, SECTIONS)
+    wiring = {  # the files that pass from stage to stage
+        "simulate": {"seed": seed},
+        "ingest": {"seed": seed, "ppe_dir": str(ppe), "out": str(store), "catalog": str(out / "catalog.json")},
+        "emulator": {"store": str(store), "run_dir": str(run_dir), "train.seed": seed},
+        "inverse": {"seed": seed, "store": str(store), "observations": [str(obs_path)], "out": str(inv_dir),
+                    "truth": str(ppe / "truth" / "parameter_map.nc"),
+                    "forward.kind": "emulator", "forward.checkpoint": str(run_dir / "best.pt")},
+    }
+
+    def section(name: str, check_files: bool = True):
+        return loaders[name](cfg_path, sets_of[name], wiring[name], check_files=check_files)
+
+    # Every key of every section is checked before any work starts; input files once they exist.
+    early = {name: section(name, check_files=False) for name in SECTIONS}
+    if not early["simulate"].truth:
+        raise UserError(f"{cfg_path.name}: simulate.truth: the run pipeline needs the truth set (observations)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    stages = _Stages(out, restart)
+
+    # 1. The PPE and the twin-experiment truth from the built-in simulator.
+    t0 = stages.start("simulate")
+    if t0 is not None:
+        if ppe.exists():  # a partial PPE from a killed run: start it over
+            shutil.rmtree(ppe)
+        from ppe_ingest.simulator.ppe import simulate
+
+        simulate(section("simulate"), ppe, quiet=not progress)
+        stages.record("simulate", t0)
+
+    # 2. Catalog and training store.
+    t0 = stages.start("ingest")
+    if t0 is not None:
+        from ppe_ingest.ingest.pipeline import ingest_ppe
+
+        ingest_ppe(section("ingest"), progress=progress)
+        stages.record("ingest", t0)
+
+    # 3. The emulator (resumes from its own checkpoint when a run was killed mid-training).
+    t0 = stages.start("train")
+    if t0 is not None:
+        from esm_emu.training.job import train_job
+
+        summary, evaluation = train_job(section("emulator"), resume=True, progress=progress, plots=True)
+        for line in (evaluation or {}).get("summary_lines", []):
+            print("  " + line)
+        stages.record("train", t0, steps=summary["steps"], stop=summary["stop"],
+                      train_wall_s=round(summary["wall_s"], 2))
+
+    # 4. Synthetic observations, read back through the real CAMELS / PLUMBER2 / ISMN readers.
+    t0 = stages.start("observations")
+    if t0 is not None:
+        from ppe_ingest.obs.io import write_obs
+        from ppe_ingest.simulator.truth import read_observations
+
+        write_obs(read_observations(ppe / "truth", early["inverse"].variables), obs_path)
+        stages.record("observations", t0)
+    inv_cfg = section("inverse")
+
+    # 5. Inversion through the frozen emulator.
+    t0 = stages.start("invert")
+    if t0 is not None:
+        from esm_emu.inverse.pipeline import run_from_config
+
+        run_from_config(inv_cfg, progress=progress)
+        stages.record("invert", t0)
+
+    # 6. CTSM files from the inferred parameter map.
+    t0 = stages.start("write-ctsm")
+    if t0 is not None:
+        from esm_emu.writers import write_ctsm_files
+        from ppe_ingest.param_table import load_param_table
+
+        table = load_param_table(ppe / "params.csv")
+        fsurdat = next(iter(sorted(ppe.glob("surfdata_*.nc"))), None)
+        # spatially varying paramfile parameters: one paramfile per k-means cluster when the
+        # inversion made clusters (inverse.clusters), else the median
+        # user_nl: the PPE has none, so a new user_nl_clm takes the namelist parameters
+        files = write_ctsm_files(ctsm_dir, fsurdat=fsurdat, paramfile=ppe / "paramfile_default.nc",
+                                 user_nl=ppe / "user_nl_clm", values=inv_dir / "parameter_map.nc", table=table,
+                                 per_cluster_paramfiles=inv_cfg.clusters > 0)
+        stages.record("write-ctsm", t0, files={k: [str(p) for p in v] for k, v in files.items()})
+
+    # 7. The report a person looks at.
+    t0 = time.perf_counter()
+    report = write_report(out, stages.done, inv_cfg)
+    stages.record("report", t0)
+    return report
+
+
+def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path | None = None,
+                   sets: Sequence[str] = (), restart: bool = False, progress: bool = True) -> dict:
+    """`run_pipeline` on the shipped quickstart.yaml (or `config`)."""
+    return run_pipeline(config or default_config(), out, seed=seed, sets=sets, restart=restart, progress=progress)
+
+
+def _median_skill(emu_metrics: dict) -> dict:
+    """Median daily NSE/KGE per variable on each held-out group, from the emulator evaluation."""
+    return {group: {"n_series": g.get("n_series"),
+                    **{v: {"NSE_median": d.get("NSE_median"), "KGE_median": d.get("KGE_median")}
+                       for v, d in (g.get("variables") or {}).items()}}
+            for group, g in (emu_metrics.get("groups") or {}).items()}
+
+
+def write_report(out: Path, stages: dict, inv_cfg) -> dict:
+    """Gather the stages' metrics and plots into out/report (metrics.json + PNGs)."""
+    rep_dir = out / "report"
+    rep_dir.mkdir(exist_ok=True)
+    emu_eval = out / "emulator" / "eval"
+    inv_dir = Path(inv_cfg.out)
+    emu_metrics = json.loads((emu_eval / "metrics.json").read_text()) if (emu_eval / "metrics.json").exists() else {}
+    inv_metrics = json.loads((inv_dir / "metrics.json").read_text()) if (inv_dir / "metrics.json").exists() else {}
+    report = {
+        "what": "twin experiment on the esm-emu built-in land simulator (a CTSM stand-in, not CTSM)",
+        "emulator": _median_skill(emu_metrics),
+        "parameter_recovery": inv_metrics.get("recovery"),
+        "skill_held_out_years": {
+            param: {v: {"nse_median": d.get("nse_median"), "kge_median": d.get("kge_median")}
+                    for v, d in (inv_metrics.get("skill_test_period", {}).get(param) or {}).items()}
+            for param in ("default", "inferred")},
+        "ablation": inv_metrics.get("ablation"),
+        "inverse_method": inv_metrics.get("method"),
+        "n_gridcells": inv_metrics.get("n_entities"), "n_observed": inv_metrics.get("n_observed"),
+        "wall_s": {k: v.get("wall_s") for k, v in stages.items()},
+        "ctsm_files": (stages.get("write-ctsm") or {}).get("files"),
+    }
+    report["wall_s"]["total"] = round(sum(v for v in report["wall_s"].values() if v), 2)
+    for src in sorted(emu_eval.glob("*.png")):
+        shutil.copy2(src, rep_dir / f"emulator_{src.name}")
+    for src in sorted(inv_dir.glob("*.png")):
+        shutil.copy2(src, rep_dir / src.name)
+    with atomic_path(rep_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few lines for the terminal: recovery at unobserved gridcells, held-out-year skill, wall time."""
+    lines = []
+    rec = (report.get("parameter_recovery") or {}).get("unobserved") or {}
+    for p, d in rec.items():
+        if isinstance(d, dict) and "r" in d:
+            lines.append(f"  {p:26s} r(true, inferred) at unobserved gridcells {d['r']:.3f}")
+    sk = report.get("skill_held_out_years") or {}
+    for v, d in (sk.get("inferred") or {}).items():
+        dflt = (sk.get("default") or {}).get(v, {}).get("nse_median")
+        lines.append(f"  {v} held-out-year median NSE: default {dflt:.3f} -> inferred {d['nse_median']:.3f}")
+    lines.append(f"  wall time {report['wall_s']['total']:.0f} s")
+    return lines
