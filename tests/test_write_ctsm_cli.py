@@ -1,20 +1,23 @@
-"""`esm-emu write-ctsm` and write_ctsm_files: --set routing, parameter maps, errors."""
+"""`esm-emu write-ctsm` and write_ctsm_files: --set routing, parameter maps, errors; the plan (routing and
+checks before any file exists) and its apply step (each input opened once)."""
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 
 from esm_emu.cli import main
-from esm_emu.writers import parse_set, write_ctsm_files
+from esm_emu.writers import parse_set, plan_ctsm_files, write_ctsm_files
+from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata
 from ppe_ingest.ctsmio.user_nl import read_user_nl
-from ppe_ingest.base.errors import UserError
 
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")
 BRAZIL = ("ctsm", "pecan", "surfdata_1x1_brazil_16pfts_Irrig_CMIP6_simyr2000_c171214.nc")
@@ -182,3 +185,90 @@ def test_map_writes_what_its_files_allow(inputs, tmp_path):
 def test_parse_set():
     assert parse_set(["FMAX=0.3", "use_x=.true.", "medlynslope[c4_grass]=1.6", "medlynslope[3]=2"]) == {
         "FMAX": 0.3, "use_x": True, "medlynslope": {"c4_grass": 1.6, 3: 2}}
+
+
+def test_plan_routes_each_parameter_and_writes_nothing(inputs, tmp_path):
+    out = tmp_path / "o"
+    plan = plan_ctsm_files(out, fsurdat=inputs["fsurdat"], paramfile=inputs["paramfile"], user_nl=inputs["user_nl"],
+                           values=_map().sel(param=["zbedrock", "fff", "baseflow_scalar"]),
+                           settings={"FMAX": 0.35, "medlynslope": {"c4_grass": 1.7}, "interception_fraction": 0.5},
+                           per_gridcell_paramfiles=True)
+    assert not out.exists()
+    assert plan.routes() == {"FMAX": "fsurdat", "medlynslope": "paramfile", "interception_fraction": "namelist",
+                             "zbedrock": "fsurdat", "fff": "paramfile", "baseflow_scalar": "namelist"}
+    modes = {a.name: a.mode for a in plan.assignments}
+    assert modes == {"FMAX": "value", "medlynslope": "value", "interception_fraction": "value", "zbedrock": "field",
+                     "fff": "paramfile per gridcell", "baseflow_scalar": "median"}
+    stem = inputs["paramfile"].stem
+    assert plan.files("fsurdat") == [out / "surfdata_test.nc"]
+    assert plan.files("paramfile") == [out / f"{stem}_gridcell{i}.nc" for i in range(3)]
+    assert plan.files("user_nl") == [out / "user_nl_clm"]
+    fs, pf0, nl = plan.outputs[0], plan.outputs[1], plan.outputs[-1]
+    assert list(fs.changes) == ["FMAX", "zbedrock"] and fs.changes["zbedrock"][1].tolist() == [4.0, 5.0, 6.0]
+    assert set(pf0.changes) == {"medlynslope", "fff"} and float(pf0.changes["fff"][1]) == 0.3
+    # three paramfiles: the case is not pointed at one of them
+    assert nl.changes == {"interception_fraction": 0.5, "baseflow_scalar": 0.02,
+                          "fsurdat": str((out / "surfdata_test.nc").resolve())}
+    text = plan.describe()
+    assert "zbedrock" in text and "paramfile per gridcell" in text and str(out / "user_nl_clm") in text
+
+
+def _map_with(name, i, value):
+    m = _map()
+    m["theta"].loc[{"gridcell": i, "param": name}] = value
+    return m
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"settings": {"fff": 6.0}}, ["--set", "fff = 6", "0.02..5", "params_hydrology.csv"]),
+    ({"settings": {"baseflow_scalar": 0.5}}, ["baseflow_scalar = 0.5", "0.0005..0.1"]),
+    ({"values": _map_with("zbedrock", 1, 9.0)}, ["parameter map: gridcell 1: zbedrock = 9", "0.3..8"]),
+    ({"settings": {"PCT_SAND": 90.0}}, ["PCT_SAND + PCT_CLAY = 110", "gridcell 0", "<= 100"]),
+    ({"settings": {"FMAX": 0.3, "fff": float("nan")}}, ["fff", "non-finite"]),
+])
+def test_out_of_bounds_or_unphysical_values_are_refused_before_any_file_exists(inputs, tmp_path, kw, words):
+    out = tmp_path / "o"
+    with pytest.raises(UserError) as e:
+        write_ctsm_files(out, fsurdat=inputs["fsurdat"], paramfile=inputs["paramfile"], user_nl=inputs["user_nl"],
+                         log=lambda s: None, **kw)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert not out.exists()
+
+
+def test_theta_at_its_bound_to_rounding_is_accepted(inputs, tmp_path):
+    at_max = np.float32(8.0) * np.float32(1 + 1e-7)  # float32 rounding of an inverse's upper bound
+    m = _map_with("zbedrock", 0, float(at_max)).sel(param=["zbedrock"])
+    w = write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], values=m, log=lambda s: None)
+    assert read_surfdata(w["fsurdat"][0]).zbedrock.values[0] == pytest.approx(8.0)
+
+
+def test_apply_opens_each_input_once(inputs, tmp_path, monkeypatch):
+    opened, dataset = [], netCDF4.Dataset
+
+    def counting_dataset(filename, *args, **kwargs):
+        opened.append(Path(filename).resolve())
+        return dataset(filename, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(netCDF4, "Dataset", counting_dataset)
+        w = write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], paramfile=inputs["paramfile"],
+                             values=_map(), settings={"PCT_SAND": 45.0, "ORGANIC": 7.0},
+                             per_gridcell_paramfiles=True, log=lambda s: None)
+    assert len(w["paramfile"]) == 3
+    # four surface dataset fields from one read of it; three paramfiles from one read of the base
+    assert opened.count(inputs["fsurdat"].resolve()) == 1
+    assert opened.count(inputs["paramfile"].resolve()) == 1
+    fs = read_surfdata(w["fsurdat"][0])
+    assert np.allclose(fs.PCT_SAND.values, 45.0) and np.allclose(fs.ORGANIC.values, 7.0)
+    assert np.allclose(fs.FMAX.values, [0.1, 0.5, 0.7]) and np.allclose(fs.zbedrock.values, [4, 5, 6])
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(inputs, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["write-ctsm", "--out", str(out), "--fsurdat", str(inputs["fsurdat"]), "--paramfile",
+               str(inputs["paramfile"]), "--set", "FMAX=0.35", "--set", "fff=1.5", "--dry-run"])
+    assert rc == 0 and not out.exists()
+    text = capsys.readouterr().out
+    assert "2 parameter(s), 2 file(s)" in text
+    assert any(line.split()[:2] == ["FMAX", "fsurdat"] for line in text.splitlines())
+    assert str(out / inputs["paramfile"].name) in text

@@ -63,18 +63,23 @@ def pft_names(path: str | Path) -> list[str]:
 def read_paramfile(path: str | Path, names=None) -> dict[str, np.ndarray]:
     """Numeric variables of a paramfile as arrays (scalars 0-d, `allpfts` squeezed)."""
     path = Path(path)
-    out = {}
     with open_dataset(path) as ds:
-        if names is None:
-            names = [n for n, v in ds.variables.items() if _numeric(v)]
-        for name in names:
-            if name not in ds.variables:
-                raise UserError(f"{path}: variable {name} not found in the paramfile")
-            var = ds.variables[name]
-            if not _numeric(var):
-                raise UserError(f"{path}: variable {name} is not numeric")
-            data = np.asarray(var[...]) if var.ndim else np.asarray(var.getValue())
-            out[name] = data.reshape(_logical_shape(var))
+        return paramfile_values(ds, path, names)
+
+
+def paramfile_values(ds, path, names=None) -> dict[str, np.ndarray]:
+    """`read_paramfile` on an open paramfile `ds` (all numeric variables when `names` is None)."""
+    if names is None:
+        names = [n for n, v in ds.variables.items() if _numeric(v)]
+    out = {}
+    for name in names:
+        if name not in ds.variables:
+            raise UserError(f"{path}: variable {name} not found in the paramfile")
+        var = ds.variables[name]
+        if not _numeric(var):
+            raise UserError(f"{path}: variable {name} is not numeric")
+        data = np.asarray(var[...]) if var.ndim else np.asarray(var.getValue())
+        out[name] = data.reshape(_logical_shape(var))
     return out
 
 
@@ -136,6 +141,15 @@ def _plan_update(ds, name: str, value, path: Path, names: list[str] | None):
     return Ellipsis, arr
 
 
+def paramfile_changes(ds, path, values: Mapping) -> dict[str, tuple]:
+    """`copy_and_modify` updates that set `values` (as `write_paramfile` takes them) in the open paramfile
+    `ds`: checked and cast to each variable's dtype; nothing is written."""
+    names = None
+    if any(isinstance(v, Mapping) for v in values.values()) and "pftname" in ds.variables:
+        names = [str(s).strip() for s in netCDF4.chartostring(ds.variables["pftname"][:])]
+    return {name: _plan_update(ds, name, v, path, names) for name, v in values.items()}
+
+
 def write_paramfile(src: str | Path, dst: str | Path, values: Mapping, history: str | None = None) -> Path:
     """Copy paramfile `src` to `dst` changing only the variables in `values`.
 
@@ -146,10 +160,7 @@ def write_paramfile(src: str | Path, dst: str | Path, values: Mapping, history: 
     src, dst = Path(src), Path(dst)
     refuse_overwrite(dst, [src])
     with open_dataset(src) as ds:
-        names = None
-        if any(isinstance(v, Mapping) for v in values.values()) and "pftname" in ds.variables:
-            names = [str(s).strip() for s in netCDF4.chartostring(ds.variables["pftname"][:])]
-        updates = {name: _plan_update(ds, name, v, src, names) for name, v in values.items()}
+        updates = paramfile_changes(ds, src, values)
     line = history or f"write_paramfile: set {', '.join(values) or 'nothing'} (from {src.name})"
     return copy_and_modify(src, dst, updates, history_line(line))
 

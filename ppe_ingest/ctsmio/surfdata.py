@@ -153,6 +153,39 @@ def check_physical(fields: Mapping[str, np.ndarray], lat, lon, path, cells=None)
                             "must be <= 100")
 
 
+def surfdata_grid(ds, path) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) of the gridcells of an open surface dataset, flattened in C order."""
+    _, sdims, n = _form(ds, path)
+    return _latlon(ds, sdims, n, path)
+
+
+def surfdata_field(ds, name: str, path) -> np.ndarray:
+    """One field of an open surface dataset as float64 (..., gridcell), raw values."""
+    _, sdims, n = _form(ds, path)
+    var = _spatial_var(ds, name, sdims, path)
+    return np.array(var[...], dtype=float).reshape(var.shape[: var.ndim - len(sdims)] + (n,))
+
+
+def surfdata_changes(ds, path, fields: Mapping[str, np.ndarray], cells=None) -> dict[str, tuple]:
+    """`copy_and_modify` updates that write whole `fields` (..., gridcell) into the open surface dataset.
+
+    Checked with `check_physical` at `cells` (default all), with the unchanged partner of
+    PCT_SAND/PCT_CLAY read from `ds`, and cast to each variable's dtype; nothing is written.
+    """
+    _, sdims, n = _form(ds, path)
+    lat, lon = _latlon(ds, sdims, n, path)
+    merged = dict(fields)
+    for other in ("PCT_SAND", "PCT_CLAY"):
+        if other not in merged and ("PCT_SAND" in fields or "PCT_CLAY" in fields) and other in ds.variables:
+            merged[other] = surfdata_field(ds, other, path)
+    check_physical(merged, lat, lon, path, cells)
+    changes = {}
+    for name, full in fields.items():
+        var = _spatial_var(ds, name, sdims, path)
+        changes[name] = (Ellipsis, cast_to(var, full, name, path).reshape(var.shape))
+    return changes
+
+
 def write_surfdata(src: str | Path, dst: str | Path, updates: Mapping[str, object], gridcells=None,
                    history: str | None = None, tol_deg: float = 1.0) -> Path:
     """Copy surface dataset `src` to `dst` changing only the fields in `updates`.
@@ -167,16 +200,13 @@ def write_surfdata(src: str | Path, dst: str | Path, updates: Mapping[str, objec
     if not updates:
         raise UserError(f"{src}: no surface dataset fields to set")
     with open_dataset(src) as ds:
-        form, sdims, n = _form(ds, src)
-        lat, lon = _latlon(ds, sdims, n, src)
+        lat, lon = surfdata_grid(ds, src)
         cells = resolve_gridcells(gridcells, lat, lon, src, tol_deg)
-        new, planned = {}, {}
+        new = {}
         for name, value in updates.items():
-            var = _spatial_var(ds, name, sdims, src)
-            lead = var.shape[: var.ndim - len(sdims)]
-            full = np.array(var[...], dtype=float).reshape(lead + (n,))
+            full = surfdata_field(ds, name, src)
             v = np.asarray(value, dtype=float)
-            want = lead + (cells.size,)
+            want = full.shape[:-1] + (cells.size,)
             if v.ndim == 0 or v.shape == (cells.size,):
                 v = np.broadcast_to(v, want)
             elif v.shape != want:
@@ -184,17 +214,7 @@ def write_surfdata(src: str | Path, dst: str | Path, updates: Mapping[str, objec
                                 f"or {want} for {cells.size} gridcell(s)")
             full[..., cells] = v
             new[name] = full
-            planned[name] = var
-        merged = dict(new)
-        for other in ("PCT_SAND", "PCT_CLAY"):
-            if other not in merged and ("PCT_SAND" in new or "PCT_CLAY" in new) and other in ds.variables:
-                var = _spatial_var(ds, other, sdims, src)
-                merged[other] = np.asarray(var[...], float).reshape(var.shape[: var.ndim - len(sdims)] + (n,))
-        check_physical(merged, lat, lon, src, cells)
-        changes = {}
-        for name, full in new.items():
-            var = planned[name]
-            changes[name] = (Ellipsis, cast_to(var, full, name, src).reshape(var.shape))
+        changes = surfdata_changes(ds, src, new, cells)
     where = "all gridcells" if gridcells is None else f"{cells.size} gridcell(s)"
     line = history or f"write_surfdata: set {', '.join(updates)} at {where} (from {src.name})"
     return copy_and_modify(src, dst, changes, history_line(line))
