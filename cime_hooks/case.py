@@ -118,7 +118,7 @@ def import_cime(case: CaseXml):
     """Return CIME's `Case` class if CIME can be imported (already on the path, or at the case's
     CIMEROOT); else None. Nothing inside CASEROOT is ever put on the import path."""
     try:
-        from CIME.case import Case  # noqa: F401
+        from CIME.case import Case
         return Case
     except ImportError:
         pass

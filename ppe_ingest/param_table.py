@@ -138,7 +138,7 @@ class ParamTable:
     def __len__(self) -> int:
         return len(self._specs)
 
-    def subset(self, names: Sequence[str]) -> "ParamTable":
+    def subset(self, names: Sequence[str]) -> ParamTable:
         return ParamTable([self[n] for n in names], self.source)
 
     def value(self, name: str, s):
@@ -195,6 +195,7 @@ class _Defaults:
 
     def _load(self):
         from ppe_ingest.base.netcdf import open_dataset
+
         from .ctsmio.paramfile import read_paramfile
 
         self._values = read_paramfile(self.path)

@@ -56,7 +56,7 @@ for arg in sys.argv[1:]:
 
 def env_xml(file_id: str, groups: dict, fmt: dict) -> str:
     out = ['<?xml version="1.0"?>', f'<file id="{file_id}" version="2.0">',
-           "  <header>", "      These variables may be changed anytime during a run, they", 
+           "  <header>", "      These variables may be changed anytime during a run, they",
            "      control jobs that will be submitted and their dependancies.", "  </header>"]
     for gid, entries in groups.items():
         out.append(f'  <group id="{gid}">')

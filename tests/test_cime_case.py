@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from cime_case_util import make_case
+
 from cime_hooks.case import check_caseroot, open_case, regenerate_lnd_namelist
 from ppe_ingest.base.errors import UserError
 

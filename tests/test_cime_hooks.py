@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from cime_case_util import make_case
+
 from cime_hooks.case import open_case
 from cime_hooks.da import run_da
 from cime_hooks.prerun import run_prerun

@@ -12,8 +12,8 @@ import sys
 import netCDF4
 import pytest
 import yaml
-
 from cime_case_util import make_case
+
 from cime_hooks.case import open_case
 from esm_emu.cli import main
 

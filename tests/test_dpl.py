@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from inverse_twin import PARAMS, make_twin, observations
 
 from esm_emu.inverse.config import inverse_config
 from esm_emu.inverse.dpl import DPLConfig, ParamNet, masked_loss, predict, train_dpl
@@ -13,8 +14,6 @@ from esm_emu.inverse.kgssl import KGSSLConfig
 from esm_emu.inverse.problem import bounds_from_table, build_problem
 from esm_emu.metrics import nse
 from ppe_ingest.base.errors import UserError
-
-from inverse_twin import PARAMS, make_twin, observations
 
 torch.set_num_threads(1)
 OBSERVED = np.arange(16)  # of 24 gridcells; the other 8 are never observed

@@ -10,8 +10,8 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-
 from _ingest_ppe import make_ppe, sim_ppe
+
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ingest.checks import Report
 from ppe_ingest.ingest.discover import discover

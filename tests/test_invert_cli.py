@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from inverse_twin import PARAMS, make_twin, observations
 
 from esm_emu.cli import main
 from esm_emu.inverse.param_map import read_param_map
 from ppe_ingest.obs.io import write_obs
-
-from inverse_twin import PARAMS, make_twin, observations
 
 
 def _setup(tmp_path, **over):

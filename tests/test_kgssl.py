@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from inverse_twin import PARAMS, make_twin
 
 from esm_emu.inverse.inversion import ppe_samples
 from esm_emu.inverse.kgssl import KGSSLConfig, KGSSLData, embed_entities, nt_xent, train_kgssl, windows
 from esm_emu.inverse.problem import build_problem
-
-from inverse_twin import PARAMS, make_twin
 
 torch.set_num_threads(1)
 

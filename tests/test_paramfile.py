@@ -7,9 +7,8 @@ import netCDF4
 import numpy as np
 import pytest
 
-from ppe_ingest.ctsmio.paramfile import (NPFT, PFT_NAMES, create_paramfile, pft_names, read_paramfile,
-                                         write_paramfile)
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.paramfile import NPFT, PFT_NAMES, create_paramfile, pft_names, read_paramfile, write_paramfile
 
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")
 CLM5 = ("ctsm", "paramfiles", "clm5_params.c171117.nc")

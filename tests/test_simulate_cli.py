@@ -17,8 +17,9 @@ import xarray as xr
 
 from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.ctsmio.surfdata import lai_extremes
+from ppe_ingest.ctsmio.vocabulary import FORCING as FORCING_VARS
+from ppe_ingest.ctsmio.vocabulary import RESPONSES as RESPONSE_VARS
 from ppe_ingest.simulator import physics
-from ppe_ingest.ctsmio.vocabulary import FORCING as FORCING_VARS, RESPONSES as RESPONSE_VARS
 
 REPO = Path(__file__).resolve().parents[1]
 HIST_RE = re.compile(r"^(?P<case>.+)_(?P<member>LHC\d{4})\.clm2\.h1\.(?P<date>\d{4}-\d{2}-\d{2}-\d{5})\.nc$")

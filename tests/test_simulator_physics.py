@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.simulator import physics
 from ppe_ingest.ctsmio.vocabulary import RESPONSES as RESPONSE_VARS
+from ppe_ingest.simulator import physics
 from ppe_ingest.simulator.physics import DEFAULTS, run_land
 from ppe_ingest.simulator.sites import builtin_sites, static_tensors
 from ppe_ingest.simulator.weather import forcing_tensors, generate_weather

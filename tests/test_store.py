@@ -8,13 +8,13 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-
 from _ingest_ppe import SIM, make_ppe, sim_ppe
+
+from ppe_ingest.ctsmio.surfdata import static_field_names
 from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 from ppe_ingest.ingest.discover import discover
-from ppe_ingest.ctsmio.surfdata import static_field_names
-from ppe_ingest.ingest.writer import write_store
 from ppe_ingest.ingest.theta import read_design
+from ppe_ingest.ingest.writer import write_store
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_simulator_store_carries_the_simulator_lai_and_feeds_it_back(sim, tmp_pa
     the simulator forward built on the store takes them: it reproduces a member's history."""
     import torch
 
-    from esm_emu.inverse.pipeline import load_entities
     from esm_emu.forward import SimulatorForward
+    from esm_emu.inverse.pipeline import load_entities
     from esm_emu.inverse.problem import attributes
     from ppe_ingest.simulator.sites import builtin_sites
 

@@ -6,10 +6,10 @@ import hashlib
 import netCDF4
 import numpy as np
 import pytest
-
-from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata, write_surfdata
-from ppe_ingest.base.errors import UserError
 from test_paramfile import assert_same_except
+
+from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata, write_surfdata
 
 BRAZIL = ("ctsm", "pecan", "surfdata_1x1_brazil_16pfts_Irrig_CMIP6_simyr2000_c171214.nc")
 FIELDS = ("PCT_SAND", "PCT_CLAY", "ORGANIC", "FMAX", "zbedrock", "SLOPE", "STD_ELEV")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ppe_ingest.ctsmio.user_nl import format_namelist_value, parse_namelist_value, read_user_nl, set_user_nl
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.ctsmio.user_nl import format_namelist_value, parse_namelist_value, read_user_nl, set_user_nl
 
 CASE_NL = """!----------------------------------------------------------------------------------
 ! Users should add all user specific namelist changes below in the form of

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .dpl import masked_loss, score_mask
 from ..forward import ForwardModel
+from .dpl import masked_loss, score_mask
 from .problem import InverseProblem
 
 

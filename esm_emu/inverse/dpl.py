@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from ..metrics import nse_terms
 from torch import nn
 
 from ..forward import ForwardModel
+from ..metrics import nse_terms
 from .problem import InverseProblem
 
 

@@ -12,15 +12,14 @@ import xarray as xr
 
 from ppe_ingest.base.errors import UserError
 
-from . import dpl as _dpl
 from ..forward import ForwardModel
+from . import dpl as _dpl
 from .config import inverse_config
 from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
 from .param_map import build_param_map, cluster_param_map, param_values_at
 from .problem import InverseProblem, build_problem
 from .report import write_outputs
 from .uncertainty import UncertaintyConfig, combine, coverage
-
 
 IDENTIFIABLE_MIN = 0.05
 

@@ -78,7 +78,7 @@ class InverseProblem:
         lg = lo * torch.exp(u * torch.log(hi / lo))
         return torch.where(ls, lg, lin)
 
-    def subset(self, idx) -> "InverseProblem":
+    def subset(self, idx) -> InverseProblem:
         """The same problem restricted to some entities."""
         idx = np.asarray(idx)
         t = torch.as_tensor(idx, dtype=torch.long)

@@ -38,15 +38,61 @@ from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.base.netcdf import NC_LOCK
 from ppe_ingest.ctsmio.surfdata import read_static
-from ppe_ingest.ctsmio.vocabulary import (FORCING, LAI_DERIVATION, LAI_FIELDS, LOG_RESPONSES, RESPONSES,
-                                          SOIL_LAYER_REDUCTION)
-from ppe_ingest.store import (ATTR_CATALOG, ATTR_FORCING_SHARED, ATTR_HISTORY, ATTR_HISTORY_TAPES,
-                              ATTR_LAI_DERIVATION, ATTR_LAYOUT, ATTR_LOG_CLIP_MIN, ATTR_LOG_EPS, ATTR_LOG_VARS,
-                              ATTR_SKIPPED, ATTR_SOIL_LAYER_REDUCTION, ATTR_SOURCE_PPE, ATTR_SPLIT_SEED, ATTR_TITLE,
-                              ATTR_VERSION, ATTR_WARMUP, DEFAULT_LOG_EPS, FIELD, GRIDCELL, GROUP_PARAM, GROUP_STATIC,
-                              GROUP_VARIABLE, LAT, LON, MEMBER, NORM_GROUP, NORM_MEAN, NORM_STD, NORM_VAR, PARAM,
-                              PARAM_LOCATION, SPLIT_ATTRS, SPLIT_GRIDCELL, SPLIT_MEMBER, SPLIT_TIME, STATIC, TEST,
-                              THETA, THETA_MAX, THETA_MIN, THETA_REDUCTION, TIME, TRAIN, VAL, log_transform)
+from ppe_ingest.ctsmio.vocabulary import (
+    FORCING,
+    LAI_DERIVATION,
+    LAI_FIELDS,
+    LOG_RESPONSES,
+    RESPONSES,
+    SOIL_LAYER_REDUCTION,
+)
+from ppe_ingest.store import (
+    ATTR_CATALOG,
+    ATTR_FORCING_SHARED,
+    ATTR_HISTORY,
+    ATTR_HISTORY_TAPES,
+    ATTR_LAI_DERIVATION,
+    ATTR_LAYOUT,
+    ATTR_LOG_CLIP_MIN,
+    ATTR_LOG_EPS,
+    ATTR_LOG_VARS,
+    ATTR_SKIPPED,
+    ATTR_SOIL_LAYER_REDUCTION,
+    ATTR_SOURCE_PPE,
+    ATTR_SPLIT_SEED,
+    ATTR_TITLE,
+    ATTR_VERSION,
+    ATTR_WARMUP,
+    DEFAULT_LOG_EPS,
+    FIELD,
+    GRIDCELL,
+    GROUP_PARAM,
+    GROUP_STATIC,
+    GROUP_VARIABLE,
+    LAT,
+    LON,
+    MEMBER,
+    NORM_GROUP,
+    NORM_MEAN,
+    NORM_STD,
+    NORM_VAR,
+    PARAM,
+    PARAM_LOCATION,
+    SPLIT_ATTRS,
+    SPLIT_GRIDCELL,
+    SPLIT_MEMBER,
+    SPLIT_TIME,
+    STATIC,
+    TEST,
+    THETA,
+    THETA_MAX,
+    THETA_MIN,
+    THETA_REDUCTION,
+    TIME,
+    TRAIN,
+    VAL,
+    log_transform,
+)
 
 from .checks import Report, nan_count
 from .discover import HistFile, Ppe
@@ -672,5 +718,5 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("esm-emu")
-    except Exception:  # noqa: BLE001 - not installed: source checkout
+    except Exception:  # not installed: source checkout
         return "unknown"

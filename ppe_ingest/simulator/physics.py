@@ -352,7 +352,10 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt: TermConstant
 def _day_constants(c: dict) -> DayConstants:
     """Time-constant inputs of the daily step (per layer: (L, B); otherwise (B,))."""
     p = c["p"]
-    L = lambda key: torch.stack(c[key])     # noqa: E731
+
+    def L(key):  # per-layer stack, named for its shape label (L, B)
+        return torch.stack(c[key])
+
     e1 = 1.0 - c["expo"]
     return DayConstants(
         fmax=p["FMAX"], neg_half_fff=-0.5 * p["fff"], zbed=c["zbed"], n_melt=c["n_melt"], neg_sucsat=-c["sucsat"],
