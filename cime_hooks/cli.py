@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                           "set PRERUN_SCRIPT, DATA_ASSIMILATION_SCRIPT, DATA_ASSIMILATION_CYCLES and "
                           "POSTRUN_SCRIPT with the case's ./xmlchange.")
     inst.add_argument("caseroot", metavar="CASEROOT", help="the case directory (has env_run.xml, xmlchange)")
-    inst.add_argument("--config", required=True, metavar="FILE", help="hook config YAML (see the README section on CIME cases)")
+    inst.add_argument("--config", required=True, metavar="FILE",
+                      help="hook config YAML (see the README section on CIME cases)")
     inst.add_argument("--cycles", type=int, default=None, metavar="N",
                       help="set DATA_ASSIMILATION_CYCLES: the model runs N segments of STOP_N, "
                       "with a parameter update after each")

@@ -66,7 +66,8 @@ class EmulatorComponent:
         self.active = np.flatnonzero(grid.mask)
         dtype = next((p.dtype for p in getattr(self.model, "parameters", lambda: iter(()))()), torch.float64)
         self.dtype = dtype
-        self._static = torch.as_tensor(_table(static, self.model.static_names, grid, "static", self.active), dtype=dtype)
+        static_table = _table(static, self.model.static_names, grid, "static", self.active)
+        self._static = torch.as_tensor(static_table, dtype=dtype)
         if isinstance(theta, Mapping) or hasattr(theta, "data_vars"):
             th = _table(theta, self.model.param_names, grid, "theta", self.active)
         else:  # DataArray theta(gridcell|scalar, param)
@@ -110,7 +111,8 @@ class EmulatorComponent:
         full[:, self.active] = np.transpose(y, (1, 0, 2))
         time = forcing["time"]
         out = xr.Dataset(
-            {r: (("time", *gdims), full[..., k].reshape(T, *self.grid.shape)) for k, r in enumerate(self.model.response_names)},
+            {r: (("time", *gdims), full[..., k].reshape(T, *self.grid.shape))
+             for k, r in enumerate(self.model.response_names)},
             coords={"time": time, **self.grid.coords()})
         self.steps += 1
         if self.regridder is not None:

@@ -60,7 +60,8 @@ class ParamSpec:
         if self.location not in LOCATIONS:
             raise UserError(f"parameter {self.name}: location {self.location!r} is not one of {', '.join(LOCATIONS)}")
         if self.transform not in TRANSFORMS:
-            raise UserError(f"parameter {self.name}: transform {self.transform!r} is not one of {', '.join(TRANSFORMS)}")
+            raise UserError(f"parameter {self.name}: transform {self.transform!r} "
+                            f"is not one of {', '.join(TRANSFORMS)}")
 
     @property
     def pft_bounds(self) -> bool:

@@ -66,9 +66,12 @@ def make_twin(n_grid: int = 24, n_years: int = 2, per_cell: int = 3, seed: int =
     loss = torch.zeros(())
     for _ in range(emu_steps):
         b = torch.randint(0, len(th), (32,), generator=g)
-        pred, _ = emu.forward_normalized(norm.forcing(forcing[ent[b.numpy()]]), emu.conditioning(static[ent[b.numpy()]], th[b]))
+        rows = ent[b.numpy()]
+        pred, _ = emu.forward_normalized(norm.forcing(forcing[rows]), emu.conditioning(static[rows], th[b]))
         loss = ((pred - target[b]) ** 2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     fwd = EmulatorForward(emu)
     truth = true_theta(sites, lo, hi, seed)
     y_true = fwd.chunked(forcing, static, torch.as_tensor(truth, dtype=torch.float32)).numpy()

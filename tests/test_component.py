@@ -86,7 +86,8 @@ class TinyLSTM(torch.nn.Module):
         self.double()
 
     def forward(self, forcing, static, theta, state=None, return_state=False):
-        x = torch.cat([(forcing - 200.0) / 100.0, torch.cat([static / 50.0, theta], -1)[:, None].expand(-1, forcing.shape[1], -1)], -1)
+        cond = torch.cat([static / 50.0, theta], -1)[:, None].expand(-1, forcing.shape[1], -1)
+        x = torch.cat([(forcing - 200.0) / 100.0, cond], -1)
         h, state = self.lstm(x, state)
         y = self.head(h)
         return (y, state) if return_state else y

@@ -24,7 +24,8 @@ def _setup(tmp_path, **over):
     obs.attrs["source"] = "twin"
     obs = obs.drop_vars("gridcell")  # placed by site_lat/site_lon like real sites
     # observation files carry datetime64 days; the model runs on a noleap calendar
-    obs = obs.assign_coords(time=pd.to_datetime([f"{t.year:04d}-{t.month:02d}-{t.day:02d}" for t in obs["time"].values]))
+    days = [f"{t.year:04d}-{t.month:02d}-{t.day:02d}" for t in obs["time"].values]
+    obs = obs.assign_coords(time=pd.to_datetime(days))
     for v in ("site_lat", "site_lon"):
         obs = obs.set_coords(v)
     write_obs(obs, tmp_path / "obs.nc")

@@ -135,7 +135,8 @@ def test_values_map_per_cluster_paramfiles(inputs, tmp_path):
     import pandas as pd
 
     m = _map().assign(cluster=("gridcell", np.array([1, 0, 1], np.int32)),
-                      theta_cluster=(("cluster_id", "param"), np.array([[0.5, 5.0, 0.9, 0.02], [0.4, 5.0, 1.15, 0.025]])))
+                      theta_cluster=(("cluster_id", "param"),
+                                     np.array([[0.5, 5.0, 0.9, 0.02], [0.4, 5.0, 1.15, 0.025]])))
     m = m.assign_coords(cluster_id=[0, 1])
     w = write_ctsm_files(tmp_path / "o", fsurdat=inputs["fsurdat"], paramfile=inputs["paramfile"], values=m,
                          user_nl=inputs["user_nl"], per_cluster_paramfiles=True, log=lambda s: None)
@@ -144,7 +145,8 @@ def test_values_map_per_cluster_paramfiles(inputs, tmp_path):
     # each cluster is a case of its own: its namelist values and its paramfile, the user's lines kept
     nl = {p.name: read_user_nl(p) for p in w["user_nl"]}
     assert set(nl) == {"user_nl_clm", "user_nl_clm_cluster0", "user_nl_clm_cluster1"}
-    assert nl["user_nl_clm_cluster0"]["baseflow_scalar"] == 0.02 and nl["user_nl_clm_cluster1"]["baseflow_scalar"] == 0.025
+    assert nl["user_nl_clm_cluster0"]["baseflow_scalar"] == 0.02
+    assert nl["user_nl_clm_cluster1"]["baseflow_scalar"] == 0.025
     assert nl["user_nl_clm_cluster1"]["paramfile"] == str(w["paramfile"][1].resolve())
     assert nl["user_nl_clm_cluster0"]["hist_nhtfrq"] == -24
     assert [float(read_paramfile(p, ["fff"])["fff"]) for p in w["paramfile"]] == [0.9, 1.15]

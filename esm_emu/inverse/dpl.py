@@ -90,7 +90,8 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
     tmask = score_mask(problem, problem.train_time, cfg.warmup_days)
-    scale = torch.as_tensor(np.nanstd(problem.obs[obs_idx][:, problem.train_time].numpy(), axis=(0, 1))).clamp_min(1e-12)
+    train_obs = problem.obs[obs_idx][:, problem.train_time].numpy()
+    scale = torch.as_tensor(np.nanstd(train_obs, axis=(0, 1))).clamp_min(1e-12)
     hist = {"loss": []}
     for step in range(cfg.steps):
         idx = obs_idx if not cfg.batch or cfg.batch >= len(obs_idx) else rng.choice(obs_idx, cfg.batch, replace=False)

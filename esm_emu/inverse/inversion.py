@@ -124,7 +124,8 @@ def sensitivity(problem: InverseProblem, forward: ForwardModel, idx: np.ndarray)
         for v in (problem.lo[j], problem.hi[j]):
             th = base.clone()
             th[:, j] = v
-            ys.append(forward.chunked(problem.forcing[t], problem.static[t], problem.full_theta(th))[..., problem.response_index])
+            y = forward.chunked(problem.forcing[t], problem.static[t], problem.full_theta(th))
+            ys.append(y[..., problem.response_index])
         diff = torch.sqrt(((ys[1] - ys[0]) ** 2).mean((0, 1))).numpy()
         if not np.isfinite(ref).all() or (ref == 0).any():
             ref = ys[0].std((0, 1)).numpy()
@@ -138,7 +139,8 @@ def skill(problem: InverseProblem, forward: ForwardModel, theta: torch.Tensor, i
     from esm_emu.metrics import kge, nse
 
     t = torch.as_tensor(idx)
-    sim = forward.chunked(problem.forcing[t], problem.static[t], problem.full_theta(theta[t]))[..., problem.response_index]
+    sim = forward.chunked(problem.forcing[t], problem.static[t], problem.full_theta(theta[t]))
+    sim = sim[..., problem.response_index]
     out = {}
     for k, v in enumerate(problem.variables):
         s = sim[:, period, k].numpy().astype(np.float64)
@@ -324,5 +326,6 @@ def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionS
         cl = cluster_param_map(pmap, s.clusters, seed=s.seed)
         pmap["cluster"] = cl["cluster"].assign_attrs(long_name="k-means cluster of the inferred parameters "
                                                      "(one paramfile per cluster)")
-        pmap["theta_cluster"] = cl["theta_cluster"].assign_attrs(long_name="parameter value of each cluster's paramfile")
+        pmap["theta_cluster"] = cl["theta_cluster"].assign_attrs(
+            long_name="parameter value of each cluster's paramfile")
     return pmap

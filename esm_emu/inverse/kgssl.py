@@ -117,7 +117,8 @@ def _pick_windows(valid: torch.Tensor, idx: np.ndarray, rng: np.random.Generator
     for i in idx:
         ok = np.flatnonzero(valid[i].numpy())
         a = rng.choice(ok, 2, replace=not (distinct and len(ok) >= 2))
-        w1.append(a[0]); w2.append(a[1])
+        w1.append(a[0])
+        w2.append(a[1])
     return torch.as_tensor(w1), torch.as_tensor(w2)
 
 
@@ -130,7 +131,7 @@ def train_kgssl(data: KGSSLData, n_params: int, cfg: KGSSLConfig, seed: int = 0,
     multi = data.entities_with(2)
     pool = multi if len(multi) >= 4 else data.entities_with(1)
     hist = {"loss": [], "recon": [], "contrast": [], "inverse": []}
-    for step in range(cfg.steps):
+    for _ in range(cfg.steps):
         idx = rng.choice(pool, min(cfg.batch, len(pool)), replace=False)
         w1, w2 = _pick_windows(data.valid, idx, rng, distinct=True)
         ti = torch.as_tensor(idx)

@@ -63,7 +63,9 @@ class InverseProblem:
     def _log_bounds(self):
         # safe values where the parameter is linear, so torch.where never sees NaN gradients
         ls = self.log_scale
-        return ls, torch.where(ls, self.lo, torch.ones_like(self.lo)), torch.where(ls, self.hi, torch.full_like(self.hi, 2.0))
+        lo = torch.where(ls, self.lo, torch.ones_like(self.lo))
+        hi = torch.where(ls, self.hi, torch.full_like(self.hi, 2.0))
+        return ls, lo, hi
 
     def to_unit(self, theta: torch.Tensor) -> torch.Tensor:
         ls, lo, hi = self._log_bounds()
@@ -229,13 +231,16 @@ def attributes(entities: xr.Dataset, dim: str, static_names: Sequence[str], forc
     cols, names = [], []
     for n in list(static_names) + [e for e in extra if e not in static_names]:
         v = _static_values(entities, [n], dim)[:, 0].astype(np.float64)
-        cols.append(v); names.append(n)
+        cols.append(v)
+        names.append(n)
         if np.all(v > 0) and v.max() > 10 * v.min():
             # skewed positive fields (SLOPE, STD_ELEV, ...) also enter on a log scale
-            cols.append(np.log(v)); names.append(f"log_{n}")
+            cols.append(np.log(v))
+            names.append(f"log_{n}")
     for n in forcing_names:
         if n in entities.data_vars:
-            cols.append(entities[n].transpose(dim, "time").mean("time").values); names.append(f"mean_{n}")
+            cols.append(entities[n].transpose(dim, "time").mean("time").values)
+            names.append(f"mean_{n}")
     lat, lon = _latlon(entities, dim)
     if lat is not None:
         cols += [lat, np.cos(np.deg2rad(lon)), np.sin(np.deg2rad(lon))]
@@ -318,7 +323,10 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
     observed = np.isfinite(obs[:, train_time]).any(axis=(1, 2))
     lat, lon = _latlon(entities, dim)
     ids = entities[dim].values if dim in entities.coords else np.arange(N)
-    t32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+    def t32(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
     return InverseProblem(
         entity_dim=dim, entity=ids, time=time, forcing=t32(forcing), static=t32(static), attrs=t32(attrs),
         attr_names=attr_names, obs=t32(obs), variables=variables, observed=observed, train_time=train_time,

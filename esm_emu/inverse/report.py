@@ -48,6 +48,14 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+
+    def save(fig, name: str) -> Path:
+        fig.tight_layout()
+        p = out / name
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        return p
+
     paths = {"parameter_map": write_param_map(pmap, out / "parameter_map.nc"),
              "metrics": write_json(metrics, out / "metrics.json")}
 
@@ -60,14 +68,15 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
     if kg:
         for k in ("recon", "contrast", "inverse"):
             ax[1].plot(kg[k], label=k, lw=0.8)
-        ax[1].legend(); ax[1].set(title="KGSSL losses", xlabel="step", yscale="log")
-    fig.tight_layout(); p = out / "training_curves.png"; fig.savefig(p, dpi=90); plt.close(fig)
-    paths["training_curves"] = p
+        ax[1].legend()
+        ax[1].set(title="KGSSL losses", xlabel="step", yscale="log")
+    paths["training_curves"] = save(fig, "training_curves.png")
 
     if truth is not None:
         true = param_values_at(truth, problem.entity_dim, problem.entity, problem.param_names)
         P = problem.n_params
-        cols = min(P, 4); rows = int(np.ceil(P / cols))
+        cols = min(P, 4)
+        rows = int(np.ceil(P / cols))
         fig, axs = plt.subplots(rows, cols, figsize=(3 * cols, 2.8 * rows), squeeze=False)
         th = theta.numpy()
         for j, name in enumerate(problem.param_names):
@@ -75,12 +84,13 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             for sel, lab, c in ((problem.observed, "observed", "C0"), (~problem.observed, "unobserved", "C1")):
                 a.scatter(true[sel, j], th[sel, j], s=6, label=lab, c=c)
             lo, hi = float(problem.lo[j]), float(problem.hi[j])
-            a.plot([lo, hi], [lo, hi], "k--", lw=0.6); a.set_title(name, fontsize=9)
-        axs[0][0].legend(fontsize=7); axs[0][0].set(xlabel="true", ylabel="inferred")
+            a.plot([lo, hi], [lo, hi], "k--", lw=0.6)
+            a.set_title(name, fontsize=9)
+        axs[0][0].legend(fontsize=7)
+        axs[0][0].set(xlabel="true", ylabel="inferred")
         for j in range(P, rows * cols):
             axs[j // cols][j % cols].axis("off")
-        fig.tight_layout(); p = out / "true_vs_inferred.png"; fig.savefig(p, dpi=90); plt.close(fig)
-        paths["true_vs_inferred"] = p
+        paths["true_vs_inferred"] = save(fig, "true_vs_inferred.png")
 
     if problem.lat is not None:
         P = problem.n_params
@@ -89,9 +99,9 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             sc = axs[0][j].scatter(problem.lon, problem.lat, c=theta[:, j].numpy(), s=10)
             axs[0][j].scatter(problem.lon[problem.observed], problem.lat[problem.observed], s=14,
                               facecolors="none", edgecolors="k", lw=0.4)
-            fig.colorbar(sc, ax=axs[0][j]); axs[0][j].set_title(name, fontsize=9)
-        fig.tight_layout(); p = out / "parameter_maps.png"; fig.savefig(p, dpi=90); plt.close(fig)
-        paths["parameter_maps"] = p
+            fig.colorbar(sc, ax=axs[0][j])
+            axs[0][j].set_title(name, fontsize=9)
+        paths["parameter_maps"] = save(fig, "parameter_maps.png")
 
     idx = np.flatnonzero(problem.observed)[:3]
     if len(idx):
@@ -99,9 +109,11 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
         period = problem.test_time
         with torch.no_grad():
             dflt = forward.chunked(problem.forcing[t], problem.static[t],
-                                   problem.full_theta(problem.default.expand(len(idx), -1)))[..., problem.response_index]
+                                   problem.full_theta(problem.default.expand(len(idx), -1)))
+            dflt = dflt[..., problem.response_index]
             inf = forward.chunked(problem.forcing[t], problem.static[t],
-                                  problem.full_theta(torch.nan_to_num(theta[t])))[..., problem.response_index]
+                                  problem.full_theta(torch.nan_to_num(theta[t])))
+            inf = inf[..., problem.response_index]
         fig, axs = plt.subplots(len(idx), 1, figsize=(9, 2.4 * len(idx)), squeeze=False)
         tt = np.flatnonzero(period)  # day index (model calendars may be noleap)
         for i in range(len(idx)):
@@ -109,8 +121,8 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             a.plot(tt, problem.obs[idx[i], period, 0].numpy(), "k", lw=0.8, label="observed")
             a.plot(tt, dflt[i, period, 0].numpy(), lw=0.8, label="default")
             a.plot(tt, inf[i, period, 0].numpy(), lw=0.8, label="inferred")
-            a.set_title(f"{problem.entity_dim} {problem.entity[idx[i]]}: {problem.variables[0]} (test period, day index)", fontsize=9)
+            a.set_title(f"{problem.entity_dim} {problem.entity[idx[i]]}: "
+                        f"{problem.variables[0]} (test period, day index)", fontsize=9)
         axs[0][0].legend(fontsize=7)
-        fig.tight_layout(); p = out / "hydrographs.png"; fig.savefig(p, dpi=90); plt.close(fig)
-        paths["hydrographs"] = p
+        paths["hydrographs"] = save(fig, "hydrographs.png")
     return paths

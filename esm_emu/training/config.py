@@ -18,7 +18,8 @@ MODEL = {
 
 DATA = {
     "window": Field(int, 365, min=1, help="days per training window that count in the loss"),
-    "warmup": Field(int, None, min=0, nullable=True, help="spin-up days before each window (default: store's warmup_days)"),
+    "warmup": Field(int, None, min=0, nullable=True,
+                    help="spin-up days before each window (default: store's warmup_days)"),
     "batch_size": Field(int, 32, min=1, help="global batch (split over ranks)"),
     "val_windows": Field(int, 64, min=1),
     "val_fraction": Field(float, 0.2, gt=0.0, max=0.5, help="tabular: members held for validation"),

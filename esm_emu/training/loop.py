@@ -45,7 +45,10 @@ class SequenceLoss(nn.Module):
         super().__init__()
         self.emu = emu
         self.space = space
-        scale = torch.ones(len(emu.response_names)) if phys_std is None else torch.as_tensor(phys_std, dtype=torch.float32)
+        if phys_std is None:
+            scale = torch.ones(len(emu.response_names))
+        else:
+            scale = torch.as_tensor(phys_std, dtype=torch.float32)
         self.register_buffer("phys_scale", torch.where(scale > 0, scale, torch.ones_like(scale)))
 
     def forward(self, forcing, static, theta, target, mask):
@@ -149,7 +152,8 @@ class _IndexSampler:
     def __init__(self, n, batch_size, seed, rank, world_size):
         if batch_size % world_size:
             raise UserError(f"emulator.data.batch_size: {batch_size} is not divisible by the {world_size} ranks")
-        self.n, self.batch_size, self.seed, self.rank, self.world_size, self.step = n, batch_size, seed, rank, world_size, 0
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.step = rank, world_size, 0
 
     def next_rows(self):
         rows = np.random.default_rng([self.seed, self.step]).integers(0, self.n, self.batch_size)

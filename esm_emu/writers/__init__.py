@@ -13,7 +13,8 @@ __all__ = ["Assignment", "Output", "WritePlan", "parse_set", "plan_ctsm_files", 
 
 def write_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values=None, table=None,
                      settings: Mapping | None = None, per_gridcell_paramfiles: bool = False,
-                     per_cluster_paramfiles: bool = False, tol_deg: float = TOL_DEG, log=print) -> dict[str, list[Path]]:
+                     per_cluster_paramfiles: bool = False, tol_deg: float = TOL_DEG,
+                     log=print) -> dict[str, list[Path]]:
     """Write new CTSM files in `out_dir` from `settings` (name -> value) and/or a parameter map.
 
     `values` is a Dataset (or a path to one) ``theta(gridcell|site, param)``; `table` a

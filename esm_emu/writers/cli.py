@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (new files are named after their inputs)")
     p.add_argument("--fsurdat", help="base surface dataset (both 2-D lsmlat/lsmlon and 1-D gridcell forms)")
     p.add_argument("--paramfile", help="base CTSM parameter file")
-    p.add_argument("--user-nl", dest="user_nl", help="base user_nl_clm (gets fsurdat/paramfile pointed at the new files)")
+    p.add_argument("--user-nl", dest="user_nl",
+                   help="base user_nl_clm (gets fsurdat/paramfile pointed at the new files)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a parameter value, e.g. --set FMAX=0.3 --set medlynslope[c4_grass]=1.6 (repeatable)")
     p.add_argument("--values", metavar="MAP.nc", help="parameter map netCDF: theta(gridcell|site, param)")

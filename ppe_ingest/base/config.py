@@ -185,7 +185,8 @@ def validate(data: Mapping | None, schema: Mapping[str, Field], source: str = "c
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
-        raise UserError(f"{source}: {_prefix.rstrip('.') or 'top level'}: expected a mapping, got {type(data).__name__}")
+        where = _prefix.rstrip('.') or 'top level'
+        raise UserError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - set(schema), key=str)
     if unknown:
         known = ", ".join(sorted(schema))

@@ -109,7 +109,8 @@ def write_history(path: os.PathLike | str, data: Mapping[str, np.ndarray], lat: 
                 v[:] = vals.astype(np.int32)
             for name in data:
                 ln, un = HIST_FIELDS[name]
-                kw = dict(zlib=True, complevel=1, shuffle=True, chunksizes=(min(max(nt, 1), 365), n)) if compress else {}
+                chunks = (min(max(nt, 1), 365), n)
+                kw = dict(zlib=True, complevel=1, shuffle=True, chunksizes=chunks) if compress else {}
                 v = ds.createVariable(name, "f4", ("time", "gridcell"), fill_value=FILL, **kw)
                 v.setncatts({"long_name": ln, "units": un, "cell_methods": "time: mean", "missing_value": FILL})
                 v[:] = np.asarray(data[name], dtype=np.float32).T

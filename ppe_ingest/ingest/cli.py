@@ -14,7 +14,8 @@ def register(subparsers) -> None:
                     "with the default settings). With --summary: build the tabular store from the CLM5 "
                     "PPE summary outputs. Flags override the config's keys.")
     p.add_argument("source", nargs="?", metavar="CONFIG|PPE_DIR",
-                   help="YAML config with an ingest: section, or a PPE folder (paramfiles/, namelist_mods/, history files)")
+                   help="YAML config with an ingest: section, "
+                        "or a PPE folder (paramfiles/, namelist_mods/, history files)")
     p.add_argument("--out", help="output store (.nc) (ingest.out)")
     p.add_argument("--catalog", help="also write an intake-esm catalog, JSON + CSV beside it (ingest.catalog)")
     p.add_argument("--params", help="parameter table (bounds, locations), e.g. lhc_220926.csv (ingest.params)")
@@ -65,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped: {line}")
     skipped = (f", {len(res.report.problems)} problem(s) skipped (see the store's 'skipped' attribute)"
                if res.report.problems else "")
-    print(f"wrote {res.store}" + (f" and {res.catalog}" if res.catalog else "") + f": {res.n_members} members" + skipped)
+    catalog = f" and {res.catalog}" if res.catalog else ""
+    print(f"wrote {res.store}{catalog}: {res.n_members} members{skipped}")
     return 0

@@ -122,7 +122,8 @@ def _read_file(path: Path, variables: tuple[str, ...], layout: str) -> dict[str,
                         arr[raw.reshape(arr.shape) == f] = np.inf  # marked; NaN stays "bad"
                     out[v] = arr
     except (OSError, RuntimeError, KeyError, IndexError, ValueError) as e:
-        raise UserError(f"{path}: cannot read data ({type(e).__name__}: {e}); the file is truncated or corrupt") from None
+        raise UserError(f"{path}: cannot read data ({type(e).__name__}: {e}); "
+                        "the file is truncated or corrupt") from None
     return out
 
 

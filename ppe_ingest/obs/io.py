@@ -75,7 +75,7 @@ def merge_obs(datasets: Sequence[xr.Dataset], source: str = "merge") -> xr.Datas
     data, attrs = {}, {}
     coords: dict[str, np.ndarray] = {}
     cattrs: dict[str, dict] = {}
-    for i, d in enumerate(dss):
+    for d in dss:
         si = sites.get_indexer(d["site"].values.astype(str))
         ti = times.get_indexer(pd.DatetimeIndex(d["time"].values))
         for c in _site_coord_names(d):

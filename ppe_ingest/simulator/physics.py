@@ -465,7 +465,8 @@ def _soil_evaporation_demand(w_top, rnet, fsno, x: DayTerms, k: DayConstants) ->
     dsl = d_max*(theta_init - theta1)/(theta_init - theta_air), r_soil = dsl/(D_v*tau) + 20 s/m."""
     dsl = k.d_max * ((k.theta_init - w_top / k.dz_top_mm) / k.theta_dsl_range).clamp(0.0, 1.0)
     rsoil = dsl * x.rsoil_c + 20.0
-    le_soil = ((x.delta * (rnet * (1.0 - x.fcan)) + x.aero_g) / (x.delta + x.gamma * (1.0 + x.ga_g * rsoil))).clamp_min(0.0)
+    demand = x.delta * (rnet * (1.0 - x.fcan)) + x.aero_g
+    le_soil = (demand / (x.delta + x.gamma * (1.0 + x.ga_g * rsoil))).clamp_min(0.0)
     return le_soil * (1.0 - fsno) * (SECSPDAY / HVAP)
 
 
