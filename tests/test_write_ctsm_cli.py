@@ -13,7 +13,8 @@ import pytest
 import xarray as xr
 
 from esm_emu.cli import main
-from esm_emu.writers import parse_set, plan_ctsm_files, write_ctsm_files
+from esm_emu.writers import plan_ctsm_files, write_ctsm_files
+from esm_emu.writers.cli import parse_set
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.paramfile import read_paramfile
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d, read_surfdata

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from . import register_model
+from .registry import register_model
 
 
 @register_model("lstm")

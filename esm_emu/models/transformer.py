@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import register_model
+from .registry import register_model
 
 
 class _Block(nn.Module):

@@ -34,8 +34,8 @@ def parse_set(items) -> dict:
 
 
 def _handler(args) -> int:
-    from . import write_ctsm_files
     from .plan import plan_ctsm_files
+    from .write import write_ctsm_files
 
     request = {"fsurdat": args.fsurdat, "paramfile": args.paramfile, "user_nl": args.user_nl,
                "values": args.values, "table": args.table, "settings": parse_set(args.set),
