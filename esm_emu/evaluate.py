@@ -24,6 +24,7 @@ from ppe_ingest.store import TEST, TRAIN, VAL
 from .data import SequenceStore, SummaryTable
 from .emulator import load_emulator
 from .metrics import METRICS
+from .training.config import EVALUATE
 
 GROUPS = {"members": ([TEST], [TRAIN], "train_years"), "gridcells": ([TRAIN], [TEST], "train_years"),
           "years": ([TRAIN], [TRAIN], "test_years"), "members_x_gridcells": ([TEST], [TEST], "all_years")}
@@ -76,7 +77,8 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     if emu.kind == "tabular":
         return _evaluate_tabular(emu, store, cfg, out_dir, plots)
     if max_series is None:
-        max_series = int((cfg.get("evaluate") or {}).get("max_series", 2000))
+        # checkpoints record the validated emulator section; the schema's default covers older ones
+        max_series = int((cfg.get("evaluate") or {}).get("max_series", EVALUATE["max_series"].default))
     st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
     warmup = (cfg.get("data") or {}).get("warmup")
     warmup = st.warmup_days if warmup is None else warmup
