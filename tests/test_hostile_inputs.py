@@ -6,7 +6,6 @@ More classes live beside this file in tests/test_hostile_*.py, on the same harne
 from __future__ import annotations
 
 import pytest
-
 from hostile import Case, check_refused
 
 CASES = [
