@@ -87,6 +87,7 @@ def _one_parameter_twin(twin, name: str, attribute: str):
     return problem, true
 
 
+@pytest.mark.statistical
 def test_g_A_learns_parameters_through_the_frozen_emulator(twin):
     p = _problem(twin)
     before = [q.clone() for q in twin["forward"].parameters()]
@@ -96,6 +97,7 @@ def test_g_A_learns_parameters_through_the_frozen_emulator(twin):
     assert np.mean(hist["loss"][-10:]) < 0.5 * np.mean(hist["loss"][:5])
 
 
+@pytest.mark.statistical
 def test_g_A_recovers_an_attribute_driven_parameter_where_never_observed(twin):
     # FMAX following PCT_SAND: here r is about 0.98 observed and 0.89 never observed, whatever the seed
     problem, true = _one_parameter_twin(twin, "FMAX", "PCT_SAND")
@@ -106,6 +108,7 @@ def test_g_A_recovers_an_attribute_driven_parameter_where_never_observed(twin):
     assert np.corrcoef(true[un], theta[un])[0, 1] > 0.6
 
 
+@pytest.mark.statistical
 def test_run_inversion_gives_map_with_uncertainty_and_better_held_out_year(twin, tmp_path):
     obs = observations(twin, OBSERVED)
     cfg = inverse_config({"params": PARAMS, "method": "g_z", "ablation": True,

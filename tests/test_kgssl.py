@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from inverse_twin import PARAMS, make_twin
 
@@ -28,6 +29,7 @@ def test_windows_pool_years_and_keep_gaps_as_nan():
     assert torch.isnan(w[0, 0, 0, 0]) and float(w[0, 1, 0, 0]) == 365 + 2
 
 
+@pytest.mark.statistical
 def test_training_lowers_every_loss_and_the_mask_is_honoured():
     twin = make_twin()
     p = build_problem(twin["entities"], None, twin["forward"], twin["table"], PARAMS, ["QRUNOFF", "EFLX_LH_TOT"])

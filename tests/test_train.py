@@ -15,6 +15,7 @@ def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("store") / "store.nc", n_member=8, n_grid=5, n_years=2)
 
 
+@pytest.mark.statistical
 def test_train_learns_and_writes_a_loadable_emulator(tmp_path, store):
     cfg = write_config(tmp_path, store, train={"max_steps": 60, "val_every": 20, "checkpoint_every": 20})
     assert main(["train", str(cfg), "--quiet"]) == 0
@@ -73,6 +74,7 @@ def test_unknown_response_is_named(tmp_path, store, capsys):
     assert "QFLX_BOGUS" in capsys.readouterr().err
 
 
+@pytest.mark.statistical
 def test_tabular_mode_on_the_real_ppe_summary(tmp_path, shared_data):
     import yaml
 
