@@ -3,31 +3,37 @@ from __future__ import annotations
 
 import sys
 
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.errors import run_guarded
 
 USAGE = "usage: prerun CASEROOT | da CASEROOT CYCLE | postrun CASEROOT"
 
 
+def _call(hook: str, caseroot: str, rest: list[str]):
+    """The hook's function with its arguments, or None when they do not fit USAGE."""
+    if hook == "prerun" and not rest:
+        from .prerun import run_prerun
+        return lambda: run_prerun(caseroot)
+    if hook == "postrun" and not rest:
+        from .postrun import run_postrun
+        return lambda: run_postrun(caseroot)
+    if hook == "da" and len(rest) == 1 and rest[0].isdigit():
+        from .da import run_da
+        return lambda: run_da(caseroot, int(rest[0]))
+    return None
+
+
 def main(argv: list[str]) -> int:
-    """Run one hook; a UserError becomes one line on stderr and exit status 2."""
+    """Run one hook behind the CLI's error boundary: bad input (a missing case, a bad config, a file
+    system problem) is one line on stderr and exit status 2; an internal error one line and exit 1
+    (``--debug`` anywhere shows the traceback)."""
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if len(argv) < 2 or argv[0] not in ("prerun", "da", "postrun"):
         print(USAGE, file=sys.stderr)
         return 2
     hook, caseroot, rest = argv[0], argv[1], argv[2:]
-    try:
-        if hook == "prerun" and not rest:
-            from .prerun import run_prerun
-            run_prerun(caseroot)
-        elif hook == "postrun" and not rest:
-            from .postrun import run_postrun
-            run_postrun(caseroot)
-        elif hook == "da" and len(rest) == 1 and rest[0].isdigit():
-            from .da import run_da
-            run_da(caseroot, int(rest[0]))
-        else:
-            print(USAGE, file=sys.stderr)
-            return 2
-    except UserError as e:
-        print(f"esm-emu {hook}: error: {e}", file=sys.stderr)
+    call = _call(hook, caseroot, rest)
+    if call is None:
+        print(USAGE, file=sys.stderr)
         return 2
-    return 0
+    return run_guarded(f"esm-emu {hook}", call, debug=debug)

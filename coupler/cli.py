@@ -41,12 +41,17 @@ def register(subparsers) -> None:
 
 
 def _weights(args) -> int:
+    from ppe_ingest.base.config import output_file
+    from ppe_ingest.base.netcdf import require_netcdf
     from ppe_ingest.base.progress import progress
 
     from .grids import read_grid
     from .regridder import build_weights
     from .weights import write_weights
 
+    require_netcdf(args.src, "--src")
+    require_netcdf(args.dst, "--dst")
+    output_file(args.out)
     src = read_grid(args.src, use_mask=not args.ignore_mask)
     dst = read_grid(args.dst, use_mask=not args.ignore_mask)
     with progress(desc="cell pairs", unit="pair") as bar:
@@ -60,16 +65,17 @@ def _apply(args) -> int:
     import xarray as xr
 
     from ppe_ingest.base.atomic import atomic_path
+    from ppe_ingest.base.config import output_file
     from ppe_ingest.base.errors import UserError
+    from ppe_ingest.base.netcdf import open_xarray, require_netcdf
 
     from .regridder import Regridder
 
+    require_netcdf(args.weights, "--weights")
+    require_netcdf(args.input)
+    output_file(args.output, "OUTPUT")
     rg = Regridder(None, None, weights=args.weights, skipna=args.skipna)
-    try:
-        ds = xr.open_dataset(args.input)
-    except Exception as e:
-        raise UserError(f"{args.input}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
-    with ds:
+    with open_xarray(args.input) as ds:
         if args.vars:
             missing = [v for v in args.vars if v not in ds]
             if missing:
@@ -91,17 +97,17 @@ def _apply(args) -> int:
 def _dlnd(args) -> int:
     import xarray as xr
 
-    from ppe_ingest.base.errors import UserError
+    from ppe_ingest.base.config import output_folder
+    from ppe_ingest.base.netcdf import open_xarray, require_netcdf
 
     from .dlnd import case_settings, write_lnd2rof
     from .grids import read_grid, write_esmf_mesh
 
+    require_netcdf(args.grid, "--grid")
+    require_netcdf(args.runoff)
+    output_folder(args.out)
     grid = read_grid(args.grid)
-    try:
-        ds = xr.open_dataset(args.runoff, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
-    except Exception as e:
-        raise UserError(f"{args.runoff}: cannot be read as netCDF ({e.__class__.__name__}: {e})") from None
-    with ds:
+    with open_xarray(args.runoff, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
         files = write_lnd2rof(ds, grid, args.out, args.case)
     from pathlib import Path
 

@@ -7,7 +7,7 @@ kill during the write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import hashlib
-import os
+import pickle
 import random
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ppe_ingest.base.atomic import atomic_path
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.errors import UserError, user_error_from_os
 
 
 def rng_state() -> dict:
@@ -42,22 +42,49 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     """torch.save `state` to `path` atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the temporary file is 0600; give the usual permissions
+        torch.save(state, tmp)  # atomic_path gives the mode the umask gives (or the replaced file's)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True; UserError naming the file when it cannot be read."""
+def read_torch_file(path: str | Path, map_location="cpu", what: str = "checkpoint"):
+    """`torch.load(path, weights_only=True)` with one-line errors naming the file.
+
+    A file holding pickled Python objects beyond tensors and plain types is refused; the message
+    never suggests loading it unsafely.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a {what} file")
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found") from None
-    except Exception as e:
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    except OSError as e:
+        raise user_error_from_os(e) from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: not an esm-emu {what}: it holds Python objects other than tensors and "
+                        "plain types, which esm-emu never loads") from None
+    except Exception as e:  # a truncated, corrupt or foreign file
+        raise UserError(f"{path}: not a readable esm-emu {what} ({type(e).__name__})") from None
+
+
+def emulator_entry(obj, path: str | Path) -> dict:
+    """The 'emulator' entry of a loaded checkpoint, or one line saying the file is not one."""
+    payload = obj.get("emulator") if isinstance(obj, dict) else None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: not an esm-emu emulator checkpoint (no 'emulator' entry)")
+    missing = [k for k in ("kind", "model_cfg", "param_names", "response_names", "state_dict") if k not in payload]
+    if missing:
+        raise UserError(f"{path}: not an esm-emu emulator checkpoint ('emulator' entry has no '{missing[0]}')")
+    return payload
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a training checkpoint with weights_only=True; UserError naming the file when it cannot be
+    read or holds no emulator."""
+    ck = read_torch_file(path, map_location)
+    emulator_entry(ck, path)
+    return ck
 
 
 def file_sha256(path: str | Path) -> str:

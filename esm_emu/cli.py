@@ -10,7 +10,15 @@ import argparse
 import sys
 from importlib import import_module, metadata
 
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.errors import EXIT_STATUS_HELP, run_guarded, shown
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``esm-emu CMD: error: ...; see esm-emu CMD --help``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {shown(message, limit=400, quote=False)} "
+                     f"(see `{self.prog} --help`)\n")
 
 
 def _registrars():
@@ -21,13 +29,15 @@ def _registrars():
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esm-emu",
         description="Emulate CTSM perturbed-parameter ensembles, infer soil and hydrologic "
         "parameters from in-situ data, and write them back as CTSM files.",
+        epilog=f"{EXIT_STATUS_HELP} --debug may follow the command too.",
     )
     parser.add_argument("--version", action="version", version=f"esm-emu {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback on errors (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in _registrars():
         module_name, _, func = ep.value.partition(":")
@@ -44,22 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere before a "--" (also after the subcommand, whose parser does not know it)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < end)]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        if args.debug:
-            raise
-        print(f"esm-emu {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"esm-emu {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(f"esm-emu {args.command}", lambda: args.func(args), debug=debug)
 
 
 if __name__ == "__main__":

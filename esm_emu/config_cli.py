@@ -37,7 +37,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _copy(args: argparse.Namespace) -> int:
     from ppe_ingest import configs
+    from ppe_ingest.base.config import output_folder
 
+    configs.path(args.name)  # an unknown name is refused before the folder is made
+    output_folder(args.dest, "DIR")
     dest = configs.copy_to(args.name, args.dest)
     print(f"wrote {dest}")
     for other in configs.referenced(args.name):

@@ -14,8 +14,9 @@ from typing import Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.errors import UserError, shown
 
+from .checkpoint import emulator_entry, read_torch_file
 from .models import build_model
 from .normalize import Normalizer
 
@@ -113,6 +114,19 @@ class TabularEmulator(nn.Module):
                              f"got {tuple(theta.shape)}")
         return self.norm.response.inverse(self.core(self.norm.theta(theta)))
 
+    def predict(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive mean and variance of the outputs (B,R) in physical units; differentiable in theta.
+
+        Kinds with a `predict` (gp, mlp_ensemble) give their variance; a plain MLP gives zeros.
+        """
+        z = self.norm.theta(theta)
+        if hasattr(self.core, "predict"):
+            m, v = self.core.predict(z)
+        else:
+            m = self.core(z)
+            v = torch.zeros_like(m)
+        return self.norm.response.inverse(m), v * self.norm.response.std ** 2
+
     def payload(self) -> dict:
         return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": [], "static_names": [],
                 "param_names": self.param_names, "response_names": self.response_names,
@@ -137,14 +151,12 @@ def load_emulator(path: str | os.PathLike, map_location: str | torch.device = "c
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
-    if not path.is_file():
-        raise UserError(f"{path}: emulator checkpoint not found")
+    payload = emulator_entry(read_torch_file(path, map_location, what="emulator checkpoint"), path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a corrupt or foreign file: one line naming it
-        raise UserError(f"{path}: not a readable esm-emu checkpoint "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    payload = obj.get("emulator") if isinstance(obj, Mapping) else None
-    if payload is None:
-        raise UserError(f"{path}: not an esm-emu checkpoint (no 'emulator' entry)")
-    return emulator_from_payload(payload).to(map_location)
+        emu = emulator_from_payload(payload)
+    except UserError:
+        raise
+    except Exception as e:  # names, config and weights that do not fit together
+        raise UserError(f"{path}: its 'emulator' entry does not rebuild an emulator ({type(e).__name__}: "
+                        f"{shown(str(e).strip().splitlines()[0] if str(e).strip() else '', quote=False)})") from None
+    return emu.to(map_location)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ppe_ingest.base.atomic import atomic_path
-from ppe_ingest.base.config import split_sets
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.config import output_folder, split_sets
+from ppe_ingest.base.errors import UserError, user_error_from_os
 
 STAGES = ("simulate", "ingest", "train", "observations", "invert", "write-ctsm", "report")
 SECTIONS = ("simulate", "ingest", "emulator", "inverse")
@@ -34,7 +34,21 @@ class _Stages:
 
     def __init__(self, out: Path, restart: bool):
         self.path = out / "stages.json"
-        self.done = {} if restart or not self.path.exists() else json.loads(self.path.read_text())
+        self.done = {} if restart or not self.path.exists() else self._read()
+
+    def _read(self) -> dict:
+        """The finished stages recorded by an earlier run, or one line saying the record is unusable."""
+        try:
+            done = json.loads(self.path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise user_error_from_os(e) from None
+        except ValueError:  # not JSON, or not text at all
+            done = None
+        ok = isinstance(done, dict) and all(k in STAGES and isinstance(v, dict) for k, v in done.items())
+        if not ok:
+            raise UserError(f"{self.path}: not the record of finished stages this pipeline writes (corrupt?); "
+                            "rerun with --restart to run every stage again (or remove the file)")
+        return done
 
     def start(self, name: str) -> float | None:
         """The start time of a stage to run, or None (with a line saying so) when it is done."""
@@ -87,7 +101,7 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     if not early["simulate"].truth:
         raise UserError(f"{cfg_path.name}: simulate.truth: the run pipeline needs the truth set (observations)")
 
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     stages = _Stages(out, restart)
 
     # 1. The PPE and the twin-experiment truth from the built-in simulator.

@@ -7,9 +7,11 @@ from pathlib import Path
 
 def _handler(args) -> int:
     from .config import load_inverse_config
-    from .pipeline import run_from_config
 
     cfg = load_inverse_config(args.config, args.set, {"out": args.out, "seed": args.seed})
+    from .pipeline import check_inputs, run_from_config  # torch only after the config and its files pass
+
+    check_inputs(cfg)
     _, metrics = run_from_config(cfg, progress=not args.quiet)
     out = Path(cfg.out)
     print(f"parameter map: {out / 'parameter_map.nc'}")

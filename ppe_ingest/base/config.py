@@ -13,6 +13,7 @@ with one line naming the file and the dotted key, e.g. ``quickstart.yaml: train.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, shown, user_error_from_os
 
 REQUIRED = object()
 
@@ -154,7 +155,7 @@ def _check_type(value, typ, where: str):
     if isinstance(value, bool) and bool not in types and object not in types:
         raise UserError(f"{where}: expected {_typename(typ)}, got bool {value!r}")
     if not isinstance(value, types):
-        raise UserError(f"{where}: expected {_typename(typ)}, got {type(value).__name__} {value!r}")
+        raise UserError(f"{where}: expected {_typename(typ)}, got {type(value).__name__} {shown(value)}")
     return value
 
 
@@ -163,7 +164,7 @@ def _resolve(value, f: Field, where: str, base_dir: Path | None, check_files: bo
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     if f.path and check_files and not p.exists():
-        raise UserError(f"{where}: file not found: {p}")
+        raise UserError(f"{where}: file not found: {shown(str(p), quote=False)}")
     return str(p)
 
 
@@ -190,7 +191,7 @@ def validate(data: Mapping | None, schema: Mapping[str, Field], source: str = "c
     unknown = sorted(set(data) - set(schema), key=str)
     if unknown:
         known = ", ".join(sorted(schema))
-        raise UserError(f"{source}: {_prefix}{unknown[0]}: unknown key (known: {known})")
+        raise UserError(f"{source}: {_prefix}{shown(unknown[0], quote=False)}: unknown key (known: {known})")
     out = {}
     for key, f in schema.items():
         where = f"{source}: {_prefix}{key}"
@@ -218,14 +219,16 @@ def validate(data: Mapping | None, schema: Mapping[str, Field], source: str = "c
         if f.choices is not None:
             bad = [v for v in (value if isinstance(value, list) else [value]) if v not in f.choices]
             if bad:
-                raise UserError(f"{where}: {bad[0]!r} is not one of {', '.join(map(str, f.choices))}")
+                raise UserError(f"{where}: {shown(bad[0])} is not one of {', '.join(map(str, f.choices))}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+                raise UserError(f"{where}: must be a finite number, got {value}")
             if f.min is not None and value < f.min:
-                raise UserError(f"{where}: {value} is below the minimum {f.min}")
+                raise UserError(f"{where}: {shown(value)} is below the minimum {_num(f.min)}")
             if f.max is not None and value > f.max:
-                raise UserError(f"{where}: {value} is above the maximum {f.max}")
+                raise UserError(f"{where}: {shown(value)} is above the maximum {_num(f.max)}")
             if f.gt is not None and value <= f.gt:
-                raise UserError(f"{where}: {value} must be > {f.gt}")
+                raise UserError(f"{where}: {shown(value)} must be > {_num(f.gt)}")
         if f.path or f.output_path:
             if isinstance(value, list):
                 value = [_resolve(v, f, f"{where}[{i}]", base_dir, check_files) for i, v in enumerate(value)]
@@ -235,28 +238,110 @@ def validate(data: Mapping | None, schema: Mapping[str, Field], source: str = "c
     return section_type(schema)._new(out, source, base_dir, _prefix, check_files)
 
 
+def _num(x) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() and abs(x) < 1e15 else str(x)
+
+
+# A config is small: a document whose aliases expand it beyond this many values (a "billion
+# laughs" alias bomb) is refused before anything walks or prints it.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(obj, limit: int) -> int:
+    """How many values `obj` holds with every alias expanded (stops counting past `limit`)."""
+    memo: dict[int, int] = {}
+
+    def size(x) -> int:
+        if not isinstance(x, (dict, list)):
+            return 1
+        hit = memo.get(id(x))
+        if hit is not None:
+            return hit
+        memo[id(x)] = limit + 1  # a cycle (a recursive alias) counts as too large
+        items = list(x.keys()) + list(x.values()) if isinstance(x, dict) else x
+        n = 1
+        for v in items:
+            n += size(v)
+            if n > limit:
+                break
+        memo[id(x)] = n
+        return n
+
+    return size(obj)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """yaml.safe_load a file, with a one-line error for a missing or malformed file."""
+    """yaml.safe_load a file, with a one-line error for a missing, unreadable or malformed file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a YAML config file")
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text (UTF-8) YAML file (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise user_error_from_os(e) from None
+    if "\x00" in text:
+        raise UserError(f"{path}: not a text YAML file (it contains NUL bytes)")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}:{line} not valid YAML: {getattr(e, 'problem', e)}") from None
+        problem = shown(str(getattr(e, "problem", None) or e), quote=False)
+        raise UserError(f"{path}:{line} not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
+    if _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise UserError(f"{path}: YAML expands to more than {MAX_YAML_VALUES} values (aliases repeated "
+                        f"many times?); a config is much smaller")
+    return data
+
+
+def output_folder(out: str | Path, flag: str = "--out") -> Path:
+    """Create the output folder `out` (and its parents), or say in one line why it cannot be one."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file, expected a folder" if p == out else f"{p} is a file, not a folder"
+                raise UserError(f"{flag} {out}: {what}")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise user_error_from_os(e, flag) from None
+    return out
+
+
+def output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check that a file can be written at `path` before any work: not a folder, its folder not a
+    file. Creates nothing (the writer makes missing parent folders)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder, expected a file name")
+    for p in path.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path}: {p} is a file, not a folder")
+            break
+    return path
 
 
 def parse_set(item: str) -> tuple[str, Any]:
     """``KEY.SUB=VALUE`` (a ``--set`` argument) -> ("KEY.SUB", VALUE read with yaml.safe_load)."""
     key, eq, text = item.partition("=")
     if not eq or not key.strip():
-        raise UserError(f"--set {item}: expected KEY=VALUE (e.g. --set train.lr=0.01)")
+        raise UserError(f"--set {shown(item, quote=False)}: expected KEY=VALUE (e.g. --set train.lr=0.01)")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UserError(f"--set {item}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = shown(str(getattr(e, "problem", None) or e), quote=False)
+        raise UserError(f"--set {shown(item, quote=False)}: value is not valid YAML ({problem})") from None
+    if _expanded_size(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise UserError(f"--set {shown(key, quote=False)}: value expands to more than {MAX_YAML_VALUES} values")
     return key.strip(), value
 
 
@@ -266,8 +351,8 @@ def split_sets(sets: Sequence[str], sections: Sequence[str]) -> dict[str, list[s
     for item in sets:
         head = item.partition("=")[0].split(".")[0].strip()
         if head not in out:
-            raise UserError(f"--set {item}: start the key with its section ({', '.join(sections)}), "
-                            f"e.g. --set emulator.train.lr=0.01")
+            raise UserError(f"--set {shown(item, quote=False)}: start the key with its section "
+                            f"({', '.join(sections)}), e.g. --set emulator.train.lr=0.01")
         out[head].append(item)
     return out
 
@@ -284,7 +369,7 @@ def _assign(data: dict, parts: list[str], value, schema: Mapping[str, Field], la
         f = fields.get(part) if fields is not None else None
         if f is None:
             known = f" (known: {', '.join(sorted(fields))})" if fields else ""
-            raise UserError(f"{label}: {dotted}: unknown key{known}")
+            raise UserError(f"{shown(label, quote=False)}: {shown(dotted, quote=False)}: unknown key{known}")
         if i == len(parts) - 1:
             if base_dir is not None and (f.path or f.output_path) and value is not None:
                 value = ([str(base_dir / Path(v).expanduser()) for v in value] if isinstance(value, list)
@@ -292,7 +377,7 @@ def _assign(data: dict, parts: list[str], value, schema: Mapping[str, Field], la
             node[part] = value
             return
         if f.schema is None and f.each is None:
-            raise UserError(f"{label}: {dotted}: has no sub-keys")
+            raise UserError(f"{shown(label, quote=False)}: {shown(dotted, quote=False)}: has no sub-keys")
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
@@ -331,7 +416,8 @@ def load_config(path: str | Path | None, schema: Mapping[str, Field], section: s
                 raise UserError(f"{path.name}: expected a mapping of sections ({', '.join(SECTIONS)})")
             unknown = sorted(set(data) - set(SECTIONS), key=str)
             if unknown:
-                raise UserError(f"{path.name}: {unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
+                raise UserError(f"{path.name}: {shown(unknown[0], quote=False)}: unknown section "
+                                f"(known: {', '.join(SECTIONS)})")
             if section not in data:
                 raise UserError(f"{path.name}: {section}: required section is missing")
             data = data[section]

@@ -18,23 +18,81 @@ import netCDF4
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import UserError
+from .errors import UserError, shown, user_error_from_os
 
 # netCDF-C and HDF5 are not thread-safe (concurrent opens crash in HDF5's free lists): every
 # netCDF4-python call made from worker threads (dask ingest) holds this lock.
 NC_LOCK = threading.RLock()
 
 
+_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+
+
+def require_netcdf(path: str | Path, what: str = "") -> Path:
+    """`path` if it is a netCDF file (classic, 64-bit offset, CDF5 or netCDF-4/HDF5), else one line
+    naming the file and what it is instead. `what` (e.g. "--values") prefixes the message.
+
+    Every command that opens an input with xarray or netCDF4 asks this first, so a text file, a
+    folder or a missing file never reaches the libraries' multi-line messages.
+    """
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    if path.is_dir():
+        raise UserError(f"{label}: is a folder, expected a netCDF file")
+    if not path.exists():
+        raise UserError(f"{label}: file not found")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            for offset in (512, 1024, 2048):  # HDF5 may start after a user block
+                if head.startswith(_MAGIC):
+                    break
+                f.seek(offset)
+                head = f.read(8)
+    except OSError as e:
+        raise user_error_from_os(e, what) from None
+    if not head.startswith(_MAGIC):
+        kind = "an empty file" if path.stat().st_size == 0 else "a file of another format"
+        raise UserError(f"{label}: not a netCDF file ({kind})")
+    return path
+
+
 def open_dataset(path: str | Path) -> netCDF4.Dataset:
     """Open a netCDF file read-only with raw values (no masking/scaling), one-line error if absent."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    path = require_netcdf(path)
     try:
         ds = netCDF4.Dataset(path, "r")
     except OSError as e:
-        raise UserError(f"{path}: not a readable netCDF file ({e})") from None
+        raise UserError(f"{path}: not a readable netCDF file ({shown(str(e), quote=False)})") from None
     ds.set_auto_maskandscale(False)
+    return ds
+
+
+def open_xarray(path: str | Path, what: str = "", load: bool = False, **kwargs):
+    """`xarray.open_dataset` (or `open_zarr` for a ``.zarr`` folder) with one-line errors naming the
+    file: missing, not netCDF, or unreadable. `load` reads it all and closes the file."""
+    import xarray as xr
+
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    if path.suffix == ".zarr" and path.is_dir():
+        try:
+            return xr.open_zarr(path, **kwargs)
+        except Exception as e:  # any failure of a foreign folder is the folder's
+            raise UserError(f"{label}: not a readable zarr store ({type(e).__name__})") from None
+    require_netcdf(path, what)
+    try:
+        ds = xr.open_dataset(path, **kwargs)
+        if load:
+            with ds:
+                ds = ds.load()
+    except OSError as e:
+        raise user_error_from_os(e, what) if e.filename else UserError(
+            f"{label}: not a readable netCDF file ({shown(str(e), quote=False)})") from None
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # decoding (times, CF attributes)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"{label}: cannot be decoded ({type(e).__name__}: "
+                        f"{shown(first, quote=False)})") from None
     return ds
 
 

@@ -25,6 +25,15 @@ class Ingested:
     n_members: int
 
 
+def _check_outputs(cfg: IngestConfig) -> None:
+    """The store and catalog can be written where asked (before any member is read)."""
+    from ppe_ingest.base.config import output_file
+
+    output_file(cfg.out, "ingest.out")
+    if cfg.catalog:
+        output_file(cfg.catalog, "ingest.catalog")
+
+
 def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
     """Discover the PPE in ``cfg.ppe_dir``, check its parameters, write the catalog (optional) and
     the training store ``cfg.out``."""
@@ -40,6 +49,7 @@ def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
         raise UserError("ingest.ppe_dir: give a PPE folder (PPE_DIR on the command line or ingest.ppe_dir)")
     if not cfg.out:
         raise UserError("ingest.out: give the output store (--out STORE or ingest.out)")
+    _check_outputs(cfg)
     report = Report(cfg.skip_bad)
     ppe = discover(cfg.ppe_dir, variables=cfg.vars, report=report)
     if cfg.design:
@@ -73,4 +83,5 @@ def ingest_summary(cfg: IngestConfig):
         raise UserError("ingest.summary: needs --design (e.g. lhc220926.nc) and --params (e.g. lhc_220926.csv)")
     if not cfg.out:
         raise UserError("ingest.out: give the output store (--out STORE or ingest.out)")
+    _check_outputs(cfg)
     return build_summary_store(cfg.summary, cfg.design, cfg.params, out=cfg.out, base_paramfile=cfg.base_paramfile)

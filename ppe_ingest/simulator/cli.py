@@ -20,9 +20,13 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from ppe_ingest.base.config import output_folder
+
     from .config import load_simulate_config
-    from .ppe import simulate
 
     cfg = load_simulate_config(args.config, args.set, {"seed": args.seed})
+    output_folder(args.out)
+    from .ppe import simulate  # torch only after the config and --out pass
+
     simulate(cfg, args.out, quiet=args.quiet)
     return 0
