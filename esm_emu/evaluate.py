@@ -7,6 +7,9 @@ Groups (from the store's split flags; 0 train, 1 val, 2 test):
 - ``members_x_gridcells``: test members x test gridcells, every year (the quickstart target).
 Every series is run from its first day; the store's warm-up days are left out of the scores.
 Groups larger than `evaluate.max_series` series are scored on a seeded random subset.
+A group the split holds out but that gives no score (fewer than two scored days, e.g. a store
+whose held-out "year" is one end-of-interval stamp, or no finite score at all) is refused
+(UserError, exit 2) rather than reported as NaN; a group the split leaves empty gets a note.
 Daily NSE, KGE, RMSE, bias and R2 per (member, gridcell, variable); medians per group in JSON.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .emulator import load_emulator
 from .metrics import METRICS
 from .training.config import EVALUATE
 
+MIN_DAYS = 2  # daily NSE/KGE/R2 need at least two days of a series
 GROUPS = {"members": ([TEST], [TRAIN], "train_years"), "gridcells": ([TRAIN], [TEST], "train_years"),
           "years": ([TRAIN], [TRAIN], "test_years"), "members_x_gridcells": ([TEST], [TEST], "all_years")}
 
@@ -73,7 +77,6 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     if store is None:
         raise UserError(f"{ckpt}: no training store recorded; pass --store")
     out_dir = Path(out_dir) if out_dir else (run if run.is_dir() else run.parent) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     if emu.kind == "tabular":
         return _evaluate_tabular(emu, store, cfg, out_dir, plots)
     if max_series is None:
@@ -91,10 +94,17 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
         if len(pairs) == 0 or not keep.any():
             summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
             continue
+        if keep.sum() < MIN_DAYS:
+            raise UserError(f"{store}: held-out group {group!r} has {int(keep.sum())} scored day(s) "
+                            f"({_days_text(st, keep)}), too few for daily skill (at least {MIN_DAYS}); "
+                            "re-ingest the store so the split holds out whole years")
         pred = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress)
         obs = st.responses[pairs[:, 0], pairs[:, 1]]
         series[group] = (pairs, pred, obs, keep)
         sc = score(np.moveaxis(pred[:, keep], 1, -1), np.moveaxis(obs[:, keep], 1, -1))  # (N, R) each
+        if not np.isfinite(sc["NSE"]).any():
+            raise UserError(f"{store}: held-out group {group!r} has no finite score in any of its "
+                            f"{len(pairs)} series over {int(keep.sum())} day(s) (missing or constant responses)")
         summary[group] = {"n_series": int(len(pairs)), "days": int(keep.sum()), "variables": {}}
         for r, var in enumerate(st.response_names):
             summary[group]["variables"][var] = {
@@ -107,6 +117,7 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
                 rows.append({"group": group, "member": st.members[m], "gridcell": int(g),
                              "lat": float(st.lat[g]), "lon": float(st.lon[g]), "variable": var,
                              **{k: float(v[i, r]) for k, v in sc.items()}})
+    out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "metrics_per_series.csv", rows)
     per_gc = _per_gridcell(rows)
     _write_csv(out_dir / "metrics_per_gridcell.csv", per_gc)
@@ -122,6 +133,16 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
             lines.append(f"{group:20s} {var:15s} NSE median {_fmt(d['NSE_median'])}  KGE median {_fmt(d['KGE_median'])}"
                          f"  n={s['n_series']}")
     return {"out_dir": str(out_dir), "summary": summary, "summary_lines": lines}
+
+
+def _days_text(st: SequenceStore, keep: np.ndarray) -> str:
+    """The first scored time steps, as dates where the store's time axis decodes."""
+    idx = np.flatnonzero(keep)[:3]
+    try:
+        text = ", ".join(str(st.ds["time"].values[i])[:10] for i in idx)
+    except (KeyError, IndexError, TypeError, ValueError):
+        text = ", ".join(f"step {i}" for i in idx)
+    return (text + (", ..." if keep.sum() > 3 else "")) or "none"
 
 
 def _fmt(x):
@@ -228,8 +249,11 @@ def _evaluate_tabular(emu, store, cfg, out_dir: Path, plots: bool) -> dict:
         pred = emu(torch.tensor(tab.theta[idx], dtype=torch.float32)).double().numpy()
     obs = tab.y[idx]
     sc = score(pred.T, obs.T)
+    if len(idx) < MIN_DAYS or not np.isfinite(sc["R2"]).any():
+        raise UserError(f"{store}: {len(idx)} held-out member(s) give no finite score")
     res = {"store": str(store), "n_members": int(len(idx)),
            "variables": {v: {k: float(sc[k][r]) for k in sc} for r, v in enumerate(tab.response_names)}}
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(res, indent=2))
     lines = [f"{v:15s} R2 {d['R2']:.3f}  NSE {d['NSE']:.3f}" for v, d in res["variables"].items()]

@@ -1,6 +1,7 @@
 """The training store follows the contract the emulator reads (dims, dtypes, split, normalisation)."""
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 
@@ -50,8 +51,10 @@ def test_contract_layout(built):
     for v in ("split_member", "split_gridcell", "split_time"):
         assert ds[v].dtype == np.int8 and ds[v].attrs["flag_meanings"] == "train val test"
     assert (ds.split_member.values == 1).sum() == 1 and (ds.split_member.values == 2).sum() == 1
-    held = np.unique(ds.time.dt.year.values[ds.split_time.values == 2])
-    assert len(held) == 1 and held[0] != 2000  # never the warm-up year
+    # CTSM stamps each day at its end: the held-out year is that of each interval's start, a whole year
+    starts = [t - datetime.timedelta(days=1) for t in ds.time.values[ds.split_time.values == 2]]
+    held = np.unique([t.year for t in starts])
+    assert len(held) == 1 and held[0] != 2000 and len(starts) == 365  # never the warm-up year
 
 
 def test_values_equal_history_files(built):

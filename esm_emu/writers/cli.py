@@ -40,7 +40,8 @@ def _handler(args) -> int:
     request = {"fsurdat": args.fsurdat, "paramfile": args.paramfile, "user_nl": args.user_nl,
                "values": args.values, "table": args.table, "settings": parse_set(args.set),
                "per_gridcell_paramfiles": args.per_gridcell_paramfiles,
-               "per_cluster_paramfiles": args.per_cluster_paramfiles, "tol_deg": args.tol_deg}
+               "per_cluster_paramfiles": args.per_cluster_paramfiles, "tol_deg": args.tol_deg,
+               "allow_outside_table": args.allow_outside_table}
     if args.dry_run:
         print(plan_ctsm_files(args.out, **request).describe())
         return 0
@@ -75,6 +76,10 @@ def register(subparsers) -> None:
                    "with paramfile_clusters.csv mapping each gridcell/site to its file")
     p.add_argument("--tol-deg", type=float, default=TOL_DEG,
                    help="max distance (degrees) matching map lat/lon to fsurdat gridcells")
+    p.add_argument("--allow-outside-table", action="store_true",
+                   help="write values outside the parameter table's bounds (a deliberate experiment); each file "
+                   "records the flag and those values in its history (user_nl_clm: a comment line). Physically "
+                   "invalid values (a negative rate, a fraction above 1) are refused all the same")
     p.add_argument("--dry-run", action="store_true",
                    help="print where each parameter goes and which files would be written; write nothing")
     p.set_defaults(func=_handler)

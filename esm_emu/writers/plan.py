@@ -113,8 +113,14 @@ class WritePlan:
 
 def plan_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values=None, table=None,
                     settings: Mapping | None = None, per_gridcell_paramfiles: bool = False,
-                    per_cluster_paramfiles: bool = False, tol_deg: float = TOL_DEG) -> WritePlan:
-    """The checked `WritePlan` of `write_ctsm_files` (same arguments); reads each input once, writes nothing."""
+                    per_cluster_paramfiles: bool = False, tol_deg: float = TOL_DEG,
+                    allow_outside_table: bool = False) -> WritePlan:
+    """The checked `WritePlan` of `write_ctsm_files` (same arguments); reads each input once, writes nothing.
+
+    With `allow_outside_table`, values outside the table's bounds (still physically valid) are
+    planned, and every output records the flag and those values (netCDF history, a user_nl_clm
+    comment); physically invalid values are refused either way.
+    """
     from .inputs import open_inputs
 
     out_dir = Path(out_dir)
@@ -138,7 +144,7 @@ def plan_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values=
     with open_inputs(fsurdat, paramfile) as (fs, pf):
         planner = _Planner(out_dir, inputs, fs, pf, user_nl, table, values,
                            "cluster" if per_cluster_paramfiles else "entity" if per_gridcell_paramfiles else None,
-                           tol_deg)
+                           tol_deg, allow_outside_table)
         planner.route(settings)
         return planner.plan()
 
@@ -169,6 +175,24 @@ def _number(name, value, where) -> float:
     return float(value)
 
 
+def _physical_ok(name, values, units) -> np.ndarray:
+    from ppe_ingest.param_table import physical_range
+
+    rule = physical_range(name, units)
+    return rule.ok(values) if rule is not None else np.isfinite(np.asarray(values, dtype=float))
+
+
+def _pft_name(ds, k: int) -> str:
+    import netCDF4
+
+    if "pftname" in ds.variables:
+        try:
+            return str(netCDF4.chartostring(ds.variables["pftname"][k])).strip()
+        except (IndexError, ValueError):
+            pass
+    return f"pft {k}"
+
+
 def _bounds(spec) -> tuple[float, float] | None:
     """(min, max) of theta for a table parameter, None when the table gives none."""
     if spec is None:
@@ -183,7 +207,7 @@ def _bounds(spec) -> tuple[float, float] | None:
 class _Planner:
     """Routes the values to their files and builds the outputs, with the inputs open."""
 
-    def __init__(self, out_dir, inputs, fs, pf, user_nl, table, values, per_file, tol_deg):
+    def __init__(self, out_dir, inputs, fs, pf, user_nl, table, values, per_file, tol_deg, allow_outside=False):
         self.out_dir, self.inputs, self.fs, self.pf, self.table = out_dir, inputs, fs, pf, table
         self.user_nl = None if user_nl is None else Path(user_nl)
         self.values, self.per_file, self.tol_deg = values, per_file, tol_deg
@@ -196,6 +220,9 @@ class _Planner:
         self.nl: dict = {}  # namelist name -> value
         self.nl_map: list = []  # namelist names from the map (per cluster: their cluster's value)
         self.checks: list = []  # (name, spec, values, where) checked against the table's bounds at the end
+        self.pft_set: set = set()  # paramfile names given per PFT with --set (file values, not theta)
+        self.allow_outside = allow_outside
+        self.outside: list[str] = []  # values outside the table's bounds, written with --allow-outside-table
 
     def _spec(self, name):
         return self.table[name] if name in self.table else None
@@ -231,6 +258,7 @@ class _Planner:
             if kind != "paramfile":
                 raise UserError(f"--set {name}[...]: per-PFT values are only for paramfile parameters")
             self.pf_values[name] = {k: _number(name, v, "--set") for k, v in value.items()}
+            self.pft_set.add(name)
         else:
             v = _number(name, value, "--set")
             self.checks.append((name, spec, v, None))
@@ -363,7 +391,85 @@ class _Planner:
             refuse_overwrite(dst, self.inputs)
         for name, spec, v, where in self.checks:
             self._check_bounds(name, spec, v, where)
+        for o in outputs:
+            self._check_written(o)
+        if self.outside:
+            record = (f"--allow-outside-table: outside the bounds of {self.table.source}: "
+                      f"{'; '.join(self.outside)}")
+            self.notes.append(f"note: {record}")
+            for o in outputs:
+                o.history = f"{o.history} ({record})"
         return WritePlan(self.out_dir, self.inputs, self.assignments, outputs, self.notes, cluster_key)
+
+    def _check_written(self, out: Output) -> None:
+        """Every value an output changes, as it will be written: physically valid (always), and per-PFT
+        values given with --set within what the table's bounds give at that PFT."""
+        from ppe_ingest.param_table import check_physical_values, physical_range
+
+        if out.kind == "user_nl":
+            for name, v in out.changes.items():
+                if name in ("fsurdat", "paramfile") or isinstance(v, (str, bool)) or v is None:
+                    continue
+                spec = self._spec(name)
+                check_physical_values(name, v, spec.units if spec else "", f"{out.dst.name}")
+            return
+        for name, (_, new) in out.changes.items():
+            if out.kind == "paramfile":
+                base = np.asarray(self.pf.base(name), dtype=float).ravel()
+                units = str(getattr(self.pf.ds.variables[name], "units", ""))
+            else:
+                base = np.asarray(self.fs.field(name), dtype=float).ravel()
+                units = str(getattr(self.fs.ds.variables[name], "units", ""))
+            new = np.asarray(new, dtype=float).ravel()
+            if new.size != base.size:
+                continue  # shapes are the dtype check's business (paramfile_changes)
+            changed = ~((new == base) | (np.isnan(new) & np.isnan(base)))
+            if not changed.any():
+                continue
+            spec = self._spec(name)
+            units = units or (spec.units if spec else "")
+            full = np.where(changed, new, np.nan)
+            idx = np.flatnonzero(changed)
+            ok = _physical_ok(name, new[idx], units)
+            if not ok.all():
+                i = int(idx[~ok][0])
+                rule = physical_range(name, units)
+                raise UserError(f"{out.dst.name}: {name} = {new[i]:.6g}{self._element(out.kind, name, i)} is not "
+                                f"physically valid: it must be {rule.text() if rule is not None else 'finite'}")
+            if out.kind == "paramfile" and name in self.pft_set and _bounds(spec) is not None:
+                self._check_pft_values(name, spec, full, base)
+
+    def _element(self, kind: str, name: str, i: int) -> str:
+        """' at PFT <name>' / ' at gridcell i' for the i-th element of a flattened variable."""
+        if kind == "paramfile":
+            var = self.pf.ds.variables[name]
+            if "pft" in var.dimensions:
+                shape = tuple(n for d, n in zip(var.dimensions, var.shape) if d != "allpfts")
+                dims = [d for d in var.dimensions if d != "allpfts"]
+                k = int(np.unravel_index(i, shape)[dims.index("pft")])
+                return f" at PFT {k} ({_pft_name(self.pf.ds, k)})"
+            return f" at index {i}" if var.ndim else ""
+        n = self.fs.lat.size
+        g = i % n
+        return f" at gridcell {g} (lat {self.fs.lat[g]:.4g}, lon {self.fs.lon[g]:.4g})"
+
+    def _check_pft_values(self, name, spec, new, base) -> None:
+        """Per-PFT values given with --set, against the range the table's bounds give at each PFT."""
+        lo, hi = _bounds(spec)
+        a = np.asarray(spec.to_field(lo, base.reshape(self.pf.base(name).shape)), dtype=float).ravel()
+        b = np.asarray(spec.to_field(hi, base.reshape(self.pf.base(name).shape)), dtype=float).ravel()
+        lo_v, hi_v = np.minimum(a, b), np.maximum(a, b)
+        tol = BOUNDS_RTOL * np.maximum(hi_v - lo_v, np.maximum(abs(lo_v), abs(hi_v)))
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(np.isfinite(new) & ((new < lo_v - tol) | (new > hi_v + tol)))
+        for i in bad:
+            var = self.pf.ds.variables[name]
+            at = self._element("paramfile", name, int(i)) if var.ndim else ""
+            text = f"{name} = {new[i]:.6g}{at} is outside {lo_v[i]:.6g}..{hi_v[i]:.6g}"
+            if not self.allow_outside:
+                raise UserError(f"--set {text}, the range its bounds {lo:.6g}..{hi:.6g} in {self.table.source} "
+                                "give at that PFT (--allow-outside-table writes it anyway)")
+            self.outside.append(text)
 
     def _cluster_key(self, cluster, paths: Mapping[int, Path]):
         import pandas as pd
@@ -421,4 +527,9 @@ class _Planner:
             at = f"parameter map: {where}:"
         else:
             at = f"parameter map: {self.dim} {where[i]}:"
-        raise UserError(f"{at} {name} = {v[i]:.6g} is outside its bounds {lo:.6g}..{hi:.6g} in {self.table.source}")
+        if self.allow_outside:
+            more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+            self.outside.append(f"{name} = {v[i]:.6g}{more} (bounds {lo:.6g}..{hi:.6g})")
+            return
+        raise UserError(f"{at} {name} = {v[i]:.6g} is outside its bounds {lo:.6g}..{hi:.6g} in {self.table.source} "
+                        "(--allow-outside-table writes it anyway)")

@@ -202,7 +202,9 @@ def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val
                test_members=0.1, val_gridcells=0.1, test_gridcells=0.1, test_years=1):
     """split_member, split_gridcell, split_time (0 train, 1 val, 2 test) chosen by `seed`.
 
-    Held-out years are drawn from all years but the first (which serves as warm-up).
+    Held-out years are drawn from all years but the first (which serves as warm-up); `years` is the
+    year of each time step by the start of its averaging interval (`interval_years`). Asking for
+    more held-out years than there are is refused, not clamped.
     """
     rng = np.random.default_rng(seed)
 
@@ -220,10 +222,38 @@ def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val
     sg = split(n_gridcell, val_gridcells, test_gridcells)
     uy = np.unique(years)
     st = np.zeros(len(years), dtype="i1")
-    if len(uy) > 1 and test_years:
-        held = rng.choice(uy[1:], size=min(int(test_years), len(uy) - 1), replace=False)
+    if test_years and int(test_years) > len(uy) - 1:
+        have = ", ".join(str(int(y)) for y in uy) or "none"
+        raise UserError(f"ingest.split.test_years: {int(test_years)} held-out year(s) asked for, but the history "
+                        f"holds {max(len(uy) - 1, 0)} year(s) after the warm-up year (years: {have}); "
+                        "lower test_years (0: no held-out years)")
+    if test_years:
+        held = rng.choice(uy[1:], size=int(test_years), replace=False)
         st[np.isin(years, held)] = TEST
     return sm, sg, st
+
+
+def interval_years(files) -> np.ndarray:
+    """The year of each time step of history `files` (concatenated), by the START of its averaging
+    interval: CTSM stamps an average at the interval's end, so the last day of 2002 is stamped
+    2003-01-01 00:00 and must count in 2002. Uses `time_bounds`/`time_bnds` where the file has them,
+    else the time minus half the step (the median spacing of the stamps)."""
+    starts, units, calendar = [], None, None
+    raw = np.concatenate([h.times for h in files]) if files else np.array([])
+    half = 0.5 * float(np.median(np.diff(raw))) if raw.size > 1 else 0.0
+    for h in files:
+        units, calendar = h.time_units, h.calendar
+        with NC_LOCK, netCDF4.Dataset(h.path) as ds:
+            b = next((ds.variables[n] for n in ("time_bounds", "time_bnds") if n in ds.variables), None)
+            if b is not None and b.ndim == 2 and b.shape[0] == len(h.times):
+                t0 = np.asarray(b[:, 0], dtype=float)
+                if np.isfinite(t0).all():
+                    starts.append(t0)
+                    continue
+        starts.append(np.asarray(h.times, dtype=float) - half)
+    if not starts or not raw.size:
+        return np.array([], int)
+    return np.array([d.year for d in netCDF4.num2date(np.concatenate(starts), units, calendar)])
 
 
 class _Moments:
@@ -473,8 +503,7 @@ def _plan(ppe: Ppe, variables: list[str], table, theta, opts: WriteOptions) -> _
     attrs = {}
     for t, vs in by_tape.items():
         attrs.update(_var_attrs(ppe.files(ppe.members[0], t)[0], vs))
-    years = (np.array([d.year for d in netCDF4.num2date(raw_time, h0.time_units, h0.calendar)])
-             if raw_time.size else np.array([], int))
+    years = interval_years(ref_files)
     sm_all, sg, st = make_split(len(ppe.members), h0.lat.size, years, opts.seed, **opts.split)
     static, fields, static_units = read_static(ppe.surfdata, h0.lat, h0.lon)
     params = list(theta.columns)
