@@ -13,7 +13,9 @@ def register(subparsers) -> None:
     inst = sub.add_parser("install", help="register the esm-emu hooks in a case",
                           description="Copy the esm-emu hook scripts and config into CASEROOT/esm-emu/ and "
                           "set PRERUN_SCRIPT, DATA_ASSIMILATION_SCRIPT, DATA_ASSIMILATION_CYCLES and "
-                          "POSTRUN_SCRIPT with the case's ./xmlchange.")
+                          "POSTRUN_SCRIPT with the case's ./xmlchange. What the config no longer asks for "
+                          "is switched off (back to the value from before esm-emu set it); on any failure "
+                          "the case is left exactly as it was.")
     inst.add_argument("caseroot", metavar="CASEROOT", help="the case directory (has env_run.xml, xmlchange)")
     inst.add_argument("--config", required=True, metavar="FILE",
                       help="hook config YAML (see the README section on CIME cases)")
@@ -36,6 +38,10 @@ def _install(args: argparse.Namespace) -> int:
         return 0
     apply_install(plan)
     for line in lines:
-        print(line.replace("write ", "wrote ", 1).replace("run   ", "ran   ", 1))
+        for now, done in (("write ", "wrote "), ("remove ", "removed "), ("run   ", "ran   ")):
+            if line.startswith(now):
+                line = done + line[len(now):]
+                break
+        print(line)
     print(f"esm-emu hooks installed in {plan.caseroot}; run ./case.submit as usual")
     return 0

@@ -6,6 +6,7 @@ the result as ``CASEROOT/esm-emu/config.yaml``; every hook reads that copy.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -51,22 +52,79 @@ SCHEMA = {
     "fsurdat": Field(str, None, nullable=True, path=True, help="calibrated CTSM surface dataset"),
     "parameter_map": Field(str, None, nullable=True, path=True,
                            help="theta(gridcell, param) netCDF written into a copy of fsurdat"),
-    "namelist": Field(dict, {}, help="extra user_nl_clm settings, name -> value"),
+    "namelist": Field(dict, {}, help="extra user_nl_clm settings, name -> number, logical, string or a list"),
     "history_tape": Field(str, "h1", help="CTSM history tape the DA and report read (h0, h1, ...)"),
     "observations": Field(dict, None, nullable=True, schema=OBS_SCHEMA),
     "da": Field(dict, None, nullable=True, schema=DA_SCHEMA),
 }
 
 
+MANAGED = ("paramfile", "fsurdat")  # user_nl_clm settings the top-level keys of the same name own
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def known_locations() -> dict[str, tuple[str, str]]:
+    """Where CTSM reads each name the shipped parameter table or the surface-field vocabulary knows:
+    lower-cased name -> (paramfile | fsurdat | namelist, the list that says so)."""
+    from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS
+    from ppe_ingest.param_table import default_table_path, load_param_table
+
+    out = {n.lower(): ("fsurdat", "the surface dataset fields") for n in ALL_STATIC_FIELDS}
+    table = load_param_table(default_table_path())
+    out.update({p.name.lower(): (p.location, table.source) for p in table})
+    return out
+
+
+def _check_namelist(cfg, source: str) -> None:
+    """The one check of everything that becomes a user_nl_clm line: the `namelist:` settings and
+    the `location: namelist` DA parameters (names, values, where CTSM reads the name)."""
+    from ppe_ingest.ctsmio.user_nl import check_namelist_name, check_namelist_settings, setting_key, show
+
+    known = known_locations()
+    check_namelist_settings(cfg["namelist"], f"{source}: namelist")
+
+    def misplaced(name: str, where: str) -> None:
+        loc, listed = known.get(setting_key(name).split("(")[0], ("namelist", ""))
+        if loc != "namelist":
+            raise UserError(f"{where}: {name} is read from the {loc} ({listed}), not the namelist; "
+                            "CTSM's build-namelist refuses it in user_nl_clm")
+
+    for name in cfg["namelist"]:
+        misplaced(name, f"{source}: namelist.{name}")
+        base = setting_key(name)
+        if base in MANAGED and cfg[base]:
+            raise UserError(f"{source}: namelist.{name}: also given by the top-level {base} key; give it once")
+    da = cfg["da"]
+    if da is None:
+        return
+    seen: dict[str, str] = {}
+    for name, p in da["parameters"].items():
+        where = f"{source}: da.parameters.{show(name)}"
+        check_namelist_name(name, f"{source}: da.parameters")
+        key = setting_key(name)
+        if "(" in key:
+            raise UserError(f"{where}: the DA updates whole scalar parameters; give the name without an index")
+        if key in seen:
+            raise UserError(f"{where}: the same parameter as {seen[key]} (Fortran ignores case); keep one")
+        seen[key] = name
+        if key in MANAGED:
+            raise UserError(f"{where}: {name} names a file, not a number the DA can update")
+        if p["location"] == "namelist":
+            misplaced(name, where)
+
+
 def _check(cfg, source: str) -> None:
     """Checks the declarative schema cannot express (free-form values, cross-key rules)."""
-    for name, value in cfg["namelist"].items():
-        if not isinstance(value, (str, int, float, bool)):
-            raise UserError(f"{source}: namelist.{name}: expected a number, string or bool, got {value!r}")
     if cfg["parameter_map"] and not cfg["fsurdat"]:
         raise UserError(f"{source}: parameter_map: needs fsurdat (the surface dataset it is written into)")
-    if not cfg["history_tape"].startswith("h") or not cfg["history_tape"][1:].isdigit():
+    if not re.fullmatch(r"h[0-9]", cfg["history_tape"]):
         raise UserError(f"{source}: history_tape: {cfg['history_tape']!r} is not a tape name like h0 or h1")
+    obs = cfg["observations"]
+    if obs is not None:
+        for key in ("variable", "mask"):
+            if obs[key] is not None and not _VARIABLE.fullmatch(obs[key]):
+                raise UserError(f"{source}: observations.{key}: {obs[key]!r:.60} is not a netCDF variable name")
+    _check_namelist(cfg, source)
     da = cfg["da"]
     if da is not None:
         if cfg["observations"] is None:

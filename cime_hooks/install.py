@@ -5,9 +5,22 @@ case's own ``./xmlchange NAME=VALUE`` (an argument list, never a shell string).
 CIME runs the DA script whenever DATA_ASSIMILATION_CYCLES > 0 and the script file exists
 (CIME/case/case_run.py); the per-component DATA_ASSIMILATION_LND flag is a different thing (it asks
 the driver to send the land model a post-DA "resume" signal for restart-file edits) and is left alone.
+
+An install leaves the case exactly as the config asks. What the config no longer asks for is
+switched off: a config without ``da:`` (or without ``observations:``) gives the DA (POSTRUN) script
+variable back the value it had before esm-emu set it (normally empty) and removes the hook file;
+DATA_ASSIMILATION_CYCLES goes back to its value from before ``--cycles`` (normally CIME's default
+1: CIME runs the model ``range(DATA_ASSIMILATION_CYCLES)`` times, so 0 would run nothing). A value
+the user changed since esm-emu set it is theirs and is left alone, with a note. What esm-emu set,
+and what was there before, is recorded in ``CASEROOT/esm-emu/install.json``.
+
+An install is all-or-nothing: when anything fails (a ``./xmlchange`` that exits non-zero or does
+not set the value, a file that cannot be written), the env XML files, the hook scripts, the config
+and the record are put back byte for byte as they were, and the folders it made are removed.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -18,7 +31,7 @@ from pathlib import Path
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
 
-from .case import check_caseroot, open_case
+from .case import ENV_FILES, check_caseroot, open_case
 from .config import CASE_DIR, case_config_path, dump_config, parse_config
 
 TEMPLATE = Path(__file__).resolve().parent / "hook_template.py.in"
@@ -31,21 +44,49 @@ HOOKS = {
     "POSTRUN_SCRIPT": ("esm_emu_postrun.py", "postrun", ("caseroot",), "after the last model run"),
 }
 PLACEHOLDER = "@ESM_EMU_PYTHON@"
+CYCLES = "DATA_ASSIMILATION_CYCLES"
+CIME_DEFAULT_CYCLES = "1"  # CIME's default: one model run per job
+RECORD_NAME = "install.json"  # what esm-emu set in the case, and the values from before
 
 
 @dataclass
 class InstallPlan:
-    """What an install writes and which case variables it changes (old value kept for display)."""
+    """What an install writes, removes and which case variables it changes (old value kept for display)."""
 
     caseroot: Path
     files: dict[Path, str] = field(default_factory=dict)
     changes: list[tuple[str, str, object]] = field(default_factory=list)  # (name, new, old)
+    remove: list[Path] = field(default_factory=list)  # hook files the config no longer asks for
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
         lines = [f"write {p}" for p in self.files]
+        lines += [f"remove {p}" for p in self.remove]
         for name, new, old in self.changes:
             lines.append(f"run   {shlex.join(['./xmlchange', f'{name}={new}'])}   (now: {old!r})")
+        lines += [f"note: {n}" for n in self.notes]
         return lines
+
+
+def record_path(caseroot: Path) -> Path:
+    return Path(caseroot) / CASE_DIR / RECORD_NAME
+
+
+def read_record(caseroot: Path) -> dict:
+    """The variables an earlier install set: name -> {"before": value, "set": value}."""
+    path = record_path(caseroot)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        variables = data["variables"]
+        if not all(isinstance(v, dict) and isinstance(v.get("before"), str) and isinstance(v.get("set"), str)
+                   for v in variables.values()):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path}: not an esm-emu install record; delete it and install again "
+                        "(the hook variables are then judged by their values)") from None
+    return variables
 
 
 def render_hook(var: str, python: str) -> str:
@@ -80,41 +121,165 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     if cycles is not None and cfg["da"] is None:
         raise UserError(f"{config_path}: da: --cycles needs a da section in the config")
 
+    _check_inputs(cfg, root)
+
     plan = InstallPlan(root)
     plan.files[case_config_path(root)] = dump_config(cfg)
     hooks_dir = root / CASE_DIR / "hooks"
-    wanted = ["PRERUN_SCRIPT"]
-    if cfg["da"] is not None:
-        wanted.append("DATA_ASSIMILATION_SCRIPT")
-    if cfg["observations"] is not None:
-        wanted.append("POSTRUN_SCRIPT")
-    for var in wanted:
+    wanted = {"PRERUN_SCRIPT": True, "DATA_ASSIMILATION_SCRIPT": cfg["da"] is not None,
+              "POSTRUN_SCRIPT": cfg["observations"] is not None}
+    record = read_record(root)
+    new_record: dict[str, dict] = {}
+
+    def current(var: str) -> str:
+        value = case.get_value(var)
+        if value is None:
+            raise UserError(f"{root}: case variable {var} is not defined in its env XML files "
+                            "(the esm-emu hooks need a CIME with PRERUN_SCRIPT, POSTRUN_SCRIPT and "
+                            "DATA_ASSIMILATION_SCRIPT)")
+        return str(value)
+
+    def ours(value: str) -> bool:
+        return Path(value).parent == hooks_dir and Path(value).name in {h[0] for h in HOOKS.values()}
+
+    def want(var: str, new: str) -> None:
+        now, entry = current(var), record.get(var)
+        if entry is not None and now == entry["set"]:
+            before = entry["before"]
+        elif var != CYCLES and ours(now):  # set by an esm-emu install that kept no record
+            before = ""
+        else:
+            before = now
+        new_record[var] = {"before": before, "set": new}
+        if now != new:
+            plan.changes.append((var, new, case.get_value(var)))
+
+    def release(var: str, legacy_default: str | None) -> bool:
+        """The config no longer asks for `var`: back to its value from before esm-emu set it.
+        False when the value is not esm-emu's (left as it is)."""
+        now, entry = current(var), record.get(var)
+        if entry is not None and now == entry["set"]:
+            target = entry["before"]
+        elif entry is None and legacy_default is not None:
+            target = legacy_default
+        else:
+            if entry is not None:
+                plan.notes.append(f"{var}={now!r} was changed after esm-emu set it; left as it is")
+            return False
+        if now != target:
+            plan.changes.append((var, target, case.get_value(var)))
+        return True
+
+    legacy_da = ours(current("DATA_ASSIMILATION_SCRIPT")) and "DATA_ASSIMILATION_SCRIPT" not in record
+    da_released = False
+    for var, on in wanted.items():
         path = hooks_dir / HOOKS[var][0]
-        plan.files[path] = render_hook(var, python)
-        plan.changes.append((var, str(path), case.get_value(var)))
+        if on:
+            plan.files[path] = render_hook(var, python)
+            want(var, str(path))
+        else:
+            released = release(var, "" if ours(current(var)) else None)
+            da_released |= released and var == "DATA_ASSIMILATION_SCRIPT"
+            if path.exists() or path.is_symlink():
+                plan.remove.append(path)
     if cycles is not None:
-        plan.changes.append(("DATA_ASSIMILATION_CYCLES", str(cycles), case.get_value("DATA_ASSIMILATION_CYCLES")))
+        want(CYCLES, str(cycles))
+    elif cfg["da"] is not None:
+        if CYCLES in record and current(CYCLES) == record[CYCLES]["set"]:
+            new_record[CYCLES] = record[CYCLES]  # still esm-emu's: keep what to go back to
+    elif da_released:
+        # The cycles go with esm-emu's DA script; with the user's own script they are the user's.
+        release(CYCLES, CIME_DEFAULT_CYCLES if legacy_da else None)
     for name, new, _ in plan.changes:
         if "," in new or "=" in new:
             raise UserError(f"{new}: xmlchange cannot take a value with ',' or '=' ({name}); "
                             "move the case to a path without them")
+    plan.files[record_path(root)] = json.dumps(
+        {"version": 1, "note": "written by `esm-emu cime install`: the case variables it set, and their "
+         "values from before, restored when a later install no longer asks for them",
+         "variables": new_record}, indent=1) + "\n"
     return plan
 
 
+def _check_inputs(cfg, root: Path) -> None:
+    """What the hooks would otherwise find wrong only inside the batch job: the DA's first guess
+    (paramfile parameters present and scalar, namelist parameters given a value, inside
+    [min, max]) and the observations (readable, holding the variable and mask)."""
+    if cfg["da"] is not None:
+        from ppe_ingest.ctsmio.user_nl import read_user_nl
+
+        from .params import initial_parameters
+
+        user_nl = root / "user_nl_clm"
+        initial_parameters(cfg, read_user_nl(user_nl) if user_nl.is_file() else {})
+    obs = cfg["observations"]
+    if obs is not None:
+        from ppe_ingest.obs.io import read_observations
+
+        ds, _ = read_observations(obs["file"], obs["variable"], obs["mask"])
+        if obs["mask"] is not None and obs["mask"] not in ds.variables:
+            raise UserError(f"{obs['file']}: observations have no mask variable {obs['mask']} "
+                            "(observations.mask)")
+
+
 def apply_install(plan: InstallPlan) -> None:
-    """Write the files (atomically, hooks executable) and run the case's ./xmlchange."""
+    """Write the files (atomically, hooks executable), remove stale hooks and run the case's
+    ./xmlchange; on any failure put every file back as it was (all-or-nothing)."""
+    root = plan.caseroot
+    touched = [*plan.files, *plan.remove, *(root / n for n in ENV_FILES)]
+    saved = {p: _snapshot(p) for p in touched}
+    made = [d for d in (root / CASE_DIR, root / CASE_DIR / "hooks") if not d.exists()]
+    try:
+        _apply(plan)
+    except BaseException:
+        _restore(saved, made)
+        raise
+
+
+def _apply(plan: InstallPlan) -> None:
     for path, text in plan.files.items():
-        with atomic_path(path) as tmp:
+        with atomic_path(path, executable=path.parent.name == "hooks") as tmp:  # umask's mode, hooks runnable
             tmp.write_text(text)
-            if path.parent.name == "hooks":
-                tmp.chmod(0o755)
+    for path in plan.remove:
+        path.unlink()
     for name, new, _ in plan.changes:
         cmd = ["./xmlchange", f"{name}={new}"]
-        proc = subprocess.run(cmd, cwd=plan.caseroot, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, cwd=plan.caseroot, capture_output=True, text=True, errors="replace")
+        except OSError as e:
+            raise UserError(f"{plan.caseroot}: {shlex.join(cmd)} could not run ({e.strerror}); "
+                            "the case is left as it was") from None
         if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise UserError(f"{plan.caseroot}: {shlex.join(cmd)} failed: {msg[-1] if msg else proc.returncode}")
+            msg = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            last = msg[-1].strip()[:300] if msg else f"exit status {proc.returncode}"
+            raise UserError(f"{plan.caseroot}: {shlex.join(cmd)} failed ({last}); the case is left as it was")
     check = open_case(plan.caseroot)
     for name, new, _ in plan.changes:
         if str(check.get_value(name)) != new:
-            raise UserError(f"{plan.caseroot}: ./xmlchange did not set {name} (it reads {check.get_value(name)!r})")
+            raise UserError(f"{plan.caseroot}: ./xmlchange did not set {name} (it reads {check.get_value(name)!r}); "
+                            "the case is left as it was")
+
+
+def _snapshot(path: Path):
+    """(bytes, mode) of a file, or None when there is none."""
+    try:
+        return path.read_bytes(), path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+
+
+def _restore(saved: dict, made: list[Path]) -> None:
+    """Put each file back as it was (or remove it when there was none), then the folders made."""
+    for path, old in saved.items():
+        if old is None:
+            if path.exists() or path.is_symlink():
+                path.unlink()
+            continue
+        data, mode = old
+        if _snapshot(path) == old:
+            continue
+        with atomic_path(path, mode=mode) as tmp:
+            tmp.write_bytes(data)
+    for d in reversed(made):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()

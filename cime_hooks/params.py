@@ -15,9 +15,13 @@ def base_paramfile(cfg: dict) -> str | None:
 
 
 def initial_parameters(cfg: dict, user_nl: dict) -> dict[str, float]:
-    """First guess: `initial`, else the base paramfile's value, else the case's user_nl_clm value."""
+    """First guess: `initial`, else the base paramfile's value, else the config's `namelist:` value
+    (what PRERUN writes), else the case's user_nl_clm value. `esm-emu cime install` calls this too,
+    so a parameter without a first guess is refused before the job is submitted."""
     from ppe_ingest.ctsmio.paramfile import read_paramfile
+    from ppe_ingest.ctsmio.user_nl import setting_key
 
+    user_nl = {**user_nl, **{setting_key(k): v for k, v in cfg["namelist"].items()}}
     out = {}
     for name, spec in cfg["da"]["parameters"].items():
         if spec["initial"] is not None:
@@ -28,7 +32,7 @@ def initial_parameters(cfg: dict, user_nl: dict) -> dict[str, float]:
                 raise UserError(f"da.parameters.{name}: {base_paramfile(cfg)} holds an array of shape "
                                 f"{value.shape}; the DA hook updates scalar parameters only")
             out[name] = float(value.reshape(()))
-        elif name.lower() in user_nl and isinstance(user_nl[name.lower()], (int, float)):
+        elif isinstance(user_nl.get(name.lower()), (int, float)) and not isinstance(user_nl[name.lower()], bool):
             out[name] = float(user_nl[name.lower()])
         else:
             raise UserError(f"da.parameters.{name}.initial: required for a namelist parameter "

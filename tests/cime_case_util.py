@@ -38,9 +38,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
+REFUSE = {refuse!r}  # variables this case's xmlchange fails on (a test of a failing xmlchange)
 for arg in sys.argv[1:]:
     for setting in arg.split(","):
         name, _, value = setting.partition("=")
+        if name in REFUSE:
+            sys.exit("ERROR: " + name + " is locked in this case (test stand-in)")
         for f in sorted(here.glob("env_*.xml")):
             tree = ET.parse(f)
             hits = [e for e in tree.getroot().iter("entry") if e.get("id") == name]
@@ -70,8 +73,10 @@ def env_xml(file_id: str, groups: dict, fmt: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def make_case(tmp: Path, name: str = "ctsm_test", ninst: int = 1, rundir: str = "$CASEROOT/run") -> Path:
-    """A case directory with env_case.xml, env_run.xml, env_mach_pes.xml, user_nl_clm and xmlchange."""
+def make_case(tmp: Path, name: str = "ctsm_test", ninst: int = 1, rundir: str = "$CASEROOT/run",
+              refuse: tuple[str, ...] = ()) -> Path:
+    """A case directory with env_case.xml, env_run.xml, env_mach_pes.xml, user_nl_clm and xmlchange
+    (which exits non-zero, as CIME's does on an error, when asked to change a name in `refuse`)."""
     caseroot = tmp / name
     caseroot.mkdir(parents=True)
     fmt = {"case": name, "caseroot": str(caseroot), "cimeroot": str(tmp / "no_cime_here"),
@@ -79,7 +84,7 @@ def make_case(tmp: Path, name: str = "ctsm_test", ninst: int = 1, rundir: str = 
     for fname, groups in ENV.items():
         (caseroot / fname).write_text(env_xml(fname, groups, fmt))
     x = caseroot / "xmlchange"
-    x.write_text(XMLCHANGE.format(python=sys.executable))
+    x.write_text(XMLCHANGE.format(python=sys.executable, refuse=tuple(refuse)))
     x.chmod(0o755)
     (caseroot / "user_nl_clm").write_text(
         "!----------------------------------------------------------------------------------\n"
@@ -89,3 +94,26 @@ def make_case(tmp: Path, name: str = "ctsm_test", ninst: int = 1, rundir: str = 
         "hist_fincl2 = 'QRUNOFF','RAIN'   ! my own output, must survive\n")
     (caseroot / "run").mkdir()
     return caseroot
+
+
+def tiny_paramfile(path: Path, values: dict | None = None) -> Path:
+    """A CTSM-layout paramfile with a few 0-d float64 hydrology scalars (as in ctsm51_params)."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "w", format="NETCDF3_CLASSIC") as ds:
+        for name, value in (values or {"fff": 0.5, "d_max": 15.0, "n_baseflow": 1.0}).items():
+            v = ds.createVariable(name, "f8", ())
+            v.assignValue(value)
+    return path
+
+
+def tiny_obs(path: Path, variable: str = "QRUNOFF") -> Path:
+    """An observation file in the esm-emu schema: two sites, ten days of `variable`."""
+    import numpy as np
+
+    from ppe_ingest.obs.schema import make_obs
+
+    values = np.full((2, 10), 1e-5)
+    make_obs(values, variable, "mm/s", ["site_a", "site_b"], [40.1, 41.3], [-105.2, -104.1],
+             time=np.datetime64("2001-01-01") + np.arange(10), source="test").to_netcdf(path)
+    return path

@@ -9,10 +9,9 @@ import os
 import subprocess
 import sys
 
-import netCDF4
 import pytest
 import yaml
-from cime_case_util import make_case
+from cime_case_util import make_case, tiny_obs, tiny_paramfile
 
 from cime_hooks.case import open_case
 from esm_emu.cli import main
@@ -20,24 +19,16 @@ from esm_emu.cli import main
 HOOKS = ("esm_emu_prerun.py", "esm_emu_da", "esm_emu_postrun.py")
 
 
-def tiny_paramfile(path):
-    """A CTSM-layout paramfile with a few 0-d float64 hydrology scalars (as in ctsm51_params)."""
-    with netCDF4.Dataset(path, "w", format="NETCDF3_CLASSIC") as ds:
-        for name, value in {"fff": 0.5, "d_max": 15.0, "n_baseflow": 1.0}.items():
-            v = ds.createVariable(name, "f8", ())
-            v.assignValue(value)
-    return path
-
-
-def write_config(tmp_path, da=True):
+def write_config(tmp_path, da=True, observations=True, name="hooks.yaml"):
     tiny_paramfile(tmp_path / "params_calibrated.nc")
-    (tmp_path / "obs.nc").write_bytes(b"")  # only its existence is checked at install
-    cfg = {"paramfile": "params_calibrated.nc", "namelist": {"baseflow_scalar": 0.005},
-           "observations": {"file": "obs.nc", "variable": "QRUNOFF"}}
+    tiny_obs(tmp_path / "obs.nc")
+    cfg = {"paramfile": "params_calibrated.nc", "namelist": {"baseflow_scalar": 0.005}}
+    if observations:
+        cfg["observations"] = {"file": "obs.nc", "variable": "QRUNOFF"}
     if da:
         cfg["da"] = {"forward": {"kind": "simulator"},
                      "parameters": {"fff": {"location": "paramfile", "min": 0.1, "max": 5.0}}}
-    path = tmp_path / "hooks.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -127,3 +118,109 @@ def test_cli_entry_point_runs_as_a_program(tmp_path):
                            "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "./xmlchange PRERUN_SCRIPT=" in proc.stdout
+
+
+def hook_state(root):
+    """The four case variables (as the env XML holds them) and the hook files present."""
+    case = open_case(root)
+    names = ("PRERUN_SCRIPT", "DATA_ASSIMILATION_SCRIPT", "DATA_ASSIMILATION_CYCLES", "POSTRUN_SCRIPT")
+    hooks = root / "esm-emu" / "hooks"
+    return {n: case.get_value(n) for n in names}, sorted(p.name for p in hooks.iterdir()) if hooks.is_dir() else []
+
+
+def case_files(root):
+    """Every file of the case with its bytes and mode."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_reinstall_switches_off_what_the_config_no_longer_asks_for(tmp_path, capsys):
+    root = make_case(tmp_path)
+    hooks = root / "esm-emu" / "hooks"
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "3"]) == 0
+    assert hook_state(root)[0]["DATA_ASSIMILATION_CYCLES"] == 3
+    # Without da: the DA script variable is cleared, the cycles go back to the case's 1 (CIME runs
+    # the model range(DATA_ASSIMILATION_CYCLES) times: 0 would run nothing) and the hook is removed.
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path, da=False))]) == 0
+    assert f"removed {hooks / 'esm_emu_da'}" in capsys.readouterr().out
+    assert hook_state(root) == ({"PRERUN_SCRIPT": str(hooks / "esm_emu_prerun.py"), "DATA_ASSIMILATION_SCRIPT": "",
+                                 "DATA_ASSIMILATION_CYCLES": 1, "POSTRUN_SCRIPT": str(hooks / "esm_emu_postrun.py")},
+                                ["esm_emu_postrun.py", "esm_emu_prerun.py"])
+    # Without observations either: POSTRUN goes too.
+    assert main(["cime", "install", str(root), "--config",
+                 str(write_config(tmp_path, da=False, observations=False))]) == 0
+    assert hook_state(root) == ({"PRERUN_SCRIPT": str(hooks / "esm_emu_prerun.py"), "DATA_ASSIMILATION_SCRIPT": "",
+                                 "DATA_ASSIMILATION_CYCLES": 1, "POSTRUN_SCRIPT": ""}, ["esm_emu_prerun.py"])
+    # And back on.
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "2"]) == 0
+    state = hook_state(root)
+    assert state[0]["DATA_ASSIMILATION_SCRIPT"] == str(hooks / "esm_emu_da")
+    assert state[0]["DATA_ASSIMILATION_CYCLES"] == 2
+    assert state[1] == sorted(HOOKS)
+
+
+def test_reinstall_gives_back_the_users_own_da_setup(tmp_path, capsys):
+    """A DA script the case had before esm-emu comes back when esm-emu's DA is switched off; one the
+    user set after esm-emu's install is theirs and is left alone."""
+    root = make_case(tmp_path)
+    subprocess.run(["./xmlchange", "DATA_ASSIMILATION_SCRIPT=/home/me/my_da.sh,DATA_ASSIMILATION_CYCLES=2"],
+                   cwd=root, check=True)
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "4"]) == 0
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path, da=False))]) == 0
+    assert hook_state(root)[0]["DATA_ASSIMILATION_SCRIPT"] == "/home/me/my_da.sh"
+    assert hook_state(root)[0]["DATA_ASSIMILATION_CYCLES"] == 2
+
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "4"]) == 0
+    subprocess.run(["./xmlchange", "DATA_ASSIMILATION_SCRIPT=/home/me/other_da.sh"], cwd=root, check=True)
+    capsys.readouterr()
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path, da=False))]) == 0
+    out = capsys.readouterr().out
+    assert "DATA_ASSIMILATION_SCRIPT='/home/me/other_da.sh' was changed after esm-emu set it; left as it is" in out
+    assert hook_state(root)[0]["DATA_ASSIMILATION_SCRIPT"] == "/home/me/other_da.sh"
+    assert hook_state(root)[0]["DATA_ASSIMILATION_CYCLES"] == 4  # they go with the user's script now
+
+
+def test_reinstall_over_an_install_without_a_record(tmp_path):
+    """An install by an esm-emu that kept no record is recognised by its hook paths."""
+    root = make_case(tmp_path)
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "3"]) == 0
+    (root / "esm-emu" / "install.json").unlink()
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path, da=False))]) == 0
+    state = hook_state(root)[0]
+    assert state["DATA_ASSIMILATION_SCRIPT"] == "" and state["DATA_ASSIMILATION_CYCLES"] == 1
+
+
+@pytest.mark.parametrize("refuse", ["PRERUN_SCRIPT", "POSTRUN_SCRIPT", "DATA_ASSIMILATION_CYCLES"])
+def test_failing_xmlchange_leaves_a_new_case_as_it_was(tmp_path, capsys, refuse):
+    root = make_case(tmp_path, refuse=(refuse,))
+    before = case_files(root)
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"./xmlchange {refuse}=" in err and "locked" in err and "left as it was" in err
+    assert case_files(root) == before
+    assert not (root / "esm-emu").exists()
+
+
+def test_failing_xmlchange_leaves_an_installed_case_as_it_was(tmp_path, capsys):
+    root = make_case(tmp_path)
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "3"]) == 0
+    (root / "esm-emu" / "config.yaml").chmod(0o664)  # a group-shared case keeps its modes
+    x = root / "xmlchange"
+    x.write_text(x.read_text().replace("REFUSE = ()", "REFUSE = ('POSTRUN_SCRIPT',)"))
+    before = case_files(root)
+    # This install would clear DA (config without da) and then fail on POSTRUN_SCRIPT.
+    cfg = write_config(tmp_path, da=False, observations=False, name="other.yaml")
+    assert main(["cime", "install", str(root), "--config", str(cfg)]) == 2
+    assert "./xmlchange POSTRUN_SCRIPT=" in capsys.readouterr().err
+    assert case_files(root) == before
+
+
+def test_a_case_without_a_hook_variable_is_refused_before_any_change(tmp_path, capsys):
+    root = make_case(tmp_path)
+    env_run = root / "env_run.xml"
+    env_run.write_text(env_run.read_text().replace('id="POSTRUN_SCRIPT"', 'id="OTHER_SCRIPT"'))
+    before = case_files(root)
+    assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "case variable POSTRUN_SCRIPT is not defined" in err
+    assert case_files(root) == before

@@ -4,6 +4,14 @@
 ones and keeps every other line and comment. Unlike the netCDF writers, the output may be the
 input itself when it is a ``user_nl_*`` file, because CIME cases are edited in place (the new
 content is still written to a temporary file and renamed).
+
+Every name and value written goes through the one check here (`check_namelist_name`,
+`check_namelist_value`, `check_namelist_settings`), which `esm-emu cime install` also runs on the
+hook config, so a setting CTSM would reject, or a string that would become a second line, is
+refused before anything is written: names are Fortran identifiers (at most 63 characters,
+optionally with an index such as ``(2)`` or ``(1:3)``); values are numbers, logicals, strings or
+lists of them; strings are single-quoted with embedded quotes doubled and may not hold a line
+break or any other control character.
 """
 from __future__ import annotations
 
@@ -17,24 +25,101 @@ import numpy as np
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
 
-_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_%()]*)\s*=(.*)$")
+_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_%]*(?:\s*\([^)=]*\))?)\s*=(.*)$")
+MAX_NAME_LENGTH = 63  # Fortran 2003 limit on a name
+_SUBSCRIPT = r"-?\d+(?:\s*:\s*-?\d+)?"
+_SETTING_NAME = re.compile(rf"([A-Za-z][A-Za-z0-9_]*)(\(\s*{_SUBSCRIPT}(?:\s*,\s*{_SUBSCRIPT})*\s*\))?")
+
+
+def show(x, limit: int = 60) -> str:
+    """`x` for a one-line message: as it is when printable, else its repr; cut to `limit` characters."""
+    text = x if isinstance(x, str) and x.isprintable() else repr(x)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_namelist_name(name, where: str = "namelist") -> str:
+    """`name` if it is a Fortran namelist variable name (optionally indexed: ``hist_fincl1(2)``);
+    else UserError naming `where` and the name."""
+    m = _SETTING_NAME.fullmatch(name) if isinstance(name, str) else None
+    if m is None:
+        raise UserError(f"{where}: {show(name)!s} is not a namelist variable name (a Fortran name: a letter, "
+                        "then letters, digits or '_', optionally an index like (2))")
+    if len(m.group(1)) > MAX_NAME_LENGTH:
+        raise UserError(f"{where}: {show(name)} is not a namelist variable name "
+                        f"(longer than Fortran's {MAX_NAME_LENGTH} characters)")
+    return name
+
+
+def setting_key(name: str) -> str:
+    """The key two spellings of one namelist setting share (Fortran ignores case and blanks)."""
+    return re.sub(r"\s+", "", name).lower()
+
+
+def _check_string(text: str, where: str) -> None:
+    for i, c in enumerate(text):
+        if not c.isprintable():
+            raise UserError(f"{where}: a namelist string may not hold a line break or other control "
+                            f"character (found {c!r} at position {i})")
+
+
+def check_namelist_value(value, where: str = "namelist value"):
+    """`value` (numpy scalars and paths made plain) if it is a namelist value: a finite number, a
+    logical, a string without control characters, or a non-empty list of these; else UserError."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise UserError(f"{where}: an empty list is not a namelist value")
+        out = []
+        for x in value:
+            if isinstance(x, (list, tuple, dict, np.ndarray)):
+                raise UserError(f"{where}: a namelist list holds numbers, logicals or strings, not {show(x)}")
+            out.append(check_namelist_value(x, where))
+        return out
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {value} is not finite (a namelist number must be a finite value)")
+        return value
+    if isinstance(value, str):
+        _check_string(value, where)
+        return value
+    raise UserError(f"{where}: expected a number, logical (true/false) or string, "
+                    f"got {type(value).__name__} {show(value)}")
+
+
+def check_namelist_settings(settings: Mapping, where: str = "namelist", sep: str = ".") -> dict:
+    """Every name and value of `settings` checked (``WHERE.NAME`` in messages, `sep` between); two
+    spellings of one variable (``baseflow_scalar`` and ``BASEFLOW_SCALAR``) are refused. Returns
+    the checked settings."""
+    seen: dict[str, str] = {}
+    out = {}
+    for name, value in settings.items():
+        check_namelist_name(name, where)
+        key = setting_key(name)
+        if key in seen:
+            raise UserError(f"{where}{sep}{name}: the same variable as {seen[key]} (Fortran ignores case "
+                            "and blanks); keep one")
+        seen[key] = name
+        out[name] = check_namelist_value(value, f"{where}{sep}{name}")
+    return out
 
 
 def format_namelist_value(v) -> str:
     """A Python value as Fortran namelist text: .true./.false., 'quoted', exact floats, lists."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, (list, tuple, np.ndarray)):
-        if len(v) == 0:
-            raise UserError("namelist value: empty list")
+    v = check_namelist_value(v)
+    if isinstance(v, list):
         return ", ".join(format_namelist_value(x) for x in v)
     if isinstance(v, bool):
         return ".true." if v else ".false."
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if not math.isfinite(v):
-            raise UserError(f"namelist value: {v} is not finite")
         r = repr(v)  # shortest text that round-trips
         if "e" in r:
             mant, exp = r.split("e")
@@ -42,9 +127,7 @@ def format_namelist_value(v) -> str:
                 mant += ".0"
             return f"{mant}e{int(exp):+03d}"
         return r
-    if isinstance(v, (str, Path)):
-        return "'" + str(v).replace("'", "''") + "'"
-    raise UserError(f"namelist value: cannot write {type(v).__name__} {v!r}")
+    return "'" + v.replace("'", "''") + "'"
 
 
 def _strip_comment(text: str) -> str:
@@ -133,7 +216,7 @@ def read_user_nl(path: str | Path) -> dict:
         value = text.split("=", 1)[1]
         if not value.strip():
             raise UserError(f"{path}: line {first + 1}: setting {name} has no value")
-        out[name.lower()] = parse_namelist_value(value)
+        out[setting_key(name)] = parse_namelist_value(value)
     return out
 
 
@@ -153,14 +236,14 @@ def set_user_nl(src: str | Path | None, dst: str | Path, settings: Mapping[str, 
         same = dst.exists() and dst.resolve() == src.resolve()
         if not (same and dst.name.startswith("user_nl")):
             inputs = [src]
+    if history_comment is not None:
+        _check_string(history_comment, f"{dst}: comment")
     wanted = {}
-    for k, v in settings.items():
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(k)):
-            raise UserError(f"{dst}: {k!r} is not a namelist variable name")
-        wanted[str(k).lower()] = (str(k), format_namelist_value(v))
+    for k, v in check_namelist_settings(settings, f"{dst}:", sep=" ").items():
+        wanted[setting_key(k)] = (k, format_namelist_value(v))
     done, drop, replace = set(), set(), {}
     for first, last, name in _settings(lines):
-        key = name.lower()
+        key = setting_key(name)
         if key not in wanted:
             continue
         if key in done:
