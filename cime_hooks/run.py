@@ -9,16 +9,17 @@ USAGE = "usage: prerun CASEROOT | da CASEROOT CYCLE | postrun CASEROOT"
 
 
 def _call(hook: str, caseroot: str, rest: list[str]):
-    """The hook's function with its arguments, or None when they do not fit USAGE."""
+    """The hook's function with its arguments (exit status 0 when it returns), or None when they do
+    not fit USAGE. The hooks' own return values are reports, not exit statuses."""
     if hook == "prerun" and not rest:
         from .prerun import run_prerun
-        return lambda: run_prerun(caseroot)
+        return lambda: run_prerun(caseroot) and 0
     if hook == "postrun" and not rest:
         from .postrun import run_postrun
-        return lambda: run_postrun(caseroot)
+        return lambda: run_postrun(caseroot) and 0
     if hook == "da" and len(rest) == 1 and rest[0].isdigit():
         from .da import run_da
-        return lambda: run_da(caseroot, int(rest[0]))
+        return lambda: run_da(caseroot, int(rest[0])) and 0
     return None
 
 

@@ -49,8 +49,8 @@ def _weights(args) -> int:
     from .regridder import build_weights
     from .weights import write_weights
 
-    require_netcdf(args.src, "--src")
-    require_netcdf(args.dst, "--dst")
+    require_netcdf(args.src, "--src", "grid file")
+    require_netcdf(args.dst, "--dst", "grid file")
     output_file(args.out)
     src = read_grid(args.src, use_mask=not args.ignore_mask)
     dst = read_grid(args.dst, use_mask=not args.ignore_mask)
@@ -71,7 +71,7 @@ def _apply(args) -> int:
 
     from .regridder import Regridder
 
-    require_netcdf(args.weights, "--weights")
+    require_netcdf(args.weights, "--weights", "weight file")
     require_netcdf(args.input)
     output_file(args.output, "OUTPUT")
     rg = Regridder(None, None, weights=args.weights, skipna=args.skipna)
@@ -103,7 +103,7 @@ def _dlnd(args) -> int:
     from .dlnd import case_settings, write_lnd2rof
     from .grids import read_grid, write_esmf_mesh
 
-    require_netcdf(args.grid, "--grid")
+    require_netcdf(args.grid, "--grid", "grid file")
     require_netcdf(args.runoff)
     output_folder(args.out)
     grid = read_grid(args.grid)

@@ -28,9 +28,10 @@ NC_LOCK = threading.RLock()
 _MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
 
 
-def require_netcdf(path: str | Path, what: str = "") -> Path:
+def require_netcdf(path: str | Path, what: str = "", kind: str = "file") -> Path:
     """`path` if it is a netCDF file (classic, 64-bit offset, CDF5 or netCDF-4/HDF5), else one line
-    naming the file and what it is instead. `what` (e.g. "--values") prefixes the message.
+    naming the file and what it is instead. `what` (e.g. "--values") prefixes the message; `kind`
+    (e.g. "grid file") says what the file was to be.
 
     Every command that opens an input with xarray or netCDF4 asks this first, so a text file, a
     folder or a missing file never reaches the libraries' multi-line messages.
@@ -38,9 +39,9 @@ def require_netcdf(path: str | Path, what: str = "") -> Path:
     path = Path(path)
     label = f"{what}: {path}" if what else str(path)
     if path.is_dir():
-        raise UserError(f"{label}: is a folder, expected a netCDF file")
+        raise UserError(f"{label}: is a folder, expected a netCDF {kind}")
     if not path.exists():
-        raise UserError(f"{label}: file not found")
+        raise UserError(f"{label}: {kind} not found")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -52,8 +53,8 @@ def require_netcdf(path: str | Path, what: str = "") -> Path:
     except OSError as e:
         raise user_error_from_os(e, what) from None
     if not head.startswith(_MAGIC):
-        kind = "an empty file" if path.stat().st_size == 0 else "a file of another format"
-        raise UserError(f"{label}: not a netCDF file ({kind})")
+        form = "an empty file" if path.stat().st_size == 0 else "a file of another format"
+        raise UserError(f"{label}: not a netCDF {kind} ({form})")
     return path
 
 
