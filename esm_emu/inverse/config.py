@@ -9,33 +9,35 @@ PERIOD = {"start": Field((str, int), None, nullable=True, help="first day (YYYY-
           "end": Field((str, int), None, nullable=True, help="last day (YYYY-MM-DD or year)")}
 
 KGSSL = {
-    "embedding": Field(int, 16, min=2, help="embedding size"),
-    "hidden": Field(int, 32, min=2, help="LSTM hidden size"),
-    "window_days": Field(int, 365, min=30, help="window length (one year)"),
-    "pool_days": Field(int, 5, min=1, help="days averaged per encoder step"),
+    "embedding": Field(int, 16, min=2, max=1024, help="embedding size"),
+    "hidden": Field(int, 32, min=2, max=4096, help="LSTM hidden size"),
+    "window_days": Field(int, 365, min=30, max=3660, help="window length (one year)"),
+    "pool_days": Field(int, 5, min=1, max=366, help="days averaged per encoder step"),
     "temperature": Field(float, 0.1, gt=0, help="NT-Xent temperature"),
     "w_recon": Field(float, 1.0, min=0, help="weight of the response reconstruction loss"),
     "w_forcing": Field(float, 0.1, min=0, help="weight of the forcing (climate) reconstruction loss"),
     "w_contrast": Field(float, 0.5, min=0, help="weight of the contrastive loss"),
     "w_inverse": Field(float, 1.0, min=0, help="weight of the pseudo-inverse loss"),
-    "steps": Field(int, 300, min=1), "batch": Field(int, 64, min=4), "lr": Field(float, 3e-3, gt=0),
+    "steps": Field(int, 300, min=1, max=1_000_000), "batch": Field(int, 64, min=4, max=65_536),
+    "lr": Field(float, 3e-3, gt=0),
     "min_obs_fraction": Field(float, 0.5, min=0, max=1),
-    "ppe_samples": Field(int, 4, min=1, help="forward-model PPE samples per entity for pretraining"),
+    "ppe_samples": Field(int, 4, min=1, max=1000, help="forward-model PPE samples per entity for pretraining"),
     "noise": Field(float, 0.02, min=0, help="noise added to PPE responses, fraction of their std"),
 }
 
 DPL = {
-    "hidden": Field(int, 64, min=2), "dropout": Field(float, 0.1, min=0, max=0.9),
-    "steps": Field(int, 300, min=1), "lr": Field(float, 1e-2, gt=0), "weight_decay": Field(float, 1e-4, min=0),
-    "batch": Field(int, 0, min=0, help="observed sites per step (0: all)"),
+    "hidden": Field(int, 64, min=2, max=4096), "dropout": Field(float, 0.1, min=0, max=0.9),
+    "steps": Field(int, 300, min=1, max=1_000_000), "lr": Field(float, 1e-2, gt=0),
+    "weight_decay": Field(float, 1e-4, min=0),
+    "batch": Field(int, 0, min=0, max=1_000_000, help="observed sites per step (0: all)"),
     "loss": Field(str, "nse", choices=("nse", "rmse")),
-    "warmup_days": Field(int, 180, min=0, help="days not scored while the model spins up"),
+    "warmup_days": Field(int, 180, min=0, max=3660, help="days not scored while the model spins up"),
     "z_dropout": Field(float, 0.5, min=0, max=1, help="g_z: share of steps a site's embedding is hidden"),
 }
 
 UNCERTAINTY = {
-    "ensemble": Field(int, 3, min=1, help="inverse models trained with different seeds"),
-    "mc_samples": Field(int, 20, min=0, help="MC-dropout draws per member (0: off)"),
+    "ensemble": Field(int, 3, min=1, max=100, help="inverse models trained with different seeds"),
+    "mc_samples": Field(int, 20, min=0, max=10_000, help="MC-dropout draws per member (0: off)"),
     "level": Field(float, 0.9, gt=0, max=0.999, help="interval level for coverage"),
 }
 
@@ -58,8 +60,9 @@ SCHEMA = {
     "test_period": Field(schema=PERIOD, default=None, nullable=True),
     "method": Field(str, "g_z", choices=("g_z", "g_A", "kgssl")),
     "ablation": Field(bool, False, help="also run g_A and KGSSL alone and report their recovery"),
-    "clusters": Field(int, 0, min=0, help="k-means clusters of inferred parameters (one paramfile each); 0: none"),
-    "seed": Field(int, 0),
+    "clusters": Field(int, 0, min=0, max=1000,
+                      help="k-means clusters of inferred parameters (one paramfile each); 0: none"),
+    "seed": Field(int, 0, min=0, max=2**32 - 1),
     "out": Field(str, "inverse_out", output_path=True),
     "kgssl": Field(schema=KGSSL, default={}),
     "dpl": Field(schema=DPL, default={}),

@@ -7,36 +7,36 @@ from ppe_ingest.base.config import Field, load_config, section_type
 
 MODEL = {
     "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular"),
-    "hidden": Field(int, 64, min=1, help="LSTM hidden size / transformer d_model / MLP width"),
-    "embed": Field(int, 32, min=1, help="size of the static+parameter conditioning embedding (lstm)"),
-    "layers": Field(int, 1, min=1),
+    "hidden": Field(int, 64, min=1, max=4096, help="LSTM hidden size / transformer d_model / MLP width"),
+    "embed": Field(int, 32, min=1, max=4096, help="size of the static+parameter conditioning embedding (lstm)"),
+    "layers": Field(int, 1, min=1, max=16),
     "dropout": Field(float, 0.0, min=0.0, max=0.9),
     "ea_gate": Field(bool, False, help="lstm: EA-LSTM input gate from the conditioning alone"),
-    "heads": Field(int, 4, min=1, help="transformer attention heads"),
-    "context": Field(int, 365, min=2, help="transformer: days each step attends to"),
+    "heads": Field(int, 4, min=1, max=64, help="transformer attention heads"),
+    "context": Field(int, 365, min=2, max=3660, help="transformer: days each step attends to"),
 }
 
 DATA = {
-    "window": Field(int, 365, min=1, help="days per training window that count in the loss"),
-    "warmup": Field(int, None, min=0, nullable=True,
+    "window": Field(int, 365, min=1, max=7320, help="days per training window that count in the loss"),
+    "warmup": Field(int, None, min=0, max=3660, nullable=True,
                     help="spin-up days before each window (default: store's warmup_days)"),
-    "batch_size": Field(int, 32, min=1, help="global batch (split over ranks)"),
-    "val_windows": Field(int, 64, min=1),
+    "batch_size": Field(int, 32, min=1, max=8192, help="global batch (split over ranks)"),
+    "val_windows": Field(int, 64, min=1, max=100_000),
     "val_fraction": Field(float, 0.2, gt=0.0, max=0.5, help="tabular: members held for validation"),
 }
 
 TRAIN = {
-    "seed": Field(int, 0),
-    "max_steps": Field(int, 1000, min=1),
+    "seed": Field(int, 0, min=0, max=2**32 - 1),
+    "max_steps": Field(int, 1000, min=1, max=10_000_000),
     "lr": Field(float, 3e-3, gt=0.0),
     "weight_decay": Field(float, 1e-4, min=0.0),
     "schedule": Field(str, "cosine", choices=["cosine", "onecycle", "constant"]),
-    "warmup_steps": Field(int, 50, min=0),
+    "warmup_steps": Field(int, 50, min=0, max=10_000_000),
     "grad_clip": Field(float, 1.0, min=0.0, help="max gradient norm; 0 turns clipping off"),
-    "val_every": Field(int, 50, min=1),
-    "patience": Field(int, 10, min=1, help="validations without improvement before stopping early"),
-    "checkpoint_every": Field(int, 50, min=1),
-    "threads": Field(int, 0, min=0, help="torch CPU threads per rank (0: torch default)"),
+    "val_every": Field(int, 50, min=1, max=10_000_000),
+    "patience": Field(int, 10, min=1, max=1_000_000, help="validations without improvement before stopping early"),
+    "checkpoint_every": Field(int, 50, min=1, max=10_000_000),
+    "threads": Field(int, 0, min=0, max=1024, help="torch CPU threads per rank (0: torch default)"),
     "deterministic": Field(bool, True, help="torch.use_deterministic_algorithms on CPU"),
     "bf16": Field(bool, True, help="bf16 autocast on CUDA (ignored on CPU)"),
     "loss": Field(str, "both", choices=["normalized", "physical", "both"],
@@ -46,8 +46,9 @@ TRAIN = {
 EVALUATE = {
     "at_end": Field(bool, True, help="evaluate on the held-out splits after training"),
     "plots": Field(bool, True),
-    "batch_size": Field(int, 64, min=1),
-    "max_series": Field(int, 2000, min=1, help="at most this many member x gridcell series per group (seeded subset)"),
+    "batch_size": Field(int, 64, min=1, max=8192),
+    "max_series": Field(int, 2000, min=1, max=10_000_000,
+                        help="at most this many member x gridcell series per group (seeded subset)"),
 }
 
 SCHEMA = {

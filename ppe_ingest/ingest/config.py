@@ -8,7 +8,7 @@ SPLIT_SCHEMA = {
     "test_members": Field(float, 0.1, min=0, help="fraction (or count if >= 1) of members held out"),
     "val_gridcells": Field(float, 0.1, min=0),
     "test_gridcells": Field(float, 0.1, min=0),
-    "test_years": Field(int, 1, min=0, help="number of held-out years (never the first, warm-up year)"),
+    "test_years": Field(int, 1, min=0, max=200, help="number of held-out years (never the first, warm-up year)"),
 }
 
 INGEST_SCHEMA = {
@@ -21,12 +21,12 @@ INGEST_SCHEMA = {
                     help="member x parameter design to check against (default: PPE_DIR/design.csv)"),
     "vars": Field(list, None, items=str, nullable=True,
                   help="history variables (default: every CTSM forcing/response found)"),
-    "seed": Field(int, 0, help="seed of the member/gridcell/year split"),
+    "seed": Field(int, 0, min=0, max=2**32 - 1, help="seed of the member/gridcell/year split"),
     "split": Field(dict, {}, schema=SPLIT_SCHEMA),
     "log_transform_vars": Field(list, ["QRUNOFF", "QOVER", "QDRAI"], items=str),
     "log_eps": Field(float, 1e-8, gt=0, help="log(max(x, 0) + log_eps), mm/s for runoff"),
-    "chunk_gridcell": Field(int, 64, min=1),
-    "chunk_time": Field(int, 365, min=1),
+    "chunk_gridcell": Field(int, 64, min=1, max=1_000_000),
+    "chunk_time": Field(int, 365, min=1, max=36_600),
     "skip_bad": Field(bool, False),
     "params": Field(str, None, nullable=True, path=True, help="parameter table (bounds, locations)"),
     "summary": Field(str, None, nullable=True, path=True,

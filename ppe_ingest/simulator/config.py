@@ -8,16 +8,16 @@ DEFAULT_PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar", "n_baseflow", "d
 OBS_VARIABLES = ("QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM")
 
 TRUTH = {
-    "n_gridcells": Field(int, None, min=1, nullable=True,
+    "n_gridcells": Field(int, None, min=1, max=100_000, nullable=True,
                          help="gridcells of the truth run (default: the PPE's gridcells)"),
-    "seed": Field(int, None, nullable=True, help="seed of the truth maps (default: seed + 1)"),
+    "seed": Field(int, None, min=0, max=2**32 - 1, nullable=True, help="seed of the truth maps (default: seed + 1)"),
     "params": Field(list, None, items=str, nullable=True,
                     help="parameters with spatial truth maps (default: the perturbed ones)"),
-    "length_deg": Field(float, 6.0, gt=0, help="correlation length of the truth maps (degrees)"),
-    "n_obs_sites": Field(int, 20, min=0, help="gridcells that get observations"),
+    "length_deg": Field(float, 6.0, gt=0, max=180, help="correlation length of the truth maps (degrees)"),
+    "n_obs_sites": Field(int, 20, min=0, max=100_000, help="gridcells that get observations"),
     "variables": Field(list, list(OBS_VARIABLES), items=str, choices=OBS_VARIABLES),
     "streamflow_log_sigma": Field(float, 0.1, min=0, max=2, help="log-normal streamflow noise"),
-    "latent_heat_sigma": Field(float, 10.0, min=0, help="additive latent heat noise (W/m2)"),
+    "latent_heat_sigma": Field(float, 10.0, min=0, max=500, help="additive latent heat noise (W/m2)"),
     "soil_moisture_sigma": Field(float, 0.02, min=0, max=0.5, help="additive soil moisture noise (m3/m3)"),
     "gap_fraction": Field(float, 0.05, min=0, max=0.9, help="fraction of days missing"),
 }
@@ -25,7 +25,7 @@ TRUTH = {
 SCHEMA = {
     "case": Field(str, "esmemu_sim", help="case name in history file names"),
     "n_members": Field(int, 64, min=1, max=9999),
-    "seed": Field(int, 0, min=0),
+    "seed": Field(int, 0, min=0, max=2**32 - 1),
     "prefix": Field(str, "LHC", choices=("LHC", "OAAT", "SIM")),
     "params": Field(list, list(DEFAULT_PARAMS), items=str, help="table rows to perturb"),
     "table": Field(str, None, path=True, nullable=True,
@@ -41,8 +41,9 @@ SCHEMA = {
     "start_year": Field(int, 2000, min=1, max=9999),
     "n_years": Field(int, 5, min=1, max=200),
     "spinup_years": Field(int, 2, min=0, max=100),
-    "years_per_file": Field(int, None, min=1, nullable=True, help="default: all years in one file"),
-    "members_per_batch": Field(int, 64, min=1, help="members run together (memory ~ batch x gridcells x days)"),
+    "years_per_file": Field(int, None, min=1, max=200, nullable=True, help="default: all years in one file"),
+    "members_per_batch": Field(int, 64, min=1, max=9999,
+                               help="members run together (memory ~ batch x gridcells x days)"),
     "compress": Field(bool, True, help="zlib-compress history files (NETCDF4_CLASSIC)"),
     "truth": Field(dict, None, schema=TRUTH, nullable=True, help="twin-experiment truth and observations"),
 }
