@@ -80,3 +80,31 @@ def test_reads_real_ppe_namelist_mods(shared_data):
     assert read_user_nl(shared_data("ppe", "namelist_mods", "OAAT0013.txt")) == {"jmaxb1": 0.05}
     assert read_user_nl(shared_data("ppe", "namelist_mods", "OAAT0031.txt")) == {"cli_scale": 0.020000000000000004}
     assert read_user_nl(shared_data("ppe", "namelist_mods", "OAAT0000.txt")) == {}
+
+
+@pytest.mark.parametrize("value", ["x\nfsurdat = '/evil.nc'", "x\r", "x\x00", "x\u2028y", ["ok", "bad\n"]])
+def test_write_refuses_strings_that_would_break_the_line(tmp_path, value):
+    nl = tmp_path / "user_nl_clm"
+    nl.write_text(CASE_NL)
+    with pytest.raises(UserError, match=r"user_nl_clm: finidat: a namelist string may not hold a line break"):
+        set_user_nl(nl, nl, {"finidat": value})
+    assert nl.read_text() == CASE_NL
+    with pytest.raises(UserError, match="line break"):
+        format_namelist_value(value)
+
+
+@pytest.mark.parametrize("name", ["bad name", "1abc", "a-b", "x\ny", "a" * 64, "h(1", "h(a)", ""])
+def test_write_refuses_names_that_are_not_fortran(tmp_path, name):
+    with pytest.raises(UserError, match="not a namelist variable name"):
+        set_user_nl(None, tmp_path / "user_nl_clm", {name: 1})
+    assert not (tmp_path / "user_nl_clm").exists()
+
+
+def test_indexed_names_and_spellings_meet(tmp_path):
+    nl = tmp_path / "user_nl_clm"
+    nl.write_text("hist_fincl2( 1 ) = 'A'\nBaseflow_Scalar = 1\n")
+    set_user_nl(nl, nl, {"hist_fincl2(1)": "B", "baseflow_scalar": 2})
+    assert nl.read_text() == "hist_fincl2( 1 ) = 'B'\nBaseflow_Scalar = 2\n"
+    assert read_user_nl(nl) == {"hist_fincl2(1)": "B", "baseflow_scalar": 2}
+    with pytest.raises(UserError, match="the same variable as"):
+        set_user_nl(nl, nl, {"d_max": 1.0, "D_MAX": 2.0})
