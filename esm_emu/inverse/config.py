@@ -58,6 +58,11 @@ SCHEMA = {
     "truth": Field(str, None, nullable=True, path=True, help="true parameter map (twin experiment)"),
     "train_period": Field(schema=PERIOD, default=None, nullable=True),
     "test_period": Field(schema=PERIOD, default=None, nullable=True),
+    "max_site_distance_deg": Field(float, 2.0, gt=0,
+                                   help="observation sites farther than this (great-circle degrees) from every "
+                                   "gridcell are refused"),
+    "shared_gridcells": Field(bool, False,
+                              help="allow several observation sites on one gridcell (their daily values averaged)"),
     "method": Field(str, "g_z", choices=("g_z", "g_A", "kgssl")),
     "ablation": Field(bool, False, help="also run g_A and KGSSL alone and report their recovery"),
     "clusters": Field(int, 0, min=0, max=1000,
@@ -73,11 +78,53 @@ SCHEMA = {
 InverseConfig = section_type(SCHEMA, "InverseConfig")
 
 
+def period_keys(period, key: str) -> tuple[int | None, int | None]:
+    """(start, end) of a period {start, end} as YYYYMMDD integers (bare years: Jan 1 / Dec 31).
+
+    A date that does not parse, or an end before the start, is a UserError naming `key`
+    (``inverse.train_period``, ``inverse.test_period``).
+    """
+    from ppe_ingest.base.errors import UserError
+
+    if period is None:
+        return None, None
+    get = period.get if hasattr(period, "get") else dict(zip(("start", "end"), period)).get
+    out = []
+    for which in ("start", "end"):
+        v = get(which)
+        if v is None:
+            out.append(None)
+            continue
+        text = str(v).strip()
+        if text.isdigit() and len(text) <= 4:
+            out.append(int(text) * 10000 + (1231 if which == "end" else 101))
+            continue
+        try:
+            import pandas as pd
+
+            t = pd.Timestamp(text)
+        except (ValueError, TypeError, OverflowError):
+            raise UserError(f"{key}.{which}: {text[:40]!r} is not a date (YYYY-MM-DD) or a year") from None
+        if t is pd.NaT:
+            raise UserError(f"{key}.{which}: {text[:40]!r} is not a date (YYYY-MM-DD) or a year")
+        out.append(t.year * 10000 + t.month * 100 + t.day)
+    start, end = out
+    if start is not None and end is not None and end < start:
+        raise UserError(f"{key}: ends ({get('end')}) before it starts ({get('start')})")
+    return start, end
+
+
+def _check_periods(cfg: InverseConfig) -> InverseConfig:
+    for key in ("train_period", "test_period"):
+        period_keys(cfg[key], f"inverse.{key}")
+    return cfg
+
+
 def load_inverse_config(path: str | Path, sets=(), values=None, check_files=True) -> InverseConfig:
     """The validated ``inverse:`` section of a YAML file with command-line overrides."""
-    return load_config(path, SCHEMA, "inverse", sets, values, check_files)
+    return _check_periods(load_config(path, SCHEMA, "inverse", sets, values, check_files))
 
 
 def inverse_config(data: dict | None = None, source: str = "inverse") -> InverseConfig:
     """Validate an ``inverse:`` mapping given in code (defaults filled in)."""
-    return validate(data or {}, SCHEMA, source=source, _prefix="inverse.")
+    return _check_periods(validate(data or {}, SCHEMA, source=source, _prefix="inverse."))

@@ -49,6 +49,8 @@ class InversionSettings:
     kgssl: KGSSLConfig
     dpl: _dpl.DPLConfig
     uncertainty: UncertaintyConfig
+    max_site_distance_deg: float | None = None  # None: the schema's default
+    shared_gridcells: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> InversionSettings:
@@ -57,7 +59,9 @@ class InversionSettings:
                    test_period=cfg["test_period"], method=cfg["method"], ablation=bool(cfg["ablation"]),
                    clusters=int(cfg["clusters"]), seed=int(cfg["seed"]), kgssl=_section(KGSSLConfig, cfg, "kgssl"),
                    dpl=_section(_dpl.DPLConfig, cfg, "dpl"),
-                   uncertainty=_section(UncertaintyConfig, cfg, "uncertainty"))
+                   uncertainty=_section(UncertaintyConfig, cfg, "uncertainty"),
+                   max_site_distance_deg=float(cfg["max_site_distance_deg"]),
+                   shared_gridcells=bool(cfg["shared_gridcells"]))
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -216,7 +220,8 @@ def _problem(s: InversionSettings, entities, observations, forward: ForwardModel
              sources: Sequence[str]) -> InverseProblem:
     """The inverse problem's tensors; a UserError when no observed entity has training data."""
     problem = build_problem(entities, observations, forward, table, s.params, s.variables, s.train_period,
-                            s.test_period, sources=sources)
+                            s.test_period, sources=sources, max_site_distance_deg=s.max_site_distance_deg,
+                            shared_gridcells=s.shared_gridcells)
     if not problem.observed.any():
         raise UserError("observations: no observed site has data in the training period")
     return problem

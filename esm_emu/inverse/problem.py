@@ -185,9 +185,20 @@ def _qc_mask(obs: xr.Dataset, v: str):
     return None
 
 
-def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variables: Sequence[str]) -> xr.Dataset:
-    """Observations (site, time) placed on the entities (by id, by a gridcell index, or nearest lat/lon)."""
+def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variables: Sequence[str],
+                       max_site_distance_deg: float | None = None, shared_gridcells: bool = False) -> xr.Dataset:
+    """Observations (site, time) placed on the entities (by id, by a gridcell index, or nearest lat/lon).
+
+    By lat/lon, a site farther than `max_site_distance_deg` (default: the schema's
+    ``inverse.max_site_distance_deg``) from every entity is refused, naming the site. Two sites on one
+    entity are refused unless `shared_gridcells`, which averages their daily values.
+    """
+    from .config import SCHEMA
+
+    if max_site_distance_deg is None:
+        max_site_distance_deg = SCHEMA["max_site_distance_deg"].default
     odim = "site" if "site" in obs.dims else entity_dim_of(obs)
+    site_ids = obs[odim].values if odim in obs.coords else np.arange(obs.sizes[odim])
     ids = entities[dim].values if dim in entities.coords else np.arange(entities.sizes[dim])
     if "gridcell" in obs.variables and obs["gridcell"].dims == (odim,) and odim != "gridcell":
         pos = obs["gridcell"].values.astype(int)
@@ -204,9 +215,23 @@ def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variable
         if elat is None or olat is None:
             raise UserError("observations: cannot place sites on entities: no matching ids, no gridcell index "
                             "and no site_lat/site_lon with grid1d_lat/grid1d_lon")
-        loc, _ = nearest_gridcell(olat, olon, elat, elon)
-    if (np.asarray(loc) >= entities.sizes[dim]).any():
+        loc, dist = nearest_gridcell(olat, olon, elat, elon, max_deg=max_site_distance_deg)
+        if (loc < 0).any():
+            i = int(np.flatnonzero(loc < 0)[0])
+            _, d = nearest_gridcell(olat[i:i + 1], olon[i:i + 1], elat, elon)
+            where = "has no location (NaN lat/lon)" if not np.isfinite(d[0]) else \
+                f"is {d[0]:.3g} degrees from the nearest gridcell, beyond inverse.max_site_distance_deg = " \
+                f"{max_site_distance_deg:g}"
+            raise UserError(f"observations: site {site_ids[i]} (lat {olat[i]:.4g}, lon {olon[i]:.4g}) {where}")
+    loc = np.asarray(loc)
+    if ((loc < 0) | (loc >= entities.sizes[dim])).any():
         raise UserError("observations: gridcell index outside the entities")
+    uniq, first, counts = np.unique(loc, return_index=True, return_counts=True)
+    if (counts > 1).any() and not shared_gridcells:
+        g = uniq[counts > 1][0]
+        names = ", ".join(str(site_ids[i]) for i in np.flatnonzero(loc == g)[:4])
+        raise UserError(f"observations: sites {names} fall on one {dim} ({g}); give one site per {dim} or set "
+                        "inverse.shared_gridcells: true to average them")
     out = {}
     for v in variables:
         if v not in obs.data_vars:
@@ -220,7 +245,16 @@ def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variable
         pos = pd.Index(day_key(da["time"].values)).get_indexer(day_key(entities["time"].values))
         vals = np.where(pos[None] >= 0, da.values[:, np.clip(pos, 0, None)], np.nan)
         arr = np.full((entities.sizes[dim], entities.sizes["time"]), np.nan, np.float32)
-        arr[np.asarray(loc)] = vals
+        if counts.max(initial=1) > 1:  # several sites on one entity: their daily mean (shared_gridcells)
+            total = np.zeros_like(arr, dtype=np.float64)
+            n = np.zeros_like(arr, dtype=np.int64)
+            ok = np.isfinite(vals)
+            np.add.at(total, loc, np.where(ok, vals, 0.0))
+            np.add.at(n, loc, ok)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                arr[:] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        else:
+            arr[loc] = vals
         out[v] = ((dim, "time"), arr)
     return xr.Dataset(out)
 
@@ -257,34 +291,41 @@ def day_key(time) -> np.ndarray:
     return (da.dt.year * 10000 + da.dt.month * 100 + da.dt.day).values.astype(np.int64)
 
 
-def _bound_key(v, end: bool) -> int:
-    s = str(v).strip()
-    if s.isdigit() and len(s) <= 4:
-        return int(s) * 10000 + (1231 if end else 101)
-    t = pd.Timestamp(s)
-    return t.year * 10000 + t.month * 100 + t.day
+def _period_mask(time: np.ndarray, period, name: str = "inverse.period") -> np.ndarray:
+    """Days inside a period {start, end} (dates or bare years, inclusive) or a list of years.
 
+    A period that ends before it starts, or that holds no day of `time`, is a UserError naming `name`.
+    """
+    from .config import period_keys
 
-def _period_mask(time: np.ndarray, period) -> np.ndarray:
-    """Days inside a period {start, end} (dates or bare years, inclusive) or a list of years."""
     key = day_key(time)
     if period is None:
         return np.ones(len(key), bool)
     if isinstance(period, (list, tuple)) and period and all(isinstance(y, int) for y in period):
-        return np.isin(key // 10000, list(period))
-    start, end = (period.get("start"), period.get("end")) if isinstance(period, Mapping) else period
-    m = np.ones(len(key), bool)
-    if start is not None:
-        m &= key >= _bound_key(start, False)
-    if end is not None:
-        m &= key <= _bound_key(end, True)
+        m = np.isin(key // 10000, list(period))
+    else:
+        start, end = period_keys(period, name)
+        m = np.ones(len(key), bool)
+        if start is not None:
+            m &= key >= start
+        if end is not None:
+            m &= key <= end
+    if len(key) and not m.any():
+        raise UserError(f"{name}: holds no day of the entities' time axis "
+                        f"({_day_text(key[0])}..{_day_text(key[-1])})")
     return m
+
+
+def _day_text(k) -> str:
+    k = int(k)
+    return f"{k // 10000:04d}-{k // 100 % 100:02d}-{k % 100:02d}"
 
 
 def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward: ForwardModel, table,
                   params: Sequence[str] | None = None, variables: Sequence[str] = ("QRUNOFF",),
                   train_period=None, test_period=None, extra_attributes: Sequence[str] = (),
-                  sources: Sequence[str] = ()) -> InverseProblem:
+                  sources: Sequence[str] = (), max_site_distance_deg: float | None = None,
+                  shared_gridcells: bool = False) -> InverseProblem:
     """Assemble the tensors of an inverse problem from xarray inputs.
 
     ``entities``: (gridcell|site, time) forcing variables and (gridcell|site,) static fields under
@@ -313,11 +354,12 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
     N, T = entities.sizes[dim], len(time)
     variables = list(variables)
     if observations is not None:
-        o = align_observations(observations, entities, dim, variables)
+        o = align_observations(observations, entities, dim, variables, max_site_distance_deg, shared_gridcells)
         obs = np.stack([o[v].values for v in variables], -1)
     else:
         obs = np.full((N, T, len(variables)), np.nan, np.float32)
-    train_time, test_time = _period_mask(time, train_period), _period_mask(time, test_period)
+    train_time = _period_mask(time, train_period, "inverse.train_period")
+    test_time = _period_mask(time, test_period, "inverse.test_period")
     if test_period is None:
         test_time = ~train_time if (~train_time).any() else train_time
     observed = np.isfinite(obs[:, train_time]).any(axis=(1, 2))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         "summary": args.summary, "base_paramfile": args.base_paramfile})
     if cfg.summary:
         ds = ingest_summary(cfg)
+        for p in json.loads(ds.attrs.get("skipped", "[]")):
+            print(f"skipped: {p['file']} (member {p['member']}): {p['reason']}")
         print(f"wrote {cfg.out}: {ds.sizes['member']} members x {ds.sizes['param']} params -> "
               f"{ds.sizes['output']} outputs")
         return 0

@@ -77,6 +77,8 @@ def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
 
 def ingest_summary(cfg: IngestConfig):
     """The (member, param) -> (member, output) store of the CLM5 PPE summary outputs ``cfg.summary``."""
+    from ppe_ingest.base.netcdf import require_netcdf
+
     from .summary import build_summary_store
 
     if not (cfg.design and cfg.params):
@@ -84,4 +86,8 @@ def ingest_summary(cfg: IngestConfig):
     if not cfg.out:
         raise UserError("ingest.out: give the output store (--out STORE or ingest.out)")
     _check_outputs(cfg)
-    return build_summary_store(cfg.summary, cfg.design, cfg.params, out=cfg.out, base_paramfile=cfg.base_paramfile)
+    require_netcdf(cfg.summary, "ingest.summary", "summary outputs file")
+    if cfg.base_paramfile:
+        require_netcdf(cfg.base_paramfile, "ingest.base_paramfile", "paramfile")
+    return build_summary_store(cfg.summary, cfg.design, cfg.params, out=cfg.out, base_paramfile=cfg.base_paramfile,
+                               report=Report(cfg.skip_bad))

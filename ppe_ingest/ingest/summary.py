@@ -40,11 +40,19 @@ def _dataarray(path: Path, dims: tuple[str, str]):
     return ds[names[0]].load()
 
 
-def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfile=None):
-    """(member, param) theta and s, and (member, output) y, from the summary PPE files; written to `out` if given."""
+def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfile=None, report=None):
+    """(member, param) theta and s, and (member, output) y, from the summary PPE files; written to `out` if given.
+
+    A member whose outputs or parameters are not finite (NaN, Inf) is refused, naming the member and
+    the variable; with a skipping `report` (``--skip-bad``, `checks.Report`) it is left out and
+    recorded in the store's ``skipped`` attribute instead.
+    """
     import xarray as xr
 
     from ..param_table import load_param_table
+    from .checks import Report
+
+    report = report if report is not None else Report(False)
 
     outputs_nc, design_nc, table_csv = Path(outputs_nc), Path(design_nc), Path(table_csv)
     y = _dataarray(outputs_nc, ("var", "ens"))
@@ -79,10 +87,25 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
         hi.append(b)
     outputs = [str(v) for v in y.coords[y.dims[0]].values]
     yv = y.sel(ens=s_members).transpose("ens", "var").values.astype("f8")
-    if np.isnan(yv).any():
-        bad = s_members[int(np.flatnonzero(np.isnan(yv).any(axis=1))[0])]
-        raise UserError(f"{outputs_nc}: member {bad} has NaN outputs")
+    keep = np.ones(len(s_members), bool)
+    for i, j in np.argwhere(~np.isfinite(yv)):
+        if keep[i]:
+            keep[i] = False
+            report.add(outputs_nc, s_members[i], f"output {outputs[j]} = {yv[i, j]} is not finite")
+    for i, j in np.argwhere(~np.isfinite(theta)):
+        if keep[i]:
+            keep[i] = False
+            report.add(design_nc, s_members[i], f"parameter {params[j]} = {theta[i, j]} is not finite")
+    if not keep.any():
+        raise UserError(f"{outputs_nc}: no member has finite outputs and parameters")
     defaults = [m for m in y_members if m not in s_members]
+    default_y = y.sel(ens=defaults[0]).values.astype("f8") if defaults else None
+    if default_y is not None and not np.isfinite(default_y).all():
+        j = int(np.flatnonzero(~np.isfinite(default_y))[0])
+        raise UserError(f"{outputs_nc}: member {defaults[0]} (the default run): output {outputs[j]} = "
+                        f"{default_y[j]} is not finite")
+    s_members = [m for m, k in zip(s_members, keep) if k]
+    theta, sv, yv = theta[keep], sv[keep], yv[keep]
     ds = xr.Dataset(
         {THETA: ((MEMBER, PARAM), theta, {"long_name": "parameter value (see theta_kind)"}),
          "s": ((MEMBER, PARAM), sv, {"long_name": "unit-cube position in the LHC design"}),
@@ -97,9 +120,10 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
         attrs={ATTR_TITLE: "esm-emu summary-PPE store (tabular)", "source_outputs": str(outputs_nc),
                "source_design": str(design_nc), "source_table": str(table_csv),
                "members_without_design": " ".join(defaults),
-               "member_alignment": "by member name; outputs members without a design row are the default run"})
+               "member_alignment": "by member name; outputs members without a design row are the default run",
+               "skipped": report.to_json()})
     if defaults:
-        ds["y_default"] = ("output", y.sel(ens=defaults[0]).values.astype("f8"),
+        ds["y_default"] = ("output", default_y,
                            {"long_name": f"outputs of {defaults[0]} (default parameters)"})
     if out is not None:
         with atomic_path(out, inputs=[outputs_nc, design_nc, table_csv]) as tmp:

@@ -151,6 +151,8 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     sites = make_sites(cfg, seed)
     weather = make_forcing(cfg, sites, seed)
     G = sites.sizes["gridcell"]
+    if cfg.get("truth") is not None:
+        truth_mod.check_obs_sites(cfg["truth"], G)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
 
     design = make_design(table, cfg["n_members"], seed=seed, prefix=cfg["prefix"], names=names)

@@ -195,10 +195,20 @@ def write_ismn(out_dir: Path, site_id: str, lat: float, lon: float, elev: float,
     return path
 
 
+def check_obs_sites(cfg: dict, n_gridcells: int) -> int:
+    """The number of observation sites, one per gridcell: asking for more sites than gridcells is
+    refused (naming simulate.truth.n_obs_sites) rather than silently giving fewer."""
+    n = int(cfg["n_obs_sites"])
+    if n > n_gridcells:
+        raise UserError(f"simulate.truth.n_obs_sites: {n} observation sites asked for, but the grid has "
+                        f"{n_gridcells} gridcells and each site is one gridcell; give at most {n_gridcells}")
+    return n
+
+
 def write_observations(out_dir: Path, sites: xr.Dataset, weather: xr.Dataset, sim: xr.Dataset, cfg: dict,
                        seed: int) -> pd.DataFrame:
     """Observations at `cfg['n_obs_sites']` gridcells from the noise-free truth run `sim`."""
-    n = min(int(cfg["n_obs_sites"]), sites.sizes["gridcell"])
+    n = check_obs_sites(cfg, sites.sizes["gridcell"])
     rng = np.random.default_rng([seed, 31])
     cells = np.sort(rng.choice(sites.sizes["gridcell"], n, replace=False))
     ids = synthetic_ids(n)
