@@ -76,6 +76,7 @@ def _apply(args) -> int:
     output_file(args.output, "OUTPUT")
     rg = Regridder(None, None, weights=args.weights, skipna=args.skipna)
     with open_xarray(args.input) as ds:
+        rg.check_coordinates(ds, args.input)  # the input must be on the weights' source grid
         if args.vars:
             missing = [v for v in args.vars if v not in ds]
             if missing:

@@ -216,8 +216,17 @@ def _read_scrip(ds, path, use_mask):
             for j in range(1, clat.shape[1]):
                 clat[:, j] = np.where(bad[:, j], clat[:, j - 1], clat[:, j])
                 clon[:, j] = np.where(bad[:, j], clon[:, j - 1], clon[:, j])
-    dims = np.atleast_1d(g["grid_dims"].values).astype(int) if "grid_dims" in g else np.array([lat.size])
-    if dims.size == 2 and dims.prod() == lat.size:
+    dims = np.atleast_1d(g["grid_dims"].values) if "grid_dims" in g else np.array([lat.size])
+    if dims.dtype.kind == "f" and not np.isfinite(dims).all():
+        raise UserError(f"{path}: grid_dims {dims.tolist()} is not a list of sizes")
+    dims = dims.astype(np.int64)
+    # an unstructured grid (rank 1) may carry grid_dims = [1] as a placeholder (ESMF ignores it there,
+    # e.g. its ne4np4-pentagons.nc); any other disagreement with the number of cells is refused
+    placeholder = dims.size == 1 and int(dims[0]) == 1
+    if dims.size not in (1, 2) or (dims < 1).any() or (int(np.prod(dims)) != lat.size and not placeholder):
+        raise UserError(f"{path}: grid_dims {dims.tolist()} does not match grid_size {lat.size} "
+                        "(their product must equal the number of cells)")
+    if dims.size == 2:
         shape = (int(dims[1]), int(dims[0]))  # SCRIP dims are (nlon, nlat)
         la, lo = lat.reshape(shape), lon.reshape(shape)
         rect = np.allclose(la, la[:, :1]) and np.allclose(lo, lo[:1, :])
@@ -367,6 +376,52 @@ def read_grid(path: os.PathLike | str, format: str | None = None, use_mask: bool
         except KeyError as e:
             raise UserError(f"{path}: {fmt} grid file lacks the variable {e.args[0]}") from None
     g.source = str(path)
+    validate_grid(g, path)
+    return g
+
+
+# the variables holding each format's centres and corners, to name them in messages
+_COORD_NAMES = {"SCRIP": ("grid_center_lat", "grid_center_lon", "grid_corner_lat", "grid_corner_lon"),
+                "ESMFMESH": ("centerCoords", "centerCoords", "nodeCoords", "nodeCoords"),
+                "UGRID": ("face latitude", "face longitude", "node latitude", "node longitude"),
+                "domain": ("yc", "xc", "yv", "xv"),
+                "CTSM history 1-D": ("grid1d_lat", "grid1d_lon", "", "")}
+
+
+def validate_grid(g: Grid, path=None) -> Grid:
+    """Refuse a grid CTSM or ESMF would reject: non-finite centres or corners, latitudes beyond
+    +-90 degrees, longitudes outside -360..720, a mask or area of another size, negative or
+    non-finite areas. One check for every format `read_grid` reads; returns `g`."""
+    where = str(path or g.source or "grid")
+    lat_name, lon_name, clat_name, clon_name = _COORD_NAMES.get(g.format, ("latitude", "longitude",
+                                                                           "corner latitude", "corner longitude"))
+
+    def check(values, name, lo, hi, what):
+        v = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            i = np.unravel_index(int(np.flatnonzero(bad)[0]), v.shape)[0]
+            raise UserError(f"{where}: {name} of cell {i} is {v[bad][0]} (every {what} must be a finite number)")
+        out = (v < lo - 1e-6) | (v > hi + 1e-6)
+        if out.any():
+            i = np.unravel_index(int(np.flatnonzero(out)[0]), v.shape)[0]
+            raise UserError(f"{where}: {name} of cell {i} is {v[out][0]:.6g}, outside {lo:g}..{hi:g} degrees")
+
+    check(g.lat, lat_name, -90.0, 90.0, "latitude")
+    check(g.lon, lon_name, -360.0, 720.0, "longitude")
+    if g.corner_lat is not None:
+        check(g.corner_lat, clat_name, -90.0, 90.0, "corner latitude")
+        check(g.corner_lon, clon_name, -360.0, 720.0, "corner longitude")
+    if g.mask.size != g.n:
+        raise UserError(f"{where}: the mask has {g.mask.size} values for {g.n} cells")
+    if g.file_area is not None:
+        a = np.asarray(g.file_area, dtype=np.float64).ravel()
+        if a.size != g.n:
+            raise UserError(f"{where}: the cell areas have {a.size} values for {g.n} cells")
+        bad = ~np.isfinite(a) | (a < 0)
+        if bad.any():
+            raise UserError(f"{where}: cell {int(np.flatnonzero(bad)[0])} has area {a[bad][0]} "
+                            "(areas must be finite and >= 0)")
     return g
 
 

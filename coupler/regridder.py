@@ -50,6 +50,34 @@ def build_weights(src: Grid, dst: Grid, method: str = "conserve", normalization:
     return nearest_weights(src, dst, method.split("_")[1])
 
 
+COORD_TOL_DEG = 1e-3  # how far (degrees) an input's cell centres may be from those the weights record
+_LAT_NAMES = ("lat", "latitude", "yc", "LATIXY", "grid1d_lat", "nav_lat", "grid_center_lat")
+_LON_NAMES = ("lon", "longitude", "xc", "LONGXY", "grid1d_lon", "nav_lon", "grid_center_lon")
+
+
+def _input_latlon(obj, dims: tuple, sizes: dict):
+    """(lat, lon) of the cells of `dims` in `obj` (flattened in `dims` order), or None when `obj`
+    carries no such coordinates."""
+    import xarray as xr
+
+    have = set(obj.variables) if isinstance(obj, xr.Dataset) else set(obj.coords)
+    n = int(np.prod([sizes[d] for d in dims]))
+    for la, lo in zip(_LAT_NAMES, _LON_NAMES):
+        if la not in have or lo not in have:
+            continue
+        a, b = obj[la], obj[lo]
+        if not (set(a.dims) <= set(dims) and set(b.dims) <= set(dims)) or not a.dims or not b.dims:
+            continue
+        a2, b2 = xr.broadcast(a.reset_coords(drop=True), b.reset_coords(drop=True))
+        if set(a2.dims) != set(dims):
+            continue
+        lat = np.asarray(a2.transpose(*dims).values, dtype=np.float64).ravel()
+        lon = np.asarray(b2.transpose(*dims).values, dtype=np.float64).ravel()
+        if lat.size == n:
+            return lat, lon
+    return None
+
+
 class Regridder:
     """Regrid xarray objects from `src_grid` to `dst_grid`.
 
@@ -59,17 +87,21 @@ class Regridder:
     input_dims: the names of the source grid's dimensions in the data when they differ from
     `src_grid.dims` (e.g. ('lat', 'lon') for a SCRIP grid read with ('nj', 'ni')).
     skipna / na_thres: see `smm.apply_weights`.
+    coord_tol_deg: data that carry cell-centre coordinates are checked against those the weights
+    record (ESMF's xc_a/yc_a); a mismatch beyond this many degrees is refused (`check_coordinates`).
     """
 
     def __init__(self, src_grid: Grid | None, dst_grid: Grid | None, method: str = "conserve",
                  weights: Weights | os.PathLike | str | None = None, normalization: str | None = None,
                  backend: str = "auto", input_dims: tuple | None = None, output_dims: tuple | None = None,
-                 skipna: bool = False, na_thres: float = 1.0):
+                 skipna: bool = False, na_thres: float = 1.0, coord_tol_deg: float = COORD_TOL_DEG):
         if weights is None:
             if src_grid is None or dst_grid is None:
                 raise UserError("Regridder: give both grids, or a weight file")
             weights = build_weights(src_grid, dst_grid, method, normalization or "fracarea", backend)
-        elif not isinstance(weights, Weights):
+        weights_path = None
+        if weights is not None and not isinstance(weights, Weights):
+            weights_path = weights
             weights = read_weights(weights)
         if isinstance(weights, Weights) and weights.normalization in ("destarea", "fracarea") \
                 and normalization in ("destarea", "fracarea") and weights.normalization != normalization \
@@ -83,6 +115,8 @@ class Regridder:
                 raise UserError(f"the {side} grid has {g.n} cells, the weights {n}")
         self.method = weights.method
         self.skipna, self.na_thres = skipna, na_thres
+        self.coord_tol_deg = coord_tol_deg
+        self.weights_source = str(weights_path) if weights_path is not None else "the weights"
         self.input_dims = (tuple(input_dims) if input_dims
                            else (self.src_grid.dims if self.src_grid is not None else None))
         if output_dims:
@@ -112,6 +146,42 @@ class Regridder:
                 return tuple(da.dims[-k:])
         return ()
 
+    def check_coordinates(self, obj, source=None) -> None:
+        """Refuse data on another grid than the weights': where `obj` (a Dataset or DataArray) carries
+        cell-centre coordinates for the dims the weights apply to, and the weights record their source
+        grid (xc_a/yc_a), every centre must agree within `coord_tol_deg` degrees (longitudes modulo 360).
+        `source` names the data (default: the file it was read from)."""
+        import xarray as xr
+
+        src = self.weights.src
+        if src is None:
+            return
+        source = source or obj.encoding.get("source") or getattr(obj, "name", None) or "input"
+        variables = obj.data_vars.items() if isinstance(obj, xr.Dataset) else [(obj.name, obj)]
+        done = set()
+        for name, da in variables:
+            dims = self._find_dims(da)
+            if not dims or dims in done:
+                continue
+            done.add(dims)
+            ll = _input_latlon(obj, dims, dict(da.sizes))
+            if ll is None or ll[0].size != src.n:
+                continue
+            lat, lon = ll
+            with np.errstate(invalid="ignore"):
+                dlat = np.abs(lat - src.lat)
+                dlon = np.abs((lon - src.lon + 180.0) % 360.0 - 180.0)
+                dlon = np.where(np.abs(lat) >= 90.0 - self.coord_tol_deg, 0.0, dlon)  # poles: any longitude
+                bad = ~((dlat <= self.coord_tol_deg) & (dlon <= self.coord_tol_deg))
+            bad &= np.isfinite(src.lat) & np.isfinite(src.lon)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise UserError(
+                    f"{source}: {name}: {int(bad.sum())} of {src.n} cells are not on the grid of "
+                    f"{self.weights_source}: cell {i} is at lat {lat[i]:.6g}, lon {lon[i]:.6g} in the input "
+                    f"and lat {src.lat[i]:.6g}, lon {src.lon[i]:.6g} in the weights (tolerance "
+                    f"{self.coord_tol_deg:g} degrees)")
+
     def regrid_array(self, x):
         """numpy/dask array with the flattened source grid last -> (..., n_b)."""
         return apply_weights(self.weights, x, self.skipna, self.na_thres)
@@ -119,6 +189,8 @@ class Regridder:
     def __call__(self, obj):
         import xarray as xr
 
+        if isinstance(obj, (xr.Dataset, xr.DataArray)):
+            self.check_coordinates(obj)
         if isinstance(obj, xr.Dataset):
             out = {}
             for name, da in obj.data_vars.items():

@@ -183,12 +183,20 @@ def read_weights(path: os.PathLike | str) -> Weights:
         def get(name):
             return np.asarray(v[name][:]) if name in v else None
 
-        def grid(s, n, shape):
-            if f"xc_{s}" not in v:
+        def deg(name):
+            """A coordinate in degrees (SCRIP-era map files may state radians)."""
+            x = get(name)
+            if x is None:
                 return None
-            xv, yv = get(f"xv_{s}"), get(f"yv_{s}")
+            x = np.asarray(x, dtype=np.float64)
+            return np.degrees(x) if "rad" in str(getattr(v[name], "units", "")).lower() else x
+
+        def grid(s, n, shape):
+            if f"xc_{s}" not in v or f"yc_{s}" not in v:
+                return None
+            xv, yv = deg(f"xv_{s}"), deg(f"yv_{s}")
             mask = get(f"mask_{s}")
-            return Grid(get(f"xc_{s}"), get(f"yc_{s}"), xv, yv, None if mask is None else mask != 0,
+            return Grid(deg(f"xc_{s}"), deg(f"yc_{s}"), xv, yv, None if mask is None else mask != 0,
                         shape, (), None, f"{path}:{s}", "weights")
 
         def shape(name, n):
