@@ -14,6 +14,10 @@ DATA_ASSIMILATION_CYCLES goes back to its value from before ``--cycles`` (normal
 the user changed since esm-emu set it is theirs and is left alone, with a note. What esm-emu set,
 and what was there before, is recorded in ``CASEROOT/esm-emu/install.json``.
 
+The same holds for the ``user_nl_clm`` settings the hooks write (paramfile, fsurdat, ``namelist:``
+settings, namelist DA parameters): one the config no longer asks for gets back the text it had
+before esm-emu (or its line is removed when it had none), unless the user changed it since.
+
 An install is all-or-nothing: when anything fails (a ``./xmlchange`` that exits non-zero or does
 not set the value, a file that cannot be written), the env XML files, the hook scripts, the config
 and the record are put back byte for byte as they were, and the folders it made are removed.
@@ -58,10 +62,15 @@ class InstallPlan:
     changes: list[tuple[str, str, object]] = field(default_factory=list)  # (name, new, old)
     remove: list[Path] = field(default_factory=list)  # hook files the config no longer asks for
     notes: list[str] = field(default_factory=list)
+    user_nl_restore: dict[str, str] = field(default_factory=dict)  # name -> Fortran text from before esm-emu
+    user_nl_unset: list[str] = field(default_factory=list)  # esm-emu's settings no longer asked for
 
     def describe(self) -> list[str]:
         lines = [f"write {p}" for p in self.files]
         lines += [f"remove {p}" for p in self.remove]
+        nl = self.caseroot / "user_nl_clm"
+        lines += [f"edit  {nl}: {k} back to {v} (its value before esm-emu)" for k, v in self.user_nl_restore.items()]
+        lines += [f"edit  {nl}: remove {k} (set by esm-emu, no longer in the config)" for k in self.user_nl_unset]
         for name, new, old in self.changes:
             lines.append(f"run   {shlex.join(['./xmlchange', f'{name}={new}'])}   (now: {old!r})")
         lines += [f"note: {n}" for n in self.notes]
@@ -72,21 +81,88 @@ def record_path(caseroot: Path) -> Path:
     return Path(caseroot) / CASE_DIR / RECORD_NAME
 
 
-def read_record(caseroot: Path) -> dict:
-    """The variables an earlier install set: name -> {"before": value, "set": value}."""
+def read_record(caseroot: Path) -> tuple[dict, dict]:
+    """What an earlier install set: case variables, name -> {"before": value, "set": value}, and
+    user_nl_clm settings the hooks write, name -> {"before": Fortran text or None, "kind": ...}."""
     path = record_path(caseroot)
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
         data = json.loads(path.read_text())
-        variables = data["variables"]
+        variables, user_nl = data["variables"], data.get("user_nl", {})
         if not all(isinstance(v, dict) and isinstance(v.get("before"), str) and isinstance(v.get("set"), str)
                    for v in variables.values()):
+            raise TypeError
+        if not all(isinstance(v, dict) and isinstance(v.get("before"), (str, type(None))) and
+                   v.get("kind") in ("file", "namelist", "da") for v in user_nl.values()):
             raise TypeError
     except (ValueError, KeyError, TypeError, AttributeError):
         raise UserError(f"{path}: not an esm-emu install record; delete it and install again "
                         "(the hook variables are then judged by their values)") from None
-    return variables
+    return variables, user_nl
+
+
+def asked_user_nl(cfg) -> dict[str, dict]:
+    """The user_nl_clm settings the hooks write for `cfg`: name -> {"kind": file|namelist|da[, "value"]}."""
+    from ppe_ingest.ctsmio.user_nl import setting_key
+
+    out: dict[str, dict] = {}
+    da = cfg["da"]
+    if cfg["paramfile"] or (da is not None and any(p["location"] == "paramfile" for p in da["parameters"].values())):
+        out["paramfile"] = {"kind": "file"}
+    if cfg["fsurdat"]:
+        out["fsurdat"] = {"kind": "file"}
+    for name, value in cfg["namelist"].items():
+        out[setting_key(name)] = {"kind": "namelist", "value": value}
+    if da is not None:
+        for name, p in da["parameters"].items():
+            if p["location"] == "namelist":
+                out[setting_key(name)] = {"kind": "da"}
+    return out
+
+
+def _plan_user_nl(plan: InstallPlan, cfg, recorded: dict) -> dict:
+    """Give back the user_nl_clm settings esm-emu wrote that `cfg` no longer asks for (the text
+    from before esm-emu, or no line); return the record of what the hooks will write."""
+    from ppe_ingest.ctsmio.user_nl import FortranText, read_user_nl
+
+    path = plan.caseroot / "user_nl_clm"
+    current = read_user_nl(path, raw=True) if path.is_file() else {}
+    parsed = read_user_nl(path) if path.is_file() else {}
+    ours_dir = plan.caseroot / CASE_DIR
+
+    def esm_emus(key: str) -> bool:
+        value, entry = parsed.get(key), recorded.get(key)
+        if isinstance(value, str) and ours_dir in Path(value).parents:
+            return True  # a file esm-emu placed in the case
+        if entry is None:
+            return False
+        if entry["kind"] == "namelist":
+            was = entry.get("value")
+            return value == was or (isinstance(was, list) and len(was) == 1 and value == was[0])
+        return entry["kind"] == "da" and isinstance(value, (int, float))
+
+    asked = asked_user_nl(cfg)
+    new_record = {}
+    for key, what in asked.items():
+        if key in recorded:
+            before = recorded[key]["before"]
+        else:
+            before = None if key not in current or esm_emus(key) else str(current[key])
+        new_record[key] = {"before": before, **what}
+    stale = (set(recorded) | {k for k in current if esm_emus(k)}) - set(asked)
+    for key in sorted(stale):
+        if key not in current:
+            continue
+        if not esm_emus(key):
+            plan.notes.append(f"user_nl_clm {key} = {current[key]} was changed after esm-emu set it; left as it is")
+            continue
+        before = recorded.get(key, {}).get("before")
+        if before is None:
+            plan.user_nl_unset.append(key)
+        elif before != str(current[key]):
+            plan.user_nl_restore[key] = FortranText(before)
+    return new_record
 
 
 def render_hook(var: str, python: str) -> str:
@@ -128,8 +204,9 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     hooks_dir = root / CASE_DIR / "hooks"
     wanted = {"PRERUN_SCRIPT": True, "DATA_ASSIMILATION_SCRIPT": cfg["da"] is not None,
               "POSTRUN_SCRIPT": cfg["observations"] is not None}
-    record = read_record(root)
+    record, recorded_nl = read_record(root)
     new_record: dict[str, dict] = {}
+    user_nl_record = _plan_user_nl(plan, cfg, recorded_nl)
 
     def current(var: str) -> str:
         value = case.get_value(var)
@@ -197,7 +274,7 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     plan.files[record_path(root)] = json.dumps(
         {"version": 1, "note": "written by `esm-emu cime install`: the case variables it set, and their "
          "values from before, restored when a later install no longer asks for them",
-         "variables": new_record}, indent=1) + "\n"
+         "variables": new_record, "user_nl": user_nl_record}, indent=1) + "\n"
     return plan
 
 
@@ -226,7 +303,7 @@ def apply_install(plan: InstallPlan) -> None:
     """Write the files (atomically, hooks executable), remove stale hooks and run the case's
     ./xmlchange; on any failure put every file back as it was (all-or-nothing)."""
     root = plan.caseroot
-    touched = [*plan.files, *plan.remove, *(root / n for n in ENV_FILES)]
+    touched = [*plan.files, *plan.remove, *(root / n for n in ENV_FILES), root / "user_nl_clm"]
     saved = {p: _snapshot(p) for p in touched}
     made = [d for d in (root / CASE_DIR, root / CASE_DIR / "hooks") if not d.exists()]
     try:
@@ -242,6 +319,12 @@ def _apply(plan: InstallPlan) -> None:
             tmp.write_text(text)
     for path in plan.remove:
         path.unlink()
+    if plan.user_nl_restore or plan.user_nl_unset:
+        from ppe_ingest.ctsmio.user_nl import set_user_nl
+
+        nl = plan.caseroot / "user_nl_clm"
+        set_user_nl(nl, nl, plan.user_nl_restore, unset=plan.user_nl_unset,
+                    history_comment="given back by esm-emu cime install (its value before esm-emu)")
     for name, new, _ in plan.changes:
         cmd = ["./xmlchange", f"{name}={new}"]
         try:

@@ -202,15 +202,22 @@ def test_failing_xmlchange_leaves_a_new_case_as_it_was(tmp_path, capsys, refuse)
 
 
 def test_failing_xmlchange_leaves_an_installed_case_as_it_was(tmp_path, capsys):
+    from cime_hooks.prerun import run_prerun
+
     root = make_case(tmp_path)
     assert main(["cime", "install", str(root), "--config", str(write_config(tmp_path)), "--cycles", "3"]) == 0
+    run_prerun(root)  # user_nl_clm now holds esm-emu's paramfile and baseflow_scalar
     (root / "esm-emu" / "config.yaml").chmod(0o664)  # a group-shared case keeps its modes
     x = root / "xmlchange"
     x.write_text(x.read_text().replace("REFUSE = ()", "REFUSE = ('POSTRUN_SCRIPT',)"))
     before = case_files(root)
-    # This install would clear DA (config without da) and then fail on POSTRUN_SCRIPT.
-    cfg = write_config(tmp_path, da=False, observations=False, name="other.yaml")
-    assert main(["cime", "install", str(root), "--config", str(cfg)]) == 2
+    # This install would clear DA, remove two hooks and esm-emu's user_nl_clm lines, then fail on
+    # POSTRUN_SCRIPT.
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"namelist": {}}))
+    assert main(["cime", "install", str(root), "--config", str(tmp_path / "none.yaml"), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "remove paramfile (set by esm-emu" in plan and "esm_emu_da" in plan
+    assert main(["cime", "install", str(root), "--config", str(tmp_path / "none.yaml")]) == 2
     assert "./xmlchange POSTRUN_SCRIPT=" in capsys.readouterr().err
     assert case_files(root) == before
 
@@ -224,3 +231,47 @@ def test_a_case_without_a_hook_variable_is_refused_before_any_change(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "case variable POSTRUN_SCRIPT is not defined" in err
     assert case_files(root) == before
+
+
+def test_reinstall_gives_back_user_nl_settings_the_config_no_longer_asks_for(tmp_path, capsys):
+    """PRERUN pointed user_nl_clm at esm-emu's files and values; a config without them gives the
+    case its own settings back (or no line where it had none), keeping any the user changed since."""
+    from cime_hooks.prerun import run_prerun
+    from ppe_ingest.ctsmio.user_nl import read_user_nl
+
+    root = make_case(tmp_path)
+    nl = root / "user_nl_clm"
+    nl.write_text(nl.read_text() + "fsurdat = '/glade/surfdata_orig.nc'  ! the site's own\n"
+                  "baseflow_scalar = 0.002\nhist_mfilt = 2*365\n")
+    tiny_paramfile(tmp_path / "surfdata_cal.nc")
+    cfg = yaml.safe_load(write_config(tmp_path).read_text())
+    cfg["fsurdat"] = "surfdata_cal.nc"
+    cfg["namelist"] = {"baseflow_scalar": 0.005, "hist_mfilt": [1, 30], "use_init_interp": True}
+    (tmp_path / "hooks.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["cime", "install", str(root), "--config", str(tmp_path / "hooks.yaml")]) == 0
+    run_prerun(root)
+    placed = read_user_nl(nl)
+    assert placed["fsurdat"].startswith(str(root / "esm-emu")) and placed["paramfile"].startswith(str(root / "esm-emu"))
+    assert placed["baseflow_scalar"] == 0.005 and placed["hist_mfilt"] == [1, 30] and placed["use_init_interp"] is True
+    # The user edits one of esm-emu's settings by hand: that one is theirs now.
+    nl.write_text(nl.read_text().replace("use_init_interp = .true.", "use_init_interp = .false."))
+    capsys.readouterr()
+
+    assert main(["cime", "install", str(root), "--config",
+                 str(write_config(tmp_path, da=False, observations=False, name="bare.yaml"))]) == 0
+    assert "use_init_interp = .false. was changed after esm-emu set it; left as it is" in capsys.readouterr().out
+    back = read_user_nl(nl)
+    assert back["fsurdat"] == "/glade/surfdata_orig.nc"
+    assert "hist_mfilt = 2*365" in nl.read_text().splitlines()  # the text as the user wrote it
+    assert back["baseflow_scalar"] == 0.005  # still asked for by bare.yaml's namelist
+    assert back["paramfile"].startswith(str(root / "esm-emu"))  # still asked for (bare.yaml has paramfile)
+    assert back["use_init_interp"] is False
+    assert "hist_fincl2 = 'QRUNOFF','RAIN'   ! my own output, must survive" in nl.read_text()
+
+    # A config asking for nothing of the kind: esm-emu's paramfile line goes (the case had none),
+    # and baseflow_scalar gets the user's 0.002 back.
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"namelist": {}}))
+    assert main(["cime", "install", str(root), "--config", str(tmp_path / "none.yaml")]) == 0
+    back = read_user_nl(nl)
+    assert "paramfile" not in back and back["baseflow_scalar"] == 0.002
+    assert back["fsurdat"] == "/glade/surfdata_orig.nc"

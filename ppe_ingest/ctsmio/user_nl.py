@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -112,6 +112,9 @@ def check_namelist_settings(settings: Mapping, where: str = "namelist", sep: str
 
 def format_namelist_value(v) -> str:
     """A Python value as Fortran namelist text: .true./.false., 'quoted', exact floats, lists."""
+    if isinstance(v, FortranText):
+        _check_string(v, "namelist value")
+        return str(v)
     v = check_namelist_value(v)
     if isinstance(v, list):
         return ", ".join(format_namelist_value(x) for x in v)
@@ -204,25 +207,31 @@ def _settings(lines: list[str]):
     return out
 
 
-def read_user_nl(path: str | Path) -> dict:
-    """Settings of a user_nl file (names lower-cased as Fortran is case-insensitive); last one wins."""
+class FortranText(str):
+    """A value already in Fortran namelist form (e.g. the text a user_nl file held), written as it is."""
+
+
+def read_user_nl(path: str | Path, raw: bool = False) -> dict:
+    """Settings of a user_nl file (names lower-cased as Fortran is case-insensitive); last one wins.
+    With `raw`, each value is its text as written (a `FortranText`, comments and breaks removed)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: user_nl file not found")
     lines = path.read_text().splitlines()
     out = {}
     for first, last, name in _settings(lines):
-        text = " ".join(_strip_comment(lines[j]) for j in range(first, last + 1))
+        text = " ".join(_strip_comment(lines[j]).strip() for j in range(first, last + 1))
         value = text.split("=", 1)[1]
         if not value.strip():
             raise UserError(f"{path}: line {first + 1}: setting {name} has no value")
-        out[setting_key(name)] = parse_namelist_value(value)
+        out[setting_key(name)] = FortranText(value.strip()) if raw else parse_namelist_value(value)
     return out
 
 
 def set_user_nl(src: str | Path | None, dst: str | Path, settings: Mapping[str, object],
-                history_comment: str | None = None) -> Path:
-    """Write `dst` = `src` with `settings` applied (replacing same-named ones, appending new ones).
+                history_comment: str | None = None, unset: Iterable[str] = ()) -> Path:
+    """Write `dst` = `src` with `settings` applied (replacing same-named ones, appending new ones)
+    and the settings named in `unset` removed (with their continuation lines).
 
     `src` may be missing (a new file is written). `dst` may equal `src` only for ``user_nl_*``
     files. `history_comment` becomes a '!' comment line before appended settings. Idempotent.
@@ -241,9 +250,13 @@ def set_user_nl(src: str | Path | None, dst: str | Path, settings: Mapping[str, 
     wanted = {}
     for k, v in check_namelist_settings(settings, f"{dst}:", sep=" ").items():
         wanted[setting_key(k)] = (k, format_namelist_value(v))
+    gone = {setting_key(check_namelist_name(n, f"{dst}:")) for n in unset}
     done, drop, replace = set(), set(), {}
     for first, last, name in _settings(lines):
         key = setting_key(name)
+        if key in gone and key not in wanted:
+            drop.update(range(first, last + 1))
+            continue
         if key not in wanted:
             continue
         if key in done:
