@@ -8,7 +8,7 @@ A tabular core maps normalised parameters to normalised summary outputs: ``core(
 from __future__ import annotations
 
 # importing the zoo modules registers their models
-from . import lstm, tabular, transformer  # noqa: F401
+from . import ensemble, gp, lstm, tabular, transformer  # noqa: F401
 from .registry import available_models, build_model, is_tabular, register_model
 
 __all__ = ["available_models", "build_model", "is_tabular", "register_model"]

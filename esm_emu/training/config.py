@@ -6,7 +6,7 @@ from pathlib import Path
 from ppe_ingest.base.config import Field, load_config, section_type
 
 MODEL = {
-    "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular"),
+    "name": Field(str, "lstm", help="model from the zoo: lstm, transformer, tabular, gp, mlp_ensemble"),
     "hidden": Field(int, 64, min=1, max=4096, help="LSTM hidden size / transformer d_model / MLP width"),
     "embed": Field(int, 32, min=1, max=4096, help="size of the static+parameter conditioning embedding (lstm)"),
     "layers": Field(int, 1, min=1, max=16),
@@ -14,6 +14,11 @@ MODEL = {
     "ea_gate": Field(bool, False, help="lstm: EA-LSTM input gate from the conditioning alone"),
     "heads": Field(int, 4, min=1, max=64, help="transformer attention heads"),
     "context": Field(int, 365, min=2, max=3660, help="transformer: days each step attends to"),
+    "kernel": Field(str, "matern52", choices=["matern52", "rbf"], help="gp: ARD kernel"),
+    "mean": Field(str, "linear", choices=["linear", "constant"], help="gp: mean function"),
+    "restarts": Field(int, 3, min=1, help="gp: random starts of the marginal-likelihood fit"),
+    "fit_steps": Field(int, 300, min=1, help="gp, mlp_ensemble: optimiser steps of the fit"),
+    "members": Field(int, 8, min=1, help="mlp_ensemble: number of MLPs"),
 }
 
 DATA = {
