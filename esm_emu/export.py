@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ppe_ingest.base.atomic import atomic_path
-from ppe_ingest.base.errors import UserError
 
 from .emulator import Emulator, TabularEmulator, load_emulator
+from .training.job import check_export_paths
 
 
 class _ScriptableSequence(nn.Module):
@@ -79,16 +79,14 @@ def to_torchscript(emu: nn.Module) -> torch.jit.ScriptModule:
 def export_torchscript(source: str | Path, out: str | Path) -> Path:
     """Write the emulator in `source` (run directory or checkpoint) as TorchScript to `out`."""
     source, out = Path(source), Path(out)
-    emu = load_emulator(source)
-    if out.suffix not in (".pt", ".pth", ".ts", ".torchscript"):
-        raise UserError(f"{out}: give the TorchScript output a .pt extension")
+    src_file = check_export_paths(source, out)
+    emu = load_emulator(src_file)
     scripted = to_torchscript(emu)
     meta = {"kind": emu.kind, "forcing_names": emu.forcing_names, "static_names": emu.static_names,
             "param_names": emu.param_names, "response_names": emu.response_names,
             "model": emu.model_cfg, "source": source.name,
             "signature": "forward(forcing[B,T,F], static[B,S], theta[B,P]) -> responses[B,T,R]"
             if emu.kind == "sequence" else "forward(theta[B,P]) -> outputs[B,R]", "units": "physical (CTSM)"}
-    src_file = source / "best.pt" if source.is_dir() else source
     with atomic_path(out, inputs=[src_file]) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

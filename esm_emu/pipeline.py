@@ -128,6 +128,12 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
         from esm_emu.training.job import train_job
 
         summary, evaluation = train_job(section("emulator"), resume=True, progress=progress, plots=True)
+        if summary["stop"] == "sigterm":  # an unfinished emulator: never invert with it
+            from esm_emu.training.job import STOPPED_EXIT
+
+            print(f"stopped by SIGTERM during training after writing its checkpoint; run the same command "
+                  f"to resume (exit status {STOPPED_EXIT})", flush=True)
+            raise SystemExit(STOPPED_EXIT)
         for line in (evaluation or {}).get("summary_lines", []):
             print("  " + line)
         stages.record("train", t0, steps=summary["steps"], stop=summary["stop"],
