@@ -197,7 +197,7 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     if cycles is not None and cfg["da"] is None:
         raise UserError(f"{config_path}: da: --cycles needs a da section in the config")
 
-    _check_inputs(cfg, root)
+    _check_inputs(cfg, root, Path(config_path).name)
 
     plan = InstallPlan(root)
     plan.files[case_config_path(root)] = dump_config(cfg)
@@ -278,17 +278,11 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
     return plan
 
 
-def _check_inputs(cfg, root: Path) -> None:
+def _check_inputs(cfg, root: Path, source: str) -> None:
     """What the hooks would otherwise find wrong only inside the batch job: the DA's first guess
     (paramfile parameters present and scalar, namelist parameters given a value, inside
-    [min, max]) and the observations (readable, holding the variable and mask)."""
-    if cfg["da"] is not None:
-        from ppe_ingest.ctsmio.user_nl import read_user_nl
-
-        from .params import initial_parameters
-
-        user_nl = root / "user_nl_clm"
-        initial_parameters(cfg, read_user_nl(user_nl) if user_nl.is_file() else {})
+    [min, max]), the emulator (loads, takes the DA parameters, gives the observed variable), a DA
+    state from an earlier config, and the observations (readable, holding the variable and mask)."""
     obs = cfg["observations"]
     if obs is not None:
         from ppe_ingest.obs.io import read_observations
@@ -297,6 +291,47 @@ def _check_inputs(cfg, root: Path) -> None:
         if obs["mask"] is not None and obs["mask"] not in ds.variables:
             raise UserError(f"{obs['file']}: observations have no mask variable {obs['mask']} "
                             "(observations.mask)")
+    da = cfg["da"]
+    if da is None:
+        return
+    from ppe_ingest.ctsmio.user_nl import read_user_nl
+
+    from .params import initial_parameters
+    from .state import latest, read_state, state_path
+
+    user_nl = root / "user_nl_clm"
+    try:
+        initial_parameters(cfg, read_user_nl(user_nl) if user_nl.is_file() else {})
+    except UserError as e:
+        if str(e).startswith("da.parameters."):  # name the config the key is in
+            raise UserError(f"{source}: {e}") from None
+        raise
+    last = latest(read_state(root))
+    if last is not None:
+        had = sorted(last.get("parameters") or {})
+        if had != sorted(da["parameters"]):
+            raise UserError(f"{state_path(root)}: the assimilation so far updated {', '.join(had) or 'nothing'}, "
+                            f"{source} da.parameters lists {', '.join(sorted(da['parameters']))}; move the state "
+                            "file away to start the assimilation over")
+        for name, value in last["parameters"].items():
+            lo, hi = da["parameters"][name]["min"], da["parameters"][name]["max"]
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise UserError(f"{source}: da.parameters.{name}: the latest estimate in {state_path(root)} "
+                                f"({value!r:.40}) lies outside [{lo:g}, {hi:g}]; widen the bounds or move the "
+                                "state file away to start over")
+    if da["forward"]["kind"] == "emulator":
+        from esm_emu.forward import load_forward
+
+        ckpt = da["forward"]["checkpoint"]
+        fwd = load_forward("emulator", ckpt)
+        for name in da["parameters"]:
+            if name not in fwd.param_names:
+                raise UserError(f"{source}: da.parameters.{name}: not an input of the emulator in {ckpt} "
+                                f"(it takes {', '.join(fwd.param_names)})")
+        var = obs["variable"]
+        if var not in fwd.response_names:
+            raise UserError(f"{source}: observations.variable: {var} is not an output of the emulator in {ckpt} "
+                            f"(it gives {', '.join(fwd.response_names)})")
 
 
 def apply_install(plan: InstallPlan) -> None:

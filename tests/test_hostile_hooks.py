@@ -7,6 +7,8 @@ cime_case_util, which edits CIME-format env XML files as the real one does.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from cime_case_util import make_case, tiny_obs, tiny_paramfile
@@ -47,6 +49,23 @@ def da_params(params, **more):
 def refused(name, make, *mentions):
     return Case(name, make, mentions=mentions, inputs=("case", "hooks.yaml", "params.nc", "obs.nc"),
                 outputs=("case/esm-emu",))
+
+
+def _state_from_another_config(root):
+    (root / "esm-emu").mkdir()
+    (root / "esm-emu" / "da_state.json").write_text(json.dumps(
+        {"version": 1, "cycles": [{"cycle": 0, "parameters": {"baseflow_scalar": 0.004}, "user_nl": {}}]}))
+
+
+def _state_outside_bounds(root):
+    (root / "esm-emu").mkdir()
+    (root / "esm-emu" / "da_state.json").write_text(json.dumps(
+        {"version": 1, "cycles": [{"cycle": 0, "parameters": {"fff": 9.0}, "user_nl": {}}]}))
+
+
+def _corrupt_state(root):
+    (root / "esm-emu").mkdir()
+    (root / "esm-emu" / "da_state.json").write_text("{not json")
 
 
 def _drop_postrun(root):
@@ -122,6 +141,16 @@ CASES = [
             install(change={"observations": {"file": "obs.nc", "variable": "QRUNOFF\nX"}}), "observations.variable"),
     refused("history tape with a newline", install(change={"history_tape": "h1\n"}), "history_tape"),
     refused("history tape with a non-ASCII digit", install(change={"history_tape": "h\u0661"}), "history_tape"),
+    # A DA state the new config cannot continue, and an emulator that is not one.
+    Case("DA state of other parameters", install(edit_case=_state_from_another_config),
+         mentions=("da_state.json", "baseflow_scalar", "fff"), inputs=("case", "hooks.yaml")),
+    Case("DA state outside the new bounds", install(edit_case=_state_outside_bounds),
+         mentions=("da.parameters.fff", "outside"), inputs=("case", "hooks.yaml")),
+    Case("corrupt DA state", install(edit_case=_corrupt_state), mentions=("da_state.json",),
+         inputs=("case", "hooks.yaml")),
+    refused("checkpoint that is not a torch file",
+            install(change=da_params({"fff": {"location": "paramfile", "min": 0.1, "max": 5}},
+                                     forward={"kind": "emulator", "checkpoint": "obs.nc"})), "obs.nc"),
     # The case cannot take the change: nothing is left behind.
     refused("xmlchange fails half way", install(case_kw={"refuse": ("POSTRUN_SCRIPT",)}, extra=("--cycles", "2")),
             "./xmlchange POSTRUN_SCRIPT=", "left as it was"),
