@@ -217,10 +217,11 @@ def write_report(out: Path, stages: dict, inv_cfg) -> dict:
         "ctsm_files": (stages.get("write-ctsm") or {}).get("files"),
     }
     report["wall_s"]["total"] = round(sum(v for v in report["wall_s"].values() if v), 2)
-    for src in sorted(emu_eval.glob("*.png")):
-        shutil.copy2(src, rep_dir / f"emulator_{src.name}")
-    for src in sorted(inv_dir.glob("*.png")):
-        shutil.copy2(src, rep_dir / src.name)
+    copies = [(src, rep_dir / f"emulator_{src.name}") for src in sorted(emu_eval.glob("*.png"))]
+    copies += [(src, rep_dir / src.name) for src in sorted(inv_dir.glob("*.png"))]
+    for src, dst in copies:  # atomic, with the umask's mode (copy2 would copy the source's)
+        with atomic_path(dst, inputs=[src]) as tmp:
+            shutil.copyfile(src, tmp)
     with atomic_path(rep_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
     return report

@@ -106,7 +106,7 @@ def test_every_output_gets_the_umask_mode_and_a_rewritten_user_nl_keeps_its_own(
         ["simulate", "sim.yaml", "--out", "ppe", "--quiet"],
         ["ingest", "ppe", "--out", "store.nc", "--catalog", "cat/catalog.json", "--no-progress"],
         ["train", "emu.yaml", "--quiet", "--no-eval"],
-        ["evaluate", "run", "--no-plots", "--out", "eval"],
+        ["evaluate", "run", "--out", "eval"],
         ["export", "run", "--out", "exported/emulator.pt"],
         ["write-ctsm", "--out", "ctsm", "--fsurdat", "ppe/surfdata_tcase.nc", "--paramfile",
          "ppe/paramfiles/LHC0001.nc", "--user-nl", "nl/user_nl_clm", "--set", "fff=1.5", "--set", "FMAX=0.3",
@@ -132,7 +132,7 @@ def test_every_output_gets_the_umask_mode_and_a_rewritten_user_nl_keeps_its_own(
     assert not wrong, "\n".join(wrong)
     names = {p.relative_to(tmp_path).as_posix() for p in created}
     for must in ("work/store.nc", "work/cat/catalog.json", "work/run/checkpoint.pt", "work/run/best.pt",
-                 "work/run/config.yaml", "work/eval/metrics.json", "work/exported/emulator.pt",
+                 "work/run/config.yaml", "work/eval/metrics.json", "work/eval/scatter.png", "work/exported/emulator.pt",
                  "work/ppe/truth/parameter_map.nc", "work/ctsm/user_nl_clm", "work/ctsm/LHC0001.nc",
                  "work/ctsm/surfdata_tcase.nc", "work/weights/map.nc", "cases/shared_case/esm-emu/config.yaml",
                  "cases/shared_case/esm-emu/hooks/esm_emu_prerun.py",

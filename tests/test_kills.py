@@ -179,3 +179,52 @@ def test_train_help_documents_the_exit_statuses():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     row = next(ln for ln in readme.splitlines() if ln.startswith("| `esm-emu train"))
     assert "status 3" in row
+
+
+RUN_CFG = """
+simulate:
+  case: tiny
+  n_members: 4
+  seed: 0
+  params: [fff, FMAX]
+  n_gridcells: 6
+  n_years: 2
+  spinup_years: 1
+  truth: {n_obs_sites: 3, variables: [QRUNOFF]}
+ingest:
+  split: {val_members: 1, test_members: 1, val_gridcells: 1, test_gridcells: 1, test_years: 1}
+emulator:
+  store: unused.nc
+  model: {name: lstm, hidden: 8, embed: 4}
+  data: {window: 100, batch_size: 4}
+  train: {max_steps: 100000, val_every: 5, checkpoint_every: 5, warmup_steps: 2, threads: 1}
+inverse:
+  params: [fff, FMAX]
+  variables: [QRUNOFF]
+  train_period: {start: 2000, end: 2000}
+  test_period: {start: 2001, end: 2001}
+"""
+
+
+@pytest.mark.slow
+def test_run_stopped_by_sigterm_in_training_exits_3_and_does_not_invert(tmp_path):
+    import json
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(RUN_CFG)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "esm_emu.cli", "run", str(cfg), "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "emulator" / "checkpoint.pt"
+    t0 = time.monotonic()
+    while not ckpt.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - t0 < 300, "no checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, f"exit {proc.returncode}\n{stdout[-2000:]}\n{err[-2000:]}"
+    assert "stopped by SIGTERM" in stdout
+    done = json.loads((out / "stages.json").read_text())
+    assert "ingest" in done and "train" not in done  # the rerun resumes training, then goes on
+    assert not (out / "inverse").exists() and not (out / "report").exists()

@@ -52,7 +52,8 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
     def save(fig, name: str) -> Path:
         fig.tight_layout()
         p = out / name
-        fig.savefig(p, dpi=90)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
         plt.close(fig)
         return p
 
