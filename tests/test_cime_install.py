@@ -275,3 +275,36 @@ def test_reinstall_gives_back_user_nl_settings_the_config_no_longer_asks_for(tmp
     back = read_user_nl(nl)
     assert "paramfile" not in back and back["baseflow_scalar"] == 0.002
     assert back["fsurdat"] == "/glade/surfdata_orig.nc"
+
+
+def test_emulator_is_checked_at_install(tmp_path, capsys):
+    """The DA's emulator is loaded at install: a parameter it does not take, or an observed variable
+    it does not give, is refused before the job runs, not after its first model segment."""
+    from emu_store import make_store
+    from emu_store import write_config as emu_config
+
+    store = make_store(tmp_path / "store.nc", n_member=4, n_grid=3, n_years=1)
+    assert main(["train", str(emu_config(tmp_path, store, train={"max_steps": 2, "val_every": 2})), "--quiet"]) == 0
+    ckpt = tmp_path / "run" / "best.pt"
+    root = make_case(tmp_path)
+    path = write_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    tiny_paramfile(tmp_path / "params_calibrated.nc", {"fff": 0.5, "medlynslope": 4.0})
+    cfg["da"] = {"forward": {"kind": "emulator", "checkpoint": str(ckpt)},
+                 "parameters": {"fff": {"location": "paramfile", "min": 0.1, "max": 5.0}}}
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["cime", "install", str(root), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "da.parameters.fff: not an input of the emulator" in err and "medlynslope" in err
+    cfg["da"]["parameters"] = {"medlynslope": {"location": "paramfile", "min": 2.0, "max": 8.0}}
+    cfg["observations"]["variable"] = "QOVER"
+    tiny_obs(tmp_path / "obs.nc", "QOVER")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["cime", "install", str(root), "--config", str(path)]) == 2
+    assert "observations.variable: QOVER is not an output of the emulator" in capsys.readouterr().err
+    assert not (root / "esm-emu").exists()
+    cfg["observations"]["variable"] = "QRUNOFF"
+    tiny_obs(tmp_path / "obs.nc", "QRUNOFF")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["cime", "install", str(root), "--config", str(path)]) == 0
