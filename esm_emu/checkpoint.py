@@ -61,7 +61,9 @@ def read_torch_file(path: str | Path, map_location="cpu", what: str = "checkpoin
         return torch.load(path, map_location=map_location, weights_only=True)
     except OSError as e:
         raise user_error_from_os(e) from None
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a torch file at all, or a truncated one
+            raise UserError(f"{path}: not a readable esm-emu {what} (corrupt, or not a torch file)") from None
         raise UserError(f"{path}: not an esm-emu {what}: it holds Python objects other than tensors and "
                         "plain types, which esm-emu never loads") from None
     except Exception as e:  # a truncated, corrupt or foreign file

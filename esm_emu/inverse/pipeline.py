@@ -80,6 +80,14 @@ def run_from_config(cfg: InverseConfig, progress: bool = True):
     from ..forward import load_forward
     from .inversion import run_inversion
 
+    if cfg.forward.kind == "emulator":  # a file that is no emulator is refused before the data are read
+        from pathlib import Path
+
+        from ..checkpoint import emulator_entry, read_torch_file
+
+        ckpt = Path(cfg.forward.checkpoint)
+        ckpt = ckpt / "best.pt" if ckpt.is_dir() else ckpt
+        emulator_entry(read_torch_file(ckpt, what="emulator checkpoint"), ckpt)
     table = load_param_table(cfg.param_table or default_table_path())
     entities = load_entities(cfg)
     observations = load_observations(cfg.observations)

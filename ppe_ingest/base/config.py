@@ -294,6 +294,8 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"{path}:{line} not valid YAML: {problem}") from None
     except RecursionError:
         raise UserError(f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError):  # an integer of thousands of digits
+        raise UserError(f"{path}: not valid YAML: a number too long to read") from None
     if _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
         raise UserError(f"{path}: YAML expands to more than {MAX_YAML_VALUES} values (aliases repeated "
                         f"many times?); a config is much smaller")
