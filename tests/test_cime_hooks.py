@@ -334,3 +334,27 @@ def test_prerun_writes_fsurdat_from_a_parameter_map(setup):
     text = (root / "user_nl_clm").read_text()
     run_prerun(root)  # again: same file, same user_nl_clm
     assert (root / "user_nl_clm").read_text() == text
+
+
+def test_reinstall_without_da_switches_the_assimilation_off(setup):
+    """After DA cycles, a config without `da:` leaves a case that runs without it: no DA script for
+    CIME to call, one model run per job, and PRERUN placing the calibrated files instead of the
+    DA's latest parameter set."""
+    root, f_all = setup
+    run_prerun(root)
+    model_segment(root, f_all, 0, None)
+    run_da(root, 0)
+    assert case_parameters(root) != FIRST
+    inputs = root.parent.parent / "inputs"
+    cfg = yaml.safe_load((inputs / "hooks.yaml").read_text())
+    del cfg["da"]
+    (inputs / "no_da.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["cime", "install", str(root), "--config", str(inputs / "no_da.yaml")]) == 0
+    case = open_case(root)
+    assert case.get_value("DATA_ASSIMILATION_SCRIPT") == "" and case.get_value("DATA_ASSIMILATION_CYCLES") == 1
+    assert not (root / HOOKS / "esm_emu_da").exists()
+    assert case.get_value("POSTRUN_SCRIPT").endswith("esm_emu_postrun.py")  # observations still asked for
+    cime_import_call(root / HOOKS / "esm_emu_prerun.py", str(root))
+    nl = read_user_nl(root / "user_nl_clm")
+    assert Path(nl["paramfile"]) == root / "esm-emu" / "calibrated" / "ctsm51_params.c210217.nc"
+    assert case_parameters(root) == FIRST
