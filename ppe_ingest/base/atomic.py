@@ -152,16 +152,34 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+_SCANNED: dict[str, set[str]] = {}  # folder -> hidden .tmp names seen there (each folder listed once)
+_SCAN_LOCK = threading.Lock()
+
+
+def _hidden_temporaries(folder: Path) -> set[str]:
+    """The ``.*.tmp`` names in `folder`, listed once per process: a folder of thousands of history
+    files is not listed again for every file written into it. What a later kill leaves there is
+    found by the next process."""
+    key = os.path.abspath(folder)
+    with _SCAN_LOCK:
+        names = _SCANNED.get(key)
+        if names is None:
+            try:
+                with os.scandir(folder) as it:
+                    names = {e.name for e in it if e.name.startswith(".") and e.name.endswith(".tmp")}
+            except OSError:
+                names = set()
+            _SCANNED[key] = names
+        return set(names)
+
+
 def remove_stale_temporaries(out: os.PathLike | str) -> list[Path]:
     """Remove the temporaries of `out` whose writer is gone (see the module docstring); report
     them on stderr in one line and return them."""
     out = Path(out)
     stem, host, now = _tmp_stem(out), _host(), time.time()
     removed, why, total = [], [], 0
-    try:
-        candidates = [p for p in out.parent.iterdir() if p.name.startswith(stem) and p.name.endswith(".tmp")]
-    except OSError:
-        return []
+    candidates = [out.parent / n for n in _hidden_temporaries(out.parent) if n.startswith(stem)]
     for p in candidates:
         middle = p.name[len(stem):-len(".tmp")]
         stale, reason = _is_stale(p, middle, host, now)
@@ -177,6 +195,10 @@ def remove_stale_temporaries(out: os.PathLike | str) -> list[Path]:
         removed.append(p)
         why.append(reason)
         total += size
+    with _SCAN_LOCK:
+        seen = _SCANNED.get(os.path.abspath(out.parent))
+        if seen is not None:
+            seen.difference_update(p.name for p in candidates if not p.exists())
     if removed:
         names = ", ".join(p.name for p in removed[:5]) + (f" and {len(removed) - 5} more" if len(removed) > 5 else "")
         print(f"note: removed {len(removed)} stale temporar{'y' if len(removed) == 1 else 'ies'} of {out} "
