@@ -86,18 +86,21 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     warmup = (cfg.get("data") or {}).get("warmup")
     warmup = st.warmup_days if warmup is None else warmup
     rows, summary, series = [], {}, {}
-    for group, (msplit, gsplit, days) in GROUPS.items():
+    groups = {}
+    for group, (msplit, gsplit, days) in GROUPS.items():  # every group checked before any prediction
         pairs = st.pairs(msplit, gsplit)
         if len(pairs) > max_series:  # a seeded subset keeps evaluation of big stores affordable
             pairs = pairs[np.sort(np.random.default_rng(0).choice(len(pairs), max_series, replace=False))]
         keep = _day_mask(st, days, warmup)
-        if len(pairs) == 0 or not keep.any():
-            summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
-            continue
-        if keep.sum() < MIN_DAYS:
+        if len(pairs) and 0 < keep.sum() < MIN_DAYS:
             raise UserError(f"{store}: held-out group {group!r} has {int(keep.sum())} scored day(s) "
                             f"({_days_text(st, keep)}), too few for daily skill (at least {MIN_DAYS}); "
                             "re-ingest the store so the split holds out whole years")
+        groups[group] = (pairs, keep)
+    for group, (pairs, keep) in groups.items():
+        if len(pairs) == 0 or not keep.any():
+            summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
+            continue
         pred = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress)
         obs = st.responses[pairs[:, 0], pairs[:, 1]]
         series[group] = (pairs, pred, obs, keep)
@@ -195,7 +198,8 @@ def _plots(st: SequenceStore, series: dict, per_gc: list[dict], out_dir: Path):
     m, g = pairs[0]
     fig.suptitle(f"{group}: member {st.members[m]}, gridcell {g}")
     fig.tight_layout()
-    fig.savefig(out_dir / "hydrographs.png", dpi=110)
+    with atomic_path(out_dir / "hydrographs.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     # scatter of daily values, all series of the group (subsampled)
     fig, axes = plt.subplots(1, R, figsize=(4 * R, 4), squeeze=False)
@@ -213,7 +217,8 @@ def _plots(st: SequenceStore, series: dict, per_gc: list[dict], out_dir: Path):
         ax.set_ylabel("emulator")
     fig.suptitle(f"daily values, {group}")
     fig.tight_layout()
-    fig.savefig(out_dir / "scatter.png", dpi=110)
+    with atomic_path(out_dir / "scatter.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     # map of per-gridcell NSE (median over members): held-out members, every gridcell that has one
     fig, axes = plt.subplots(1, R, figsize=(4.5 * R, 3.6), squeeze=False)
@@ -230,7 +235,8 @@ def _plots(st: SequenceStore, series: dict, per_gc: list[dict], out_dir: Path):
         ax.set_xlabel("longitude [deg]")
         ax.set_ylabel("latitude [deg]")
     fig.tight_layout()
-    fig.savefig(out_dir / "nse_map.png", dpi=110)
+    with atomic_path(out_dir / "nse_map.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -528,7 +528,26 @@ def load_param_table(path: str | Path, base_paramfile: str | Path | None = None)
         raise UserError(f"{path}: unknown parameter table format (columns: {', '.join(sorted(cols))})")
     if not specs:
         raise UserError(f"{path}: no parameters in the table")
+    for spec in specs:
+        _check_table_bounds(spec, path)
     return ParamTable(specs, source=path.name)
+
+
+def _check_table_bounds(spec: ParamSpec, path: Path) -> None:
+    """A table's own bounds must be finite and, where they are the written values themselves (value
+    transform, per-PFT arrays), physically valid: a PPE or a calibration drawn from them would
+    otherwise write what CTSM rejects."""
+    where = f"{path.name}: parameter {spec.name}"
+    if spec.pft_bounds:
+        for which, arr in (("pft_mins", spec.pft_min), ("pft_maxs", spec.pft_max)):
+            check_physical_values(spec.name, arr, spec.units, f"{where}: {which}")
+        return
+    for which, v in (("min", spec.min), ("max", spec.max)):
+        if v is not None and not math.isfinite(v):
+            raise UserError(f"{where}: {which} {v} is not a finite number")
+    if spec.transform == "value" and spec.min is not None and spec.max is not None:
+        for which, v in (("min", spec.min), ("max", spec.max)):
+            check_physical_values(spec.name, v, spec.units, f"{where}: {which}")
 
 
 def default_table_path() -> Path:

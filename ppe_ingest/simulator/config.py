@@ -52,5 +52,17 @@ SimulateConfig = section_type(SCHEMA, "SimulateConfig")
 
 
 def load_simulate_config(path, sets=(), values=None, check_files=True) -> SimulateConfig:
-    """The validated ``simulate:`` section of a YAML file with command-line overrides."""
-    return load_config(path, SCHEMA, "simulate", sets, values, check_files)
+    """The validated ``simulate:`` section of a YAML file with command-line overrides.
+
+    More observation sites than gridcells (each site is one gridcell) is refused here, before any
+    output exists; `truth.check_obs_sites` checks again against the gridcells the grid gives.
+    """
+    cfg = load_config(path, SCHEMA, "simulate", sets, values, check_files)
+    truth = cfg["truth"]
+    if truth is not None and truth["n_obs_sites"] > cfg["n_gridcells"]:
+        from ppe_ingest.base.errors import UserError
+
+        raise UserError(f"simulate.truth.n_obs_sites: {truth['n_obs_sites']} observation sites asked for, but the "
+                        f"grid has {cfg['n_gridcells']} gridcells (simulate.n_gridcells) and each site is one "
+                        f"gridcell; give at most {cfg['n_gridcells']}")
+    return cfg
