@@ -188,6 +188,7 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
         raise UserError(f"{python}: the esm-emu Python must be an absolute path without spaces "
                         "(it becomes the hook scripts' #! line)")
     cfg = parse_config(config_path)
+    _check_case_paths(cfg, root, Path(config_path).name)
     case = open_case(root)
     ninst = case.get_value("NINST_LND", 1)
     if isinstance(ninst, int) and ninst > 1:
@@ -276,6 +277,32 @@ def plan_install(caseroot, config_path, cycles: int | None = None, python: str |
          "values from before, restored when a later install no longer asks for them",
          "variables": new_record, "user_nl": user_nl_record}, indent=1) + "\n"
     return plan
+
+
+FNAME_LEN = 256  # CTSM's fname_len (SHR_KIND_CL): longer file names are cut when the namelist is read
+
+
+def _check_case_paths(cfg, root: Path, source: str) -> None:
+    """The paths the hooks write into user_nl_clm (files placed under CASEROOT/esm-emu/) must be
+    namelist strings CTSM reads whole: no control characters, at most FNAME_LEN characters."""
+    from ppe_ingest.ctsmio.user_nl import check_namelist_value, show
+
+    check_namelist_value(str(root), f"case path {show(str(root))}")
+    da = cfg["da"]
+    calibrated = root / CASE_DIR / "calibrated"
+    placed = {"paramfile": cfg["paramfile"] and calibrated / Path(cfg["paramfile"]).name,
+              "fsurdat": cfg["fsurdat"] and calibrated / ("from_map" if cfg["parameter_map"] else "")
+              / Path(cfg["fsurdat"]).name,
+              "da.base_paramfile": da is not None and (da["base_paramfile"] or cfg["paramfile"]) and
+              root / CASE_DIR / "params" / "after_cycle_000" / Path(da["base_paramfile"] or cfg["paramfile"]).name}
+    for key, path in placed.items():
+        if not path:
+            continue
+        check_namelist_value(str(path), f"{source}: {key}")
+        if len(str(path)) > FNAME_LEN:
+            raise UserError(f"{source}: {key}: its copy in the case, {show(str(path))}, is {len(str(path))} "
+                            f"characters; CTSM reads file names of at most {FNAME_LEN} (move the case or "
+                            "shorten the file name)")
 
 
 def _check_inputs(cfg, root: Path, source: str) -> None:

@@ -32,6 +32,9 @@ def install(change=None, namelist=None, case_kw=None, edit_case=None, paramfile=
         if edit_case:
             edit_case(root)
         tiny_paramfile(tmp / "params.nc", paramfile)
+        for name in (change or {}).values():
+            if isinstance(name, str) and name.endswith(".nc") and name != "params.nc":
+                tiny_paramfile(tmp / name, paramfile)  # an input named in the change exists
         tiny_obs(tmp / "obs.nc", obs_var)
         cfg = base_config()
         if namelist is not None:
@@ -151,6 +154,11 @@ CASES = [
     refused("checkpoint that is not a torch file",
             install(change=da_params({"fff": {"location": "paramfile", "min": 0.1, "max": 5}},
                                      forward={"kind": "emulator", "checkpoint": "obs.nc"})), "obs.nc"),
+    # File names the hooks would write into user_nl_clm that CTSM cannot read whole.
+    refused("paramfile name with a newline", install(change={"paramfile": "params\n.nc"}, paramfile=None,
+                                                     extra=()), "paramfile", "line break"),
+    refused("paramfile copy longer than CTSM reads", install(change={"paramfile": "p" * 250 + ".nc"}),
+            "paramfile", "256"),
     # The case cannot take the change: nothing is left behind.
     refused("xmlchange fails half way", install(case_kw={"refuse": ("POSTRUN_SCRIPT",)}, extra=("--cycles", "2")),
             "./xmlchange POSTRUN_SCRIPT=", "left as it was"),
