@@ -405,3 +405,55 @@ def test_evaluate_refuses_a_held_out_year_of_one_day(tmp_path):
                                                        "--out", t / "ev", "--no-plots"],
                        mentions=("one_day.nc", "'years'", "1 scored day"), inputs=("one_day.nc",),
                        outputs=("ev",)), tmp_path)
+
+
+def _invert_twin(tmp, move=None, **over):
+    """The twin inversion of tests/test_invert_cli.py on files, with observation sites moved by `move`."""
+    import pandas as pd
+    import torch
+    from inverse_twin import PARAMS, make_twin, observations
+
+    from ppe_ingest.obs.io import write_obs
+
+    twin = make_twin()
+    torch.save({"emulator": twin["forward"].emu.payload()}, tmp / "emu.pt")
+    twin["entities"].to_netcdf(tmp / "entities.nc")
+    obs = observations(twin, np.arange(8)).drop_vars("gridcell")
+    days = [f"{t.year:04d}-{t.month:02d}-{t.day:02d}" for t in obs["time"].values]
+    obs = obs.assign_coords(time=pd.to_datetime(days))
+    if move is not None:
+        obs = move(obs)
+    for v in ("site_lat", "site_lon"):
+        obs = obs.set_coords(v)
+    write_obs(obs, tmp / "obs.nc")
+    inv = {"forward": {"kind": "emulator", "checkpoint": "emu.pt"}, "params": PARAMS, "entities": "entities.nc",
+           "observations": ["obs.nc"], "train_period": {"start": 2000, "end": 2000},
+           "test_period": {"start": 2001, "end": 2001}, "method": "g_A", "out": "out",
+           "dpl": {"steps": 5, "warmup_days": 60}, "uncertainty": {"ensemble": 1, "mc_samples": 0}, **over}
+    (tmp / "inv.yaml").write_text(yaml.safe_dump({"inverse": inv}))
+    return ["invert", tmp / "inv.yaml", "--quiet"]
+
+
+def _shift_site(i, dlat=0.0, to=None):
+    def move(obs):
+        lat, lon = obs["site_lat"].values.copy(), obs["site_lon"].values.copy()
+        if to is not None:
+            lat[i], lon[i] = lat[to] + 0.01, lon[to] + 0.01
+        else:
+            lat[i] = np.clip(lat[i] + dlat, -89, 89)
+        return obs.assign(site_lat=("site", lat), site_lon=("site", lon))
+    return move
+
+
+@pytest.mark.parametrize("label, move, over, words", [
+    ("a site 40 degrees from every gridcell", _shift_site(3, dlat=-40.0), {},
+     ("observations: site", "inverse.max_site_distance_deg = 2")),
+    ("two sites on one gridcell", _shift_site(5, to=2), {}, ("fall on one gridcell", "inverse.shared_gridcells")),
+    ("a train period ending before it starts", None, {"train_period": {"start": 2001, "end": 2000}},
+     ("inverse.train_period", "before it starts")),
+    ("a test period outside the record", None, {"test_period": {"start": 2030, "end": 2031}},
+     ("inverse.test_period", "holds no day")),
+])
+def test_invert_refuses_bad_sites_and_periods(tmp_path, label, move, over, words):
+    check_refused(Case(label, lambda t: _invert_twin(t, move, **over), mentions=words,
+                       inputs=("obs.nc", "entities.nc", "emu.pt"), outputs=("out",)), tmp_path)
