@@ -54,7 +54,7 @@ class ExactGP(nn.Module):
     fits = True  # fitted by `fit` (marginal likelihood), not by the SGD loop
 
     def __init__(self, n_param: int, n_response: int, kernel: str = "matern52", mean: str = "linear",
-                 restarts: int = 3, fit_steps: int = 300, lr: float = 0.05, seed: int = 0):
+                 restarts: int = 3, fit_steps: int = 300, lr: float = 0.1, seed: int = 0):
         super().__init__()
         if kernel not in ("matern52", "rbf"):
             raise ValueError(f"kernel must be matern52 or rbf, got {kernel!r}")
@@ -92,7 +92,7 @@ class ExactGP(nn.Module):
         return (0.5 * (r * a).sum(-1) + 0.5 * logdet) / n + 0.5 * math.log(2 * math.pi)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> dict:
-        """Fit every output's hyperparameters to (x (N,P), y (N,R)) by marginal likelihood; returns the NLL per output."""
+        """Fit each output's hyperparameters to x (N,P), y (N,R) by marginal likelihood; returns NLL per output."""
         x, y = x.detach().double(), y.detach().double()
         n, p = x.shape
         g = torch.Generator().manual_seed(self.seed)

@@ -40,6 +40,76 @@ def _dataarray(path: Path, dims: tuple[str, str]):
     return ds[names[0]].load()
 
 
+def _outputs(path: Path, design_members: list[str]):
+    """The outputs file as y(ens, var) with named members and output names, each output's CLM variable,
+    and how members were aligned.
+
+    One variable with an `ens` dimension; further dimensions are flattened into outputs named
+    ``<VAR>_pft<p>_biome<b>`` (PFT x biome means: `pxb` with pft/biome coordinates),
+    ``<VAR>_m<MM>`` (monthly climatology: `month`) or ``<VAR>_<dim><i>``; a `var` dimension names
+    the variable. An outputs file without member names on `ens` (the pxb files) is aligned by
+    position: with one more entry than the design, the first is the default run.
+    """
+    import itertools
+
+    import xarray as xr
+
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        ds = xr.open_dataset(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable netCDF file ({e})") from None
+    names = [v for v in ds.data_vars if "ens" in ds[v].dims]
+    if len(names) != 1:
+        raise UserError(f"{path}: expected one variable with an 'ens' dimension, found {list(ds.data_vars)}")
+    da = ds[names[0]].load()
+    if "ens" in da.coords:
+        members, how = [str(m) for m in da["ens"].values], "by member name"
+    elif design_members and da.sizes["ens"] == len(design_members) + 1:
+        stem = design_members[0].rstrip("0123456789")
+        default = stem + "0" * (len(design_members[0]) - len(stem))
+        members, how = [default, *design_members], "by position (the file names no members; first = default run)"
+    elif da.sizes["ens"] == len(design_members):
+        members, how = list(design_members), "by position (the file names no members)"
+    else:
+        raise UserError(f"{path}: variable {names[0]} has {da.sizes['ens']} unnamed members, the design "
+                        f"{len(design_members)}")
+    other = [d for d in da.dims if d != "ens"]
+    da = da.transpose("ens", *other)
+    labels: list[list[str]] = []
+    var_of: list[list[str]] = []
+    for d in other:
+        n = da.sizes[d]
+        if d == "var":
+            lab = [str(v) for v in da[d].values] if d in da.coords else [f"var{i}" for i in range(n)]
+            var_of.append(lab)
+        elif d == "pxb" and "pft" in da.coords and "biome" in da.coords:
+            lab = [f"pft{int(p)}_biome{int(b)}" for p, b in zip(da["pft"].values, da["biome"].values)]
+            var_of.append([""] * n)
+        elif d == "month":
+            lab = [f"m{i + 1:02d}" for i in range(n)]
+            var_of.append([""] * n)
+        else:
+            lab = [f"{d}{i}" for i in range(n)]
+            var_of.append([""] * n)
+        labels.append(lab)
+    if "var" not in other:
+        labels.insert(0, [str(names[0])])
+        var_of.insert(0, [str(names[0])])
+    outs = ["_".join(t) for t in itertools.product(*labels)]
+    vars_ = ["".join(t) for t in itertools.product(*var_of)]
+    yv = da.values.reshape(da.sizes["ens"], -1)
+    empty = ~np.isfinite(yv).any(0)  # e.g. a PFT x biome pair no gridcell has: no output, not a bad member
+    if empty.all():
+        raise UserError(f"{path}: variable {names[0]} has no finite value")
+    if empty.any():
+        how += f"; outputs with no finite value in any member left out: {' '.join(np.array(outs)[empty])}"
+    keep = np.flatnonzero(~empty)
+    y = xr.DataArray(yv[:, keep], dims=("ens", "var"), coords={"ens": members, "var": [outs[i] for i in keep]})
+    return y, [vars_[i] for i in keep], how
+
+
 def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfile=None, report=None):
     """(member, param) theta and s, and (member, output) y, from the summary PPE files; written to `out` if given.
 
@@ -55,8 +125,8 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
     report = report if report is not None else Report(False)
 
     outputs_nc, design_nc, table_csv = Path(outputs_nc), Path(design_nc), Path(table_csv)
-    y = _dataarray(outputs_nc, ("var", "ens"))
     s = _dataarray(design_nc, ("param", "ens"))
+    y, out_vars, alignment = _outputs(outputs_nc, [str(m) for m in s.ens.values])
     table = load_param_table(table_csv, base_paramfile=base_paramfile)
     y_members = [str(m) for m in y.ens.values]
     s_members = [str(m) for m in s.ens.values]
@@ -85,7 +155,7 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
         kind.append(k)
         lo.append(a)
         hi.append(b)
-    outputs = [str(v) for v in y.coords[y.dims[0]].values]
+    outputs = [str(v) for v in y["var"].values]
     yv = y.sel(ens=s_members).transpose("ens", "var").values.astype("f8")
     keep = np.ones(len(s_members), bool)
     for i, j in np.argwhere(~np.isfinite(yv)):
@@ -109,18 +179,19 @@ def build_summary_store(outputs_nc, design_nc, table_csv, out=None, base_paramfi
     ds = xr.Dataset(
         {THETA: ((MEMBER, PARAM), theta, {"long_name": "parameter value (see theta_kind)"}),
          "s": ((MEMBER, PARAM), sv, {"long_name": "unit-cube position in the LHC design"}),
-         "y": ((MEMBER, "output"), yv, {"long_name": "global-mean annual-mean output 2005-2014"}),
+         "y": ((MEMBER, "output"), yv, {"long_name": f"summary outputs of {outputs_nc.name}"}),
+         "output_variable": ("output", np.array(out_vars, dtype=object)),
          THETA_MIN: (PARAM, np.array(lo)), THETA_MAX: (PARAM, np.array(hi)),
          "theta_kind": (PARAM, np.array(kind, dtype=object)),
          PARAM_LOCATION: (PARAM, np.array([table[p].location for p in params], dtype=object)),
-         "output_units": ("output", np.array([ASSUMED_UNITS.get(o, "") for o in outputs], dtype=object),
+         "output_units": ("output", np.array([ASSUMED_UNITS.get(v, "") for v in out_vars], dtype=object),
                           {"comment": "not stated in the outputs file; CLM history units assumed"})},
         coords={MEMBER: np.array(s_members, dtype=object), PARAM: np.array(params, dtype=object),
                 "output": np.array(outputs, dtype=object)},
         attrs={ATTR_TITLE: "esm-emu summary-PPE store (tabular)", "source_outputs": str(outputs_nc),
                "source_design": str(design_nc), "source_table": str(table_csv),
                "members_without_design": " ".join(defaults),
-               "member_alignment": "by member name; outputs members without a design row are the default run",
+               "member_alignment": f"{alignment}; outputs members without a design row are the default run",
                "skipped": report.to_json()})
     if defaults:
         ds["y_default"] = ("output", default_y,
