@@ -7,6 +7,7 @@ cime_case_util, which edits CIME-format env XML files as the real one does.
 """
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -102,6 +103,9 @@ CASES = [
     refused("mapping value", install(namelist={"baseflow_scalar": {"a": 1}}), "namelist.baseflow_scalar"),
     refused("nested list", install(namelist={"hist_fincl2": [["A"]]}), "namelist.hist_fincl2"),
     refused("empty list", install(namelist={"hist_fincl2": []}), "namelist.hist_fincl2"),
+    refused("mixed list", install(namelist={"hist_fincl2": ["QRUNOFF", 1, True]}), "namelist.hist_fincl2", "mixes"),
+    refused("integer beyond Fortran", install(namelist={"baseflow_scalar": 10**30}), "namelist.baseflow_scalar"),
+    refused("date value", install(namelist={"start_ymd": datetime.date(2001, 1, 1)}), "namelist.start_ymd"),
     refused("NaN", install(namelist={"baseflow_scalar": float("nan")}), "namelist.baseflow_scalar", "finite"),
     refused("infinity", install(namelist={"baseflow_scalar": float("inf")}), "namelist.baseflow_scalar"),
     # Names CTSM reads elsewhere, or that the config already sets.

@@ -75,12 +75,21 @@ def check_namelist_value(value, where: str = "namelist value"):
             if isinstance(x, (list, tuple, dict, np.ndarray)):
                 raise UserError(f"{where}: a namelist list holds numbers, logicals or strings, not {show(x)}")
             out.append(check_namelist_value(x, where))
+        kinds = {"logical" if isinstance(x, bool) else "string" if isinstance(x, str) else "number" for x in out}
+        if len(kinds) > 1:
+            raise UserError(f"{where}: a namelist list holds one kind of value; this one mixes "
+                            f"{', '.join(sorted(kinds))}")
         return out
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, Path):
         value = str(value)
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > 2**63 - 1:
+            raise UserError(f"{where}: {show(value)} does not fit a Fortran integer; write a real "
+                            f"such as {float(value):.6e}")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
