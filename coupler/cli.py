@@ -106,7 +106,7 @@ def _dlnd(args) -> int:
 
     require_netcdf(args.grid, "--grid", "grid file")
     require_netcdf(args.runoff)
-    output_folder(args.out)
+    output_folder(args.out, create=False)
     grid = read_grid(args.grid)
     with open_xarray(args.runoff, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True)) as ds:
         files = write_lnd2rof(ds, grid, args.out, args.case)

@@ -40,7 +40,7 @@ def _copy(args: argparse.Namespace) -> int:
     from ppe_ingest.base.config import output_folder
 
     configs.path(args.name)  # an unknown name is refused before the folder is made
-    output_folder(args.dest, "DIR")
+    output_folder(args.dest, "DIR", create=False)
     dest = configs.copy_to(args.name, args.dest)
     print(f"wrote {dest}")
     for other in configs.referenced(args.name):

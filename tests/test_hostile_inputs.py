@@ -118,6 +118,9 @@ CASES = [
          mentions=["c.yaml", "too long"], outputs=["o"]),
     Case("simulate: NUL bytes in YAML", lambda t: ["simulate", text(t, "c.yaml", "simulate:\x00\n"), "--out", t / "o"],
          mentions=["c.yaml"], outputs=["o"]),
+    Case("simulate: binary parameter table", lambda t: ["simulate", text(t, "c.yaml", SIM), "--out", t / "o",
+                                                        "--set", f"table={binary(t, 'bin.csv')}"],
+         mentions=["bin.csv"], outputs=["o"], inputs=["bin.csv"]),
     # -- values a user gives that conversion would refuse
     Case("simulate: --seed -1", lambda t: ["simulate", text(t, "c.yaml", SIM), "--out", t / "o", "--seed", "-1"],
          mentions=["seed", "-1"], outputs=["o"]),

@@ -302,8 +302,9 @@ def read_yaml(path: str | Path) -> Any:
     return data
 
 
-def output_folder(out: str | Path, flag: str = "--out") -> Path:
-    """Create the output folder `out` (and its parents), or say in one line why it cannot be one."""
+def output_folder(out: str | Path, flag: str = "--out", create: bool = True) -> Path:
+    """Create the output folder `out` (and its parents), or say in one line why it cannot be one.
+    With `create` False only check (the writer makes it once its inputs have passed)."""
     out = Path(out)
     for p in (out, *out.parents):
         if p.exists():
@@ -311,6 +312,8 @@ def output_folder(out: str | Path, flag: str = "--out") -> Path:
                 what = "is a file, expected a folder" if p == out else f"{p} is a file, not a folder"
                 raise UserError(f"{flag} {out}: {what}")
             break
+    if not create:
+        return out
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -68,7 +68,7 @@ MESSAGE_LIMIT = 900  # characters of the one line a command prints on error
 
 EXIT_STATUS_HELP = ("exit status: 0 done; 2 bad input or a file-system problem (one line naming the file, "
                     "key or value); 1 internal error (one line; re-run with --debug for the traceback); "
-                    "130 interrupted.")
+                    "3 train or run stopped by SIGTERM before the end (rerun to resume); 130 interrupted.")
 
 
 def _one_line(text: str) -> str:

@@ -25,7 +25,7 @@ def _run(args) -> int:
     from .config import load_simulate_config
 
     cfg = load_simulate_config(args.config, args.set, {"seed": args.seed})
-    output_folder(args.out)
+    output_folder(args.out, create=False)
     from .ppe import simulate  # torch only after the config and --out pass
 
     simulate(cfg, args.out, quiet=args.quiet)
