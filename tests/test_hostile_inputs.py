@@ -284,15 +284,18 @@ def test_hook_run_by_hand_on_a_missing_case_says_so_in_one_line(tmp_path, args, 
     assert says in lines[0]
 
 
-def test_installed_hook_script_by_hand_on_a_missing_case(tmp_path):
+@pytest.mark.parametrize("case, says", [("no_case", "no such case folder"), ("not_a_case", "not a CIME case")])
+def test_installed_hook_script_by_hand_on_a_missing_case(tmp_path, case, says):
+    """The script CIME runs, run by hand: one line on stderr and exit 2 for a case that is not one."""
     from cime_hooks.install import render_hook
 
+    (tmp_path / "not_a_case").mkdir()
     script = tmp_path / "esm_emu_prerun.py"
     script.write_text(render_hook("PRERUN_SCRIPT", sys.executable))
-    r = subprocess.run([sys.executable, script, tmp_path / "no_case"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, script, tmp_path / case], capture_output=True, text=True)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "no_case" in lines[0]
+    assert case in lines[0] and says in lines[0]
 
 
 def test_debug_anywhere_shows_the_traceback(tmp_path):
