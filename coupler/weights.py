@@ -179,6 +179,12 @@ def read_weights(path: os.PathLike | str) -> Weights:
                else len(dims["dst_grid_size"]) if "dst_grid_size" in dims else int(row.max()) + 1)
         if S.size and (row.min() < 0 or col.min() < 0 or row.max() >= n_b or col.max() >= n_a):
             raise UserError(f"{path}: row/col indices outside 1..n_b / 1..n_a")
+        if S.shape != row.shape or S.shape != col.shape:
+            raise UserError(f"{path}: {names[0]}, {names[1]} and {names[2]} differ in length "
+                            f"({S.size}, {row.size}, {col.size})")
+        if not np.isfinite(S).all():
+            raise UserError(f"{path}: {names[0]} holds {int((~np.isfinite(S)).sum())} non-finite weight(s), "
+                            f"the first at entry {int(np.flatnonzero(~np.isfinite(S))[0])}")
 
         def get(name):
             return np.asarray(v[name][:]) if name in v else None

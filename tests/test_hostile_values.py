@@ -76,6 +76,8 @@ WRITE_CASES = [
     Case("SLOPE=-1 (fsurdat, not in the table)", _write("SLOPE=-1"), mentions=("SLOPE", "-1", "gridcell 0")),
     Case("PCT_SAND=120", _write("PCT_SAND=120"), mentions=("PCT_SAND", "120")),
     Case("fff=inf", _write("fff=inf"), mentions=("fff",)),
+    Case("--tol-deg -1", _write("fff=1", extra=["--tol-deg", "-1"]), mentions=("--tol-deg", "-1")),
+    Case("--tol-deg nan", _write("fff=1", extra=["--tol-deg", "nan"]), mentions=("--tol-deg", "nan")),
     # the flag does not let physically invalid values through
     Case("--allow-outside-table fff=-7", _write("fff=-7", extra=["--allow-outside-table"]),
          mentions=("fff", "-7", "> 0")),
@@ -222,6 +224,15 @@ def test_sites_far_from_every_gridcell_are_refused_by_name():
     assert np.isfinite(out.QRUNOFF.values[0]).all()
 
 
+def test_a_site_latitude_beyond_90_is_refused_by_name():
+    from esm_emu.inverse.problem import align_observations
+
+    ent = _entities([40.0, 41.0], [250.0, 251.0])
+    with pytest.raises(UserError, match=r"site north has latitude 95"):
+        align_observations(_obs([40.0, 95.0], [250.0, 250.0], ["ok", "north"]), ent, "gridcell", ["QRUNOFF"],
+                           max_site_distance_deg=180)
+
+
 def test_two_sites_on_one_gridcell_refused_unless_allowed():
     from esm_emu.inverse.problem import align_observations
 
@@ -335,6 +346,21 @@ def test_regrid_apply_refuses_a_field_on_another_grid_of_the_same_shape(tmp_path
                            outputs=("out.nc",)), tmp_path)
 
 
+def test_regrid_apply_refuses_non_finite_weights(tmp_path):
+    grids.write_scrip(grids.regular(6, 12), tmp_path / "g.nc")
+    r = run_cli(["regrid", "weights", "--src", tmp_path / "g.nc", "--dst", tmp_path / "g.nc", "--method",
+                 "bilinear", "--out", tmp_path / "w.nc"])
+    assert r.returncode == 0, r.stderr
+    shutil.copyfile(tmp_path / "w.nc", tmp_path / "w_nan.nc")
+    with netCDF4.Dataset(tmp_path / "w_nan.nc", "a") as ds:
+        ds["S"][4] = np.nan
+    xr.Dataset({"QRUNOFF": (("lat", "lon"), np.ones((6, 12)))}).to_netcdf(tmp_path / "in.nc")
+    check_refused(Case("NaN weight", lambda t: ["regrid", "apply", "--weights", t / "w_nan.nc", t / "in.nc",
+                                                t / "out.nc"],
+                       mentions=("w_nan.nc", "non-finite", "entry 4"), inputs=("w_nan.nc", "in.nc"),
+                       outputs=("out.nc",)), tmp_path)
+
+
 # ------------------------------------------------------------------ class 3: the split by interval start
 
 @pytest.fixture(scope="module")
@@ -368,8 +394,19 @@ def test_test_years_beyond_the_record_is_refused(ppe_ending_on_new_year, tmp_pat
     shutil.copytree(ppe_ending_on_new_year, ppe)
     check_refused(Case("test_years=3 of 2", lambda t: ["ingest", t / "ppe", "--out", t / "store.nc", "--no-progress",
                                                         "--set", "split.test_years=3"],
-                       mentions=("ingest.split.test_years", "3", "2 year(s)"), inputs=("ppe",),
+                       mentions=("ingest.split.test_years", "3", "2 whole year(s)"), inputs=("ppe",),
                        outputs=("store.nc",)), tmp_path)
+
+
+def test_a_partial_last_year_is_never_held_out_alone():
+    from ppe_ingest.ingest.writer import make_split
+
+    years = np.array([2000] * 365 + [2001] * 365 + [2002] * 365 + [2003] * 5)  # a run 5 days past New Year
+    for seed in range(20):
+        held = np.unique(years[make_split(4, 4, years, seed, test_years=1)[2] == 2])
+        assert held.tolist() in ([2001], [2002])
+    with pytest.raises(UserError, match=r"ingest.split.test_years: 3 .* 2 whole year\(s\)"):
+        make_split(4, 4, years, 0, test_years=3)
 
 
 def test_interval_years_without_bounds_uses_half_a_step(tmp_path, ppe_ending_on_new_year):

@@ -215,6 +215,12 @@ def align_observations(obs: xr.Dataset, entities: xr.Dataset, dim: str, variable
         if elat is None or olat is None:
             raise UserError("observations: cannot place sites on entities: no matching ids, no gridcell index "
                             "and no site_lat/site_lon with grid1d_lat/grid1d_lon")
+        with np.errstate(invalid="ignore"):
+            off = np.isfinite(olat) & ((np.abs(olat) > 90) | ~np.isfinite(olon))
+        if off.any():
+            i = int(np.flatnonzero(off)[0])
+            raise UserError(f"observations: site {site_ids[i]} has latitude {olat[i]:.6g}, longitude {olon[i]:.6g} "
+                            "(latitudes lie within -90..90 degrees)")
         loc, dist = nearest_gridcell(olat, olon, elat, elon, max_deg=max_site_distance_deg)
         if (loc < 0).any():
             i = int(np.flatnonzero(loc < 0)[0])

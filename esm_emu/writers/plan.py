@@ -131,6 +131,8 @@ def plan_ctsm_files(out_dir, fsurdat=None, paramfile=None, user_nl=None, values=
         raise UserError("write-ctsm: nothing to write: give --set NAME=VALUE or --values MAP.nc")
     table = _table(table, paramfile)
     values, map_path = _load_map(values)
+    if not (isinstance(tol_deg, (int, float)) and 0 <= tol_deg <= 180):
+        raise UserError(f"write-ctsm: --tol-deg {tol_deg} must be a distance in degrees within 0..180")
     if per_gridcell_paramfiles and per_cluster_paramfiles:
         raise UserError("write-ctsm: choose one of --per-gridcell-paramfiles and --per-cluster-paramfiles")
     if values is not None:

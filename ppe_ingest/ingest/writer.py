@@ -202,9 +202,9 @@ def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val
                test_members=0.1, val_gridcells=0.1, test_gridcells=0.1, test_years=1):
     """split_member, split_gridcell, split_time (0 train, 1 val, 2 test) chosen by `seed`.
 
-    Held-out years are drawn from all years but the first (which serves as warm-up); `years` is the
-    year of each time step by the start of its averaging interval (`interval_years`). Asking for
-    more held-out years than there are is refused, not clamped.
+    Held-out years are drawn from the whole years after the first (which serves as warm-up); `years`
+    is the year of each time step by the start of its averaging interval (`interval_years`). Asking
+    for more held-out years than there are is refused, not clamped.
     """
     rng = np.random.default_rng(seed)
 
@@ -220,15 +220,19 @@ def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val
 
     sm = split(n_member, val_members, test_members)
     sg = split(n_gridcell, val_gridcells, test_gridcells)
-    uy = np.unique(years)
+    uy, counts = np.unique(years, return_counts=True)
     st = np.zeros(len(years), dtype="i1")
-    if test_years and int(test_years) > len(uy) - 1:
-        have = ", ".join(str(int(y)) for y in uy) or "none"
+    # held-out years: whole years after the warm-up year (a year with under 90 % of the steps of the
+    # fullest one, e.g. the few days a run goes past its last New Year, is never held out on its own)
+    whole = uy[1:][counts[1:] >= 0.9 * counts.max()] if len(uy) else uy
+    if test_years and int(test_years) > len(whole):
+        parts = [f"{int(y)} ({int(c)} steps)" for y, c in zip(uy, counts)]
+        have = ", ".join(parts if len(parts) <= 6 else [*parts[:3], "...", *parts[-2:]]) or "none"
         raise UserError(f"ingest.split.test_years: {int(test_years)} held-out year(s) asked for, but the history "
-                        f"holds {max(len(uy) - 1, 0)} year(s) after the warm-up year (years: {have}); "
+                        f"holds {len(whole)} whole year(s) after the warm-up year (years: {have}); "
                         "lower test_years (0: no held-out years)")
     if test_years:
-        held = rng.choice(uy[1:], size=int(test_years), replace=False)
+        held = rng.choice(whole, size=int(test_years), replace=False)
         st[np.isin(years, held)] = TEST
     return sm, sg, st
 
