@@ -1,0 +1,118 @@
+"""The exact ARD GP and the MLP ensemble kinds on toy functions with known answers, trained by
+`esm-emu train` (real subprocess) and cross-validated by `--cv K`."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+from esm_emu.emulator import load_emulator
+from esm_emu.export import export_torchscript
+from esm_emu.models.gp import ExactGP
+from esm_emu.training.cv import fold_indices
+from tests.hostile import Case, check_refused, run_cli
+
+
+def toy(x):
+    """Two outputs: sin(3 x0) + x1^2 (x2 irrelevant) and 2 x2 - 1."""
+    return np.stack([np.sin(3 * x[:, 0]) + x[:, 1] ** 2, 2 * x[:, 2] - 1], 1)
+
+
+def write_store(path, n=60, seed=0):
+    x = np.random.default_rng(seed).uniform(0, 1, (n, 3))
+    xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), toy(x))},
+               coords={"member": [f"M{i:03d}" for i in range(n)], "param": ["a", "b", "c"],
+                       "output": ["f", "g"]}).to_netcdf(path)
+
+
+def write_config(tmp, name="gp", **model):
+    cfg = {"emulator": {"store": str(tmp / "store.nc"), "run_dir": str(tmp / "run"),
+                        "model": {"name": name, "fit_steps": 80, "restarts": 2, **model},
+                        "data": {"val_fraction": 0.1}, "train": {"seed": 3, "threads": 1},
+                        "evaluate": {"at_end": False}}}
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp / "cfg.yaml"
+
+
+def test_gp_kind_learns_toy_function_with_mean_and_variance(tmp_path):
+    write_store(tmp_path / "store.nc")
+    cfg = write_config(tmp_path)
+    r = run_cli(["train", cfg, "--cv", "3", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    cv = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert cv["kind"] == "gp" and cv["folds"] == 3 and cv["outputs"] == ["f", "g"]
+    assert cv["r2"]["f"] > 0.97 and cv["r2"]["g"] > 0.99, cv["r2"]
+    assert (tmp_path / "run" / "cv_predictions.nc").exists()
+
+    emu = load_emulator(tmp_path / "run")
+    xt = np.random.default_rng(9).uniform(0.05, 0.95, (200, 3))
+    th = torch.tensor(xt, dtype=torch.float32, requires_grad=True)
+    mean, var = emu.predict(th)
+    yt = toy(xt)
+    r2 = 1 - ((yt - mean.detach().numpy()) ** 2).sum(0) / ((yt - yt.mean(0)) ** 2).sum(0)
+    assert r2.min() > 0.98, r2
+    # the predictive standard deviation is of the size of the actual error, and grows off the design
+    err = np.abs(yt - mean.detach().numpy())
+    assert np.median(err[:, 0]) < 4 * np.median(np.sqrt(var.detach().numpy()[:, 0]))
+    far = emu.predict(torch.tensor([[3.0, 3.0, 3.0]]))[1]
+    assert (far > 10 * var.detach().mean(0)).all()
+    # differentiable in theta: d mean_f / d a = 3 cos(3 a)
+    mean[:, 0].sum().backward()
+    want = 3 * np.cos(3 * xt[:, 0])
+    assert np.corrcoef(th.grad[:, 0].numpy(), want)[0, 1] > 0.95
+    # ARD: output f ignores c (long length scale); g = 2c - 1 is carried by the linear mean, on c alone
+    ls = torch.exp(emu.core.log_ls).numpy() * emu.norm.theta.std.numpy()
+    assert ls[0, 2] > 10 * ls[0, 0], ls
+    w = emu.core.mean_w.abs().numpy()
+    assert w[1, 2] > 10 * max(w[1, 0], w[1, 1]), w
+    # exported TorchScript gives the same mean
+    ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "gp.pt")))
+    x0 = torch.tensor(xt[:5], dtype=torch.float32)
+    np.testing.assert_allclose(ts(x0).detach().numpy(), emu(x0).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_gp_core_noise_and_interpolation():
+    """Noisy samples of a linear function: the fitted noise variance is near the true one."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(80, 2, generator=g, dtype=torch.float64)
+    y = (x[:, :1] - 0.5) * 2 + 0.1 * torch.randn(80, 1, generator=g, dtype=torch.float64)
+    gp = ExactGP(2, 1, restarts=1, fit_steps=100)
+    gp.fit(x, y)
+    sn = math.sqrt(float(torch.exp(gp.log_sn2)[0]))
+    assert 0.06 < sn < 0.15, sn
+
+
+def test_mlp_ensemble_kind_and_same_folds(tmp_path):
+    write_store(tmp_path / "store.nc", n=80)
+    cfg = write_config(tmp_path, "mlp_ensemble", fit_steps=600, members=4, hidden=32, layers=2)
+    r = run_cli(["train", cfg, "--cv", "3", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    cv = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert cv["kind"] == "mlp_ensemble" and cv["r2"]["g"] > 0.9 and cv["r2"]["f"] > 0.7, cv["r2"]
+    fold = xr.open_dataset(tmp_path / "run" / "cv_predictions.nc")["fold"].values
+    want = fold_indices(80, 3, 3)
+    assert all((np.flatnonzero(fold == i) == f).all() for i, f in enumerate(want))
+    emu = load_emulator(tmp_path / "run")
+    m, v = emu.predict(torch.rand(10, 3))
+    assert m.shape == v.shape == (10, 2) and (v > 0).all()
+
+
+@pytest.mark.parametrize("case", [
+    Case("cv of a sequence kind", lambda t: (write_store(t / "store.nc"), write_config(t, "lstm"))[1:] and
+         ["train", t / "cfg.yaml", "--cv", "3"], mentions=["--cv", "lstm"], inputs=["store.nc", "cfg.yaml"],
+         outputs=["run/cv.json"]),
+    Case("more folds than members", lambda t: (write_store(t / "store.nc", n=10), write_config(t))[1:] and
+         ["train", t / "cfg.yaml", "--cv", "11"], mentions=["--cv", "11"], inputs=["store.nc", "cfg.yaml"],
+         outputs=["run/cv.json"]),
+    Case("unknown kernel", lambda t: (write_store(t / "store.nc"), write_config(t, kernel="cubic"))[1:] and
+         ["train", t / "cfg.yaml"], mentions=["kernel", "cubic"], inputs=["store.nc", "cfg.yaml"],
+         outputs=["run/best.pt"]),
+], ids=str)
+def test_bad_cv_input_refused(case, tmp_path):
+    check_refused(case, tmp_path)
