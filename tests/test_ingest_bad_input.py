@@ -72,7 +72,18 @@ def _units(d):
     return "LHC0004", r"variable EFLX_LH_TOT has units 'mm/day', expected CTSM units 'W/m\^2'"
 
 
-CASES = [_missing, _truncated, _absent_variable, _gridcells, _duplicate, _nans, _units]
+def _swapped_dims(d):
+    # the reference member (the first) is the broken one: it must be flagged, not the others
+    f = _hist(d, "LHC0001")
+    with xr.open_dataset(f, decode_times=False) as ds:
+        ds = ds.load()
+    ds["QRUNOFF"] = ds["QRUNOFF"].transpose("gridcell", "time")
+    ds.to_netcdf(f.with_suffix(".tmp"))
+    f.with_suffix(".tmp").replace(f)
+    return "LHC0001", r"variable QRUNOFF has dims \(gridcell, time\), expected \(time, gridcell\)"
+
+
+CASES = [_missing, _truncated, _absent_variable, _gridcells, _duplicate, _nans, _units, _swapped_dims]
 
 
 @pytest.mark.parametrize("breaker", CASES, ids=[c.__name__.strip("_") for c in CASES])

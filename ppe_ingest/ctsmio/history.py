@@ -18,7 +18,7 @@ import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.base.netcdf import history_line
+from ppe_ingest.base.netcdf import history_line, open_xarray
 
 from .vocabulary import HIST_FIELDS
 
@@ -139,16 +139,10 @@ def read_history(files: os.PathLike | str | Sequence[os.PathLike | str], variabl
     row by row. A day is labelled by the start of its averaging interval, and steps sharing a
     label (sub-daily tapes) are averaged.
     """
-    import xarray as xr
-
     files = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     days, data, lat, lon, units = [], {v: [] for v in variables}, None, None, {}
     for path in files:
-        try:
-            ds = xr.open_dataset(path, decode_times=_time_coder())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read history file ({e})") from None
-        with ds:
+        with open_xarray(path, decode_times=_time_coder()) as ds:
             glat, glon, form = _gridcell_coords(ds, path)
             if lat is None:
                 lat, lon = glat, glon

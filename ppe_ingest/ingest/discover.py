@@ -18,6 +18,7 @@ import numpy as np
 
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.base.netcdf import NC_LOCK
+from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
 
 from .checks import CTSM_UNITS, Report, units_ok
 
@@ -48,6 +49,8 @@ class HistFile:
     variables: dict[str, str]  # (time, space) variable -> units
     lat: np.ndarray  # one per gridcell, in the file's gridcell order
     lon: np.ndarray
+    # variables over time and space in another dim order or shape: name -> dims (reported, not read)
+    misshapen: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def start(self):
@@ -149,8 +152,17 @@ def read_header(path: Path, case: str, member: str, tape: str) -> HistFile:
             space = SPATIAL_DIMS[layout]
             variables = {n: getattr(v, "units", None) for n, v in ds.variables.items()
                          if n not in TIME_BOOKKEEPING and v.dimensions == ("time", *space)}
+            misshapen = _misshapen({n: v.dimensions for n, v in ds.variables.items()}, ("time", *space))
             freq = _frequency(getattr(ds, "time_period_freq", None), times)
-    return HistFile(path, case, member, f"h{tape}", layout, freq, units, calendar, times, variables, lat, lon)
+    return HistFile(path, case, member, f"h{tape}", layout, freq, units, calendar, times, variables, lat, lon,
+                    misshapen)
+
+
+def _misshapen(dims_of: dict[str, tuple], want: tuple) -> dict[str, tuple]:
+    """Variables on the time and space dims in another order, or CTSM fields with other dims."""
+    known = set(FORCING) | set(RESPONSES)
+    return {n: tuple(d) for n, d in dims_of.items()
+            if n not in TIME_BOOKKEEPING and tuple(d) != want and (set(d) == set(want) or n in known)}
 
 
 def _read_header_classic(path: Path, case: str, member: str, tape: str) -> HistFile | None:
@@ -178,8 +190,10 @@ def _read_header_classic(path: Path, case: str, member: str, tape: str) -> HistF
     lon = read_fixed_var(path, "grid1d_lon", hdr).astype("f8")
     variables = {n: v.attrs.get("units") for n, v in hdr.variables.items()
                  if n not in TIME_BOOKKEEPING and v.dims == ("time", "gridcell")}
+    misshapen = _misshapen({n: v.dims for n, v in hdr.variables.items()}, ("time", "gridcell"))
     freq = _frequency(hdr.attrs.get("time_period_freq"), times)
-    return HistFile(path, case, member, f"h{tape}", "1d", freq, units, calendar, times, variables, lat, lon)
+    return HistFile(path, case, member, f"h{tape}", "1d", freq, units, calendar, times, variables, lat, lon,
+                    misshapen)
 
 
 def discover(root: str | Path, variables=None, skip_bad: bool = False, report: Report | None = None) -> Ppe:
@@ -260,6 +274,10 @@ def _check_members(ppe: Ppe, variables) -> None:
             report.add(ppe.root / ref[key].path.parent.relative_to(ppe.root) / _expected_name(ref[key], m), m,
                        f"missing member file: no {key[0]} history for {key[1]} (other members have it)")
         for key, h in have.items():
+            for v, dims in sorted(h.misshapen.items()):
+                if variables is None or v in variables:
+                    want = ", ".join(("time", *SPATIAL_DIMS[h.layout]))
+                    report.add(h.path, m, f"variable {v} has dims ({', '.join(dims)}), expected ({want})")
             r = ref.get(key)
             if r is None:
                 report.add(h.path, m, f"extra file: no other member has {key[0]} history for {key[1]}")
