@@ -1,0 +1,88 @@
+"""Sobol indices: the estimator on the Ishigami function (analytic values), against SALib, and
+`esm-emu sensitivity RUN_DIR` on a trained GP (real subprocess)."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from esm_emu.sensitivity import sobol_indices
+from tests.hostile import Case, check_refused, run_cli
+
+A, B = 7.0, 0.1
+# Ishigami & Homma (1990); analytic indices e.g. in Saltelli et al. (2008), Global Sensitivity Analysis, 4.6
+V = A ** 2 / 8 + B * math.pi ** 4 / 5 + B ** 2 * math.pi ** 8 / 18 + 0.5
+V1 = 0.5 * (1 + B * math.pi ** 4 / 5) ** 2
+V2 = A ** 2 / 8
+V13 = B ** 2 * math.pi ** 8 * (1 / 18 - 1 / 50)
+S1_TRUE = np.array([V1 / V, V2 / V, 0.0])
+ST_TRUE = np.array([(V1 + V13) / V, V2 / V, V13 / V])
+
+
+def ishigami(u):
+    x = -math.pi + 2 * math.pi * u
+    return (np.sin(x[:, 0]) + A * np.sin(x[:, 1]) ** 2 + B * x[:, 2] ** 4 * np.sin(x[:, 0]))[:, None]
+
+
+def test_ishigami_analytic_indices_inside_bootstrap_intervals():
+    res = sobol_indices(ishigami, 3, n=8192, n_boot=200, seed=1)
+    np.testing.assert_allclose(res["S1"][0], S1_TRUE, atol=0.03)
+    np.testing.assert_allclose(res["ST"][0], ST_TRUE, atol=0.03)
+    for key, true in (("S1", S1_TRUE), ("ST", ST_TRUE)):
+        lo, hi = res[key + "_lo"][0], res[key + "_hi"][0]
+        assert np.all(lo - 0.01 <= true) and np.all(true <= hi + 0.01), (key, lo, hi, true)
+        assert np.all(hi - lo < 0.1)
+
+
+def test_agrees_with_salib_on_the_same_function():
+    salib = pytest.importorskip("SALib.analyze.sobol")
+    from SALib.sample import sobol as sobol_sample
+
+    problem = {"num_vars": 3, "names": ["x1", "x2", "x3"], "bounds": [[0, 1]] * 3}
+    u = sobol_sample.sample(problem, 4096, calc_second_order=False, seed=2)
+    si = salib.analyze(problem, ishigami(u)[:, 0], calc_second_order=False, seed=2)
+    ours = sobol_indices(ishigami, 3, n=4096, n_boot=100, seed=2)
+    np.testing.assert_allclose(ours["S1"][0], si["S1"], atol=0.04)
+    np.testing.assert_allclose(ours["ST"][0], si["ST"], atol=0.04)
+
+
+def _gp_run(tmp):
+    x = np.random.default_rng(0).uniform(0, 1, (60, 3))
+    y = np.stack([np.sin(3 * x[:, 0]) + 0.3 * x[:, 1], x[:, 2] ** 2], 1)
+    xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y),
+                "theta_min": ("param", np.zeros(3)), "theta_max": ("param", np.ones(3))},
+               coords={"member": [f"M{i:03d}" for i in range(60)], "param": ["a", "b", "c"],
+                       "output": ["f", "g"]}).to_netcdf(tmp / "store.nc")
+    cfg = {"emulator": {"store": str(tmp / "store.nc"), "run_dir": str(tmp / "run"),
+                        "model": {"name": "gp", "fit_steps": 80, "restarts": 1},
+                        "train": {"threads": 1}, "evaluate": {"at_end": False}}}
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli(["train", tmp / "cfg.yaml", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    return tmp / "run"
+
+
+def test_sensitivity_command_on_a_trained_gp(tmp_path):
+    run = _gp_run(tmp_path)
+    r = run_cli(["sensitivity", run, "--samples", "1024", "--bootstrap", "50"])
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((run / "sensitivity" / "sobol.csv").open()))
+    st = {(row["output"], row["param"]): float(row["ST"]) for row in rows}
+    assert len(rows) == 6
+    # f depends on a (mostly) and b, not c; g on c only
+    assert st[("f", "a")] > 0.8 and st[("f", "c")] < 0.05 and st[("g", "c")] > 0.9 and st[("g", "a")] < 0.05
+    assert all(float(row["ST_lo"]) <= float(row["ST"]) <= float(row["ST_hi"]) for row in rows)
+    assert (run / "sensitivity" / "sobol.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("case", [
+    Case("not a run directory", lambda t: ["sensitivity", t], mentions=["best.pt"]),
+    Case("unknown output", lambda t: ["sensitivity", _gp_run(t), "--outputs", "NOPE"], mentions=["NOPE"],
+         outputs=["run/sensitivity"]),
+], ids=str)
+def test_bad_sensitivity_input_refused(case, tmp_path):
+    check_refused(case, tmp_path)
