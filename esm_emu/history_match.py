@@ -126,6 +126,8 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
         raise UserError(f"--wave: {wave} is negative")
     if wave and base_paramfile is None:
         raise UserError("--base-paramfile: needed to write the wave's paramfiles (the PPE's default paramfile)")
+    if wave:  # every parameter of the wave must be writable before anything is computed or written
+        table = _wave_table(table or _table_of(run_dir), base_paramfile, emu.param_names)
     names = list(targets)
     cols = [emu.response_names.index(n) for n in names]
     lo, hi = design_bounds(run_dir, emu.param_names)
@@ -153,6 +155,13 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
               "emulator_sd_median": {n: float(np.median(np.sqrt(var[:, k]))) for k, n in enumerate(names)},
               "param_ranges": ranges, "run_dir": str(run_dir)}
     out_dir = Path(out_dir) if out_dir else run_dir / "history_match"
+    if wave:
+        if nroy.sum() < wave:
+            raise UserError(f"--wave: {wave} members asked for, only {int(nroy.sum())} of {n_samples} samples "
+                            "are not ruled out (loosen the targets or sample more)")
+        idx = np.flatnonzero(nroy)[_spread_subset(u[nroy], wave, seed)]
+        result["wave"] = write_wave(u[idx], emu.param_names, out_dir / "wave", table, base_paramfile, prefix,
+                                    seed, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["param,nroy_min,nroy_max,design_min,design_max,s_min,s_max,s_q05,s_q95"]
     for p, r in ranges.items():
@@ -161,13 +170,6 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
                                                                   "s_min", "s_max", "s_q05", "s_q95")]))
     with atomic_path(out_dir / "nroy_ranges.csv") as t:
         Path(t).write_text("\n".join(lines) + "\n")
-    if wave:
-        if nroy.sum() < wave:
-            raise UserError(f"--wave: {wave} members asked for, only {int(nroy.sum())} of {n_samples} samples "
-                            "are not ruled out (loosen the targets or sample more)")
-        idx = np.flatnonzero(nroy)[_spread_subset(u[nroy], wave, seed)]
-        result["wave"] = write_wave(u[idx], emu.param_names, out_dir / "wave", table or _table_of(run_dir),
-                                    base_paramfile, prefix, seed, progress)
     with atomic_path(out_dir / "history_match.json") as t:
         Path(t).write_text(json.dumps(result, indent=1))
     result["out_dir"] = str(out_dir)
@@ -186,10 +188,8 @@ def _table_of(run_dir: Path):
     return src
 
 
-def write_wave(s: np.ndarray, params: list[str], out: Path, table, base_paramfile, prefix: str, seed: int,
-               progress: bool = False) -> dict:
-    """Members at unit-cube positions `s` in the PPE layout (paramfiles/, namelist_mods/, design.nc/.csv)."""
-    from ppe_ingest.design import make_design, write_design, write_member_files
+def _wave_table(table, base_paramfile, params: list[str]):
+    """The parameter table of the wave, checked: every emulator parameter in it, with usable bounds."""
     from ppe_ingest.param_table import ParamTable, load_param_table
 
     if not isinstance(table, ParamTable):
@@ -197,6 +197,17 @@ def write_wave(s: np.ndarray, params: list[str], out: Path, table, base_paramfil
     missing = [p for p in params if p not in table]
     if missing:
         raise UserError(f"{table.source}: parameter {missing[0]} of the emulator is not in the table")
+    for p in params:
+        table[p].bounds()  # one line naming the parameter when its bounds cannot be resolved
+    return table
+
+
+def write_wave(s: np.ndarray, params: list[str], out: Path, table, base_paramfile, prefix: str, seed: int,
+               progress: bool = False) -> dict:
+    """Members at unit-cube positions `s` in the PPE layout (paramfiles/, namelist_mods/, design.nc/.csv)."""
+    from ppe_ingest.design import make_design, write_design, write_member_files
+
+    table = _wave_table(table, base_paramfile, params)
     design = make_design(table, len(s), seed, prefix, names=params)
     theta = np.column_stack([table[p].theta(s[:, j]) for j, p in enumerate(params)])
     design["s"].values[:] = s
