@@ -2,8 +2,9 @@
 
 Folds come from `emulator.train.seed` alone (a seeded permutation of the store's members cut in
 K parts), so every kind (tabular, gp, mlp_ensemble) is scored on the same folds. Each fold trains
-the configured kind on the other members through the same `train` as a normal run (its
-validation members drawn from them by `data.val_fraction`) and predicts the held-out fold. R2 is
+the configured kind on the other members through the same `train` as a normal run (an SGD kind's
+validation members drawn from them by `data.val_fraction`; kinds that fit themselves use them
+all) and predicts the held-out fold. R2 is
 1 - SSE/SST of the pooled held-out predictions, per output; also per fold and the median over
 outputs. Written: RUN_DIR/cv.json, cv_predictions.nc (mean, variance, truth) and cv_parity.png.
 """
@@ -58,6 +59,12 @@ def cross_validate(cfg, k: int, progress: bool = True) -> dict:
     tab = SummaryTable(cfg["store"], cfg["responses"], cfg["params"])
     n, seed = len(tab.theta), int(cfg["train"]["seed"])
     folds = fold_indices(n, k, seed)
+    from ..models import build_model
+
+    dims = dict(n_forcing=0, n_cond=len(tab.param_names), n_param=len(tab.param_names),
+                n_response=len(tab.response_names))
+    # kinds that fit themselves (gp, mlp_ensemble) need no validation members: all others train them
+    fits = bool(getattr(build_model(cfg["model"], dims), "fits", False))
     mean, var = np.full_like(tab.y, np.nan), np.full_like(tab.y, np.nan)
     fold_of = np.zeros(n, np.int32)
     run_dir = Path(cfg["run_dir"])
@@ -65,7 +72,7 @@ def cross_validate(cfg, k: int, progress: bool = True) -> dict:
         for i, test in enumerate(folds):
             rest = np.setdiff1d(np.arange(n), test)
             perm = np.random.default_rng([seed, 31, i]).permutation(rest)
-            nval = max(1, int(round(cfg["data"]["val_fraction"] * len(rest))))
+            nval = 0 if fits else max(1, int(round(cfg["data"]["val_fraction"] * len(rest))))
             split = np.full(n, 2, np.int8)
             split[perm[nval:]] = 0
             split[perm[:nval]] = 1

@@ -364,12 +364,12 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
 
 def _fit_tabular(task: TabularTask, cfg: dict, dist: Distributed, run_dir: Path, config_text: str | None) -> dict:
     """Fit a kind that fits itself (gp by marginal likelihood, mlp_ensemble with its own held-out
-    rows) on the training and validation members; best.pt and checkpoint.pt hold the fitted model.
-    The reported validation loss is on the validation members, which the fit has seen."""
+    rows) on the training members; best.pt and checkpoint.pt hold the fitted model. The validation
+    members stay unseen, so the validation loss and the evaluation are out of sample."""
     t0, c0 = time.perf_counter(), time.process_time()
     emu = task.emu
     emu.core.seed = int(cfg["train"]["seed"])
-    rows = np.sort(np.concatenate([task.train_idx, task.val_idx]))
+    rows = task.train_idx
     with torch.no_grad():
         x = emu.norm.theta(task.theta[rows])
         y = emu.norm.response(task.y[rows])
@@ -377,7 +377,7 @@ def _fit_tabular(task: TabularTask, cfg: dict, dist: Distributed, run_dir: Path,
     emu.eval()
     with torch.no_grad():
         sse, cnt = task.loss(*task.val_args(torch.device("cpu")))
-    val = float((sse.double() / cnt.double().clamp_min(1)).mean())
+    val = float((sse.double() / cnt.double().clamp_min(1)).mean()) if len(task.val_idx) else math.nan
     if dist.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
