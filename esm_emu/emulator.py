@@ -99,6 +99,9 @@ class TabularEmulator(nn.Module):
         self.param_names = list(param_names)
         self.response_names = list(response_names)
         self.model_cfg = dict(model_cfg)
+        from .models.tabular import OutputTransform
+
+        self.out_tf = OutputTransform(len(self.response_names))  # identity unless fitted (model.output_transform)
 
     @classmethod
     def build(cls, model_cfg, normalizer, param_names, response_names, **_):
@@ -108,11 +111,15 @@ class TabularEmulator(nn.Module):
     def forward_normalized(self, thetan: torch.Tensor) -> torch.Tensor:
         return self.core(thetan)
 
+    def normalize_response(self, y: torch.Tensor) -> torch.Tensor:
+        """Physical outputs -> the space the core predicts in (output transform, then standardised)."""
+        return self.norm.response(self.out_tf(y))
+
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if theta.dim() != 2 or theta.shape[-1] != len(self.param_names):
             raise ValueError(f"theta must be (B, {len(self.param_names)}) for {self.param_names}, "
                              f"got {tuple(theta.shape)}")
-        return self.norm.response.inverse(self.core(self.norm.theta(theta)))
+        return self.out_tf.inverse(self.norm.response.inverse(self.core(self.norm.theta(theta))))
 
     def predict(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive mean and variance of the outputs (B,R) in physical units; differentiable in theta.
@@ -125,7 +132,8 @@ class TabularEmulator(nn.Module):
         else:
             m = self.core(z)
             v = torch.zeros_like(m)
-        return self.norm.response.inverse(m), v * self.norm.response.std ** 2
+        y, slope = self.out_tf.inverse_and_slope(self.norm.response.inverse(m))
+        return y, v * (self.norm.response.std * slope) ** 2
 
     def payload(self) -> dict:
         return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": [], "static_names": [],

@@ -59,11 +59,12 @@ class _ScriptableTabular(nn.Module):
         super().__init__()
         self.core = emu.core
         self.norm = emu.norm
+        self.out_tf = emu.out_tf
         self.param_names: List[str] = list(emu.param_names)
         self.response_names: List[str] = list(emu.response_names)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.norm.response.inverse(self.core(self.norm.theta(theta)))
+        return self.out_tf.inverse(self.norm.response.inverse(self.core(self.norm.theta(theta))))
 
 
 def to_torchscript(emu: nn.Module) -> torch.jit.ScriptModule:

@@ -116,3 +116,28 @@ def test_mlp_ensemble_kind_and_same_folds(tmp_path):
 ], ids=str)
 def test_bad_cv_input_refused(case, tmp_path):
     check_refused(case, tmp_path)
+
+
+def test_boxcox_output_transform_round_trip_and_export(tmp_path):
+    """A skewed negative output (like QHR): the Box-Cox transform inverts exactly, and the exported
+    TorchScript applies it too."""
+    x = np.random.default_rng(1).uniform(0, 1, (60, 3))
+    y = np.stack([-np.exp(4 * x[:, 0]) * 1e-6, x[:, 1] - 0.5], 1)  # second output of mixed sign: left as is
+    xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y)},
+               coords={"member": [f"M{i:03d}" for i in range(60)], "param": ["a", "b", "c"],
+                       "output": ["q", "h"]}).to_netcdf(tmp_path / "store.nc")
+    cfg = write_config(tmp_path, output_transform="boxcox")
+    r = run_cli(["train", cfg, "--quiet"])
+    assert r.returncode == 0, r.stderr
+    emu = load_emulator(tmp_path / "run")
+    tf = emu.out_tf
+    assert tf.enabled.tolist() == [True, False] and tf.sign[0] == -1
+    yt = torch.tensor(y, dtype=torch.float32)
+    np.testing.assert_allclose(tf.inverse(tf(yt)).numpy(), y, rtol=1e-4, atol=1e-12)
+    xt = torch.tensor(np.random.default_rng(2).uniform(0.1, 0.9, (20, 3)), dtype=torch.float32)
+    m, v = emu.predict(xt)
+    assert (m[:, 0] < 0).all() and (v > 0).all()
+    want = -np.exp(4 * xt[:, 0].numpy()) * 1e-6
+    assert np.abs(m[:, 0].detach().numpy() / want - 1).max() < 0.05
+    ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "gp.pt")))
+    np.testing.assert_allclose(ts(xt).detach().numpy(), emu(xt).detach().numpy(), rtol=1e-4, atol=1e-9)

@@ -19,6 +19,8 @@ MODEL = {
     "restarts": Field(int, 3, min=1, help="gp: random starts of the marginal-likelihood fit"),
     "fit_steps": Field(int, 300, min=1, help="gp, mlp_ensemble: optimiser steps of the fit"),
     "members": Field(int, 8, min=1, help="mlp_ensemble: number of MLPs"),
+    "output_transform": Field(str, "none", choices=["none", "boxcox"],
+                              help="tabular kinds: per-output Box-Cox before standardising (skewed outputs)"),
 }
 
 DATA = {

@@ -77,7 +77,7 @@ class TabularLoss(nn.Module):
     def forward(self, theta, target, mask):
         target = torch.where(mask, target, torch.zeros_like(target))  # see SequenceLoss
         zp = self.emu.forward_normalized(self.emu.norm.theta(theta))
-        zt = self.emu.norm.response(target)
+        zt = self.emu.normalize_response(target)
         se = torch.where(mask, (zp.float() - zt) ** 2, torch.zeros_like(zt))
         return se.sum(0), mask.sum(0).to(se.dtype)
 
@@ -172,8 +172,17 @@ def build_tabular(model_cfg, theta_train, y_train, param_names, response_names) 
     def sc(x):
         return Scaler(np.nanmean(x, 0), np.nanstd(x, 0), [False] * x.shape[1], 1e-6)
 
-    norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6), sc(theta_train), sc(y_train))
-    return TabularEmulator.build(model_cfg, norm, param_names, response_names)
+    from ..models.tabular import OutputTransform
+
+    tf = OutputTransform(y_train.shape[1])
+    if model_cfg.get("output_transform", "none") == "boxcox":
+        tf.fit(y_train)
+    with torch.no_grad():
+        y_t = tf(torch.as_tensor(y_train, dtype=torch.float32)).double().numpy()
+    norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6), sc(theta_train), sc(y_t))
+    emu = TabularEmulator.build(model_cfg, norm, param_names, response_names)
+    emu.out_tf.load_state_dict(tf.state_dict())
+    return emu
 
 
 def _schedule(opt, t: dict):
@@ -372,7 +381,7 @@ def _fit_tabular(task: TabularTask, cfg: dict, dist: Distributed, run_dir: Path,
     rows = task.train_idx
     with torch.no_grad():
         x = emu.norm.theta(task.theta[rows])
-        y = emu.norm.response(task.y[rows])
+        y = emu.normalize_response(task.y[rows])
     emu.core.fit(x, y)
     emu.eval()
     with torch.no_grad():
