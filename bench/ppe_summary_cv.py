@@ -90,7 +90,7 @@ def main():
                 res = cross_validate(cfg, args.folds, progress=True)
                 r2[kind] = np.array([res["r2"][o] for o in outputs])
             times[kind] = time.perf_counter() - t0
-            print(f"{kind}: median R2 {np.median(r2[kind]):.4f} ({times[kind]:.0f} s)", flush=True)
+            print(f"{kind}: median R2 {np.nanmedian(r2[kind]):.4f} ({times[kind]:.0f} s)", flush=True)
     lines = [f"{args.folds}-fold CV R2 (1 - SSE/SST, pooled held-out predictions), set {args.set} "
              f"({SETS[args.set]}), {len(y)} members, {s.shape[1]} parameters, {len(outputs)} outputs; "
              f"same folds for every kind",
@@ -98,9 +98,13 @@ def main():
     show = range(len(outputs)) if len(outputs) <= 12 else []
     for r in show:
         lines.append(f"{outputs[r]:24s} " + " ".join(f"{r2[k][r]:12.4f}" for k in kinds))
-    for name, f in [("median", np.median), ("min", np.min), ("max", np.max)]:
+    const = int(np.sum(np.std(y, 0) == 0))
+    if const:
+        lines.append(f"{const} output(s) constant over all members (R2 undefined) left out of the statistics")
+    for name, f in [("median", np.nanmedian), ("min", np.nanmin), ("max", np.nanmax)]:
         lines.append(f"{name + ' over outputs':24s} " + " ".join(f"{f(r2[k]):12.4f}" for k in kinds))
-    lines.append(f"{'share R2 >= 0.95':24s} " + " ".join(f"{np.mean(r2[k] >= 0.95):12.2f}" for k in kinds))
+    lines.append(f"{'share R2 >= 0.95':24s} "
+                 + " ".join(f"{np.mean(r2[k][np.isfinite(r2[k])] >= 0.95):12.2f}" for k in kinds))
     if "sklearn" in r2:
         for k in kinds:
             if k != "sklearn":
