@@ -122,16 +122,18 @@ def test_boxcox_output_transform_round_trip_and_export(tmp_path):
     """A skewed negative output (like QHR): the Box-Cox transform inverts exactly, and the exported
     TorchScript applies it too."""
     x = np.random.default_rng(1).uniform(0, 1, (60, 3))
-    y = np.stack([-np.exp(4 * x[:, 0]) * 1e-6, x[:, 1] - 0.5], 1)  # second output of mixed sign: left as is
+    # q: skewed and negative; h: of mixed sign (left as is); p: tiny positive values (GPP in gC/m2/s)
+    # with a Box-Cox lambda far from 0, where float32 loses every digit unless the output is scaled first
+    y = np.stack([-np.exp(4 * x[:, 0]) * 1e-6, x[:, 1] - 0.5, 1e-5 * (1 + x[:, 2]) ** 0.3], 1)
     xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y)},
                coords={"member": [f"M{i:03d}" for i in range(60)], "param": ["a", "b", "c"],
-                       "output": ["q", "h"]}).to_netcdf(tmp_path / "store.nc")
+                       "output": ["q", "h", "p"]}).to_netcdf(tmp_path / "store.nc")
     cfg = write_config(tmp_path, output_transform="boxcox")
     r = run_cli(["train", cfg, "--quiet"])
     assert r.returncode == 0, r.stderr
     emu = load_emulator(tmp_path / "run")
     tf = emu.out_tf
-    assert tf.enabled.tolist() == [True, False] and tf.sign[0] == -1
+    assert tf.enabled.tolist() == [True, False, True] and tf.sign[0] == -1 and abs(tf.lam[2]) > 0.5
     yt = torch.tensor(y, dtype=torch.float32)
     np.testing.assert_allclose(tf.inverse(tf(yt)).numpy(), y, rtol=1e-4, atol=1e-12)
     xt = torch.tensor(np.random.default_rng(2).uniform(0.1, 0.9, (20, 3)), dtype=torch.float32)
@@ -139,5 +141,7 @@ def test_boxcox_output_transform_round_trip_and_export(tmp_path):
     assert (m[:, 0] < 0).all() and (v > 0).all()
     want = -np.exp(4 * xt[:, 0].numpy()) * 1e-6
     assert np.abs(m[:, 0].detach().numpy() / want - 1).max() < 0.05
+    want_p = 1e-5 * (1 + xt[:, 2].numpy()) ** 0.3
+    assert np.abs(m[:, 2].detach().numpy() / want_p - 1).max() < 0.01
     ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "gp.pt")))
     np.testing.assert_allclose(ts(xt).detach().numpy(), emu(xt).detach().numpy(), rtol=1e-4, atol=1e-9)

@@ -47,6 +47,9 @@ class OutputTransform(nn.Module):
         self.register_buffer("enabled", torch.zeros(n_response, dtype=torch.bool))
         self.register_buffer("sign", torch.ones(n_response))
         self.register_buffer("lam", torch.ones(n_response))
+        # outputs are divided by a scale (the training median) first: Box-Cox of ~1e-5 values (GPP in
+        # gC/m2/s) would otherwise lose every digit in float32 (x^lam - 1 == -1)
+        self.register_buffer("scale", torch.ones(n_response))
 
     def fit(self, y) -> None:
         """Box-Cox lambdas by maximum likelihood (scipy) on training outputs y (N,R); outputs of mixed sign stay off."""
@@ -59,12 +62,14 @@ class OutputTransform(nn.Module):
             sign = -1.0 if (col < 0).all() else 1.0
             if len(col) < 8 or not (sign * col > 0).all():
                 continue
-            lam = float(stats.boxcox_normmax(sign * col, method="mle"))
+            scale = float(np.median(sign * col))
+            lam = float(stats.boxcox_normmax(sign * col / scale, method="mle"))
             if np.isfinite(lam):
                 self.enabled[r], self.sign[r], self.lam[r] = True, sign, float(np.clip(lam, -3.0, 5.0))
+                self.scale[r] = scale
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x = torch.where(self.enabled, self.sign * y, torch.ones_like(y)).clamp_min(1e-30)
+        x = torch.where(self.enabled, self.sign * y / self.scale, torch.ones_like(y)).clamp_min(1e-30)
         small = self.lam.abs() < 1e-6
         lam = torch.where(small, torch.ones_like(self.lam), self.lam)
         t = torch.where(small, torch.log(x), (torch.pow(x, lam) - 1.0) / lam)
@@ -83,8 +88,8 @@ class OutputTransform(nn.Module):
         y_exp = torch.exp(te)
         y = torch.where(small, y_exp, y_pow)
         slope = torch.where(small, y_exp, y_pow / base)
-        return (torch.where(self.enabled, self.sign * y, t),
-                torch.where(self.enabled, self.sign * slope, torch.ones_like(t)))
+        return (torch.where(self.enabled, self.sign * self.scale * y, t),
+                torch.where(self.enabled, self.sign * self.scale * slope, torch.ones_like(t)))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "lam" not in state_dict:  # a checkpoint from before output transforms: identity
