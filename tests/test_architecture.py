@@ -130,6 +130,8 @@ def _definitions(name: str) -> list[str]:
     ("great_circle_deg", "ppe_ingest.base.geometry"),
     ("read_static", "ppe_ingest.ctsmio.surfdata"),
     ("open_store", "ppe_ingest.store"),
+    ("physical_range", "ppe_ingest.ctsmio.physical"),
+    ("check_physical", "ppe_ingest.ctsmio.surfdata"),
 ])
 def test_shared_nouns_have_one_definition(name, home):
     assert _definitions(name) == [home]

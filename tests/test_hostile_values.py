@@ -23,9 +23,9 @@ from hostile import Case, check_refused, run_cli
 from coupler import grids
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.paramfile import read_paramfile
+from ppe_ingest.ctsmio.physical import check_physical_values, physical_range
 from ppe_ingest.ctsmio.surfdata import create_surfdata_1d
 from ppe_ingest.ctsmio.user_nl import read_user_nl
-from ppe_ingest.param_table import check_physical_values, physical_range
 
 REPO = Path(__file__).resolve().parents[1]
 CTSM51 = ("ctsm", "paramfiles", "ctsm51_params.c210217_kwo.c210222.nc")

@@ -178,7 +178,7 @@ def _number(name, value, where) -> float:
 
 
 def _physical_ok(name, values, units) -> np.ndarray:
-    from ppe_ingest.param_table import physical_range
+    from ppe_ingest.ctsmio.physical import physical_range
 
     rule = physical_range(name, units)
     return rule.ok(values) if rule is not None else np.isfinite(np.asarray(values, dtype=float))
@@ -406,7 +406,7 @@ class _Planner:
     def _check_written(self, out: Output) -> None:
         """Every value an output changes, as it will be written: physically valid (always), and per-PFT
         values given with --set within what the table's bounds give at that PFT."""
-        from ppe_ingest.param_table import check_physical_values, physical_range
+        from ppe_ingest.ctsmio.physical import check_physical_values, physical_range
 
         if out.kind == "user_nl":
             for name, v in out.changes.items():

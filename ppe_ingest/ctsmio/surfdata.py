@@ -18,6 +18,7 @@ from ppe_ingest.base.errors import UserError
 from ppe_ingest.base.geometry import nearest_gridcell
 from ppe_ingest.base.netcdf import NC_LOCK, cast_to, copy_and_modify, history_line, open_dataset
 
+from .physical import physical_range
 from .vocabulary import LAI_FIELDS, STATIC_FIELDS
 
 NLEVSOI = 10
@@ -126,24 +127,19 @@ def _where(path, i, lat, lon) -> str:
 
 
 def check_physical(fields: Mapping[str, np.ndarray], lat, lon, path, cells=None) -> None:
-    """Refuse physically invalid soil/hydrology values; fields are (..., gridcell) arrays."""
+    """Refuse physically invalid surface-dataset values (`physical.physical_range` of each field, and
+    sand plus clay at most 100%); fields are (..., gridcell) arrays."""
     cells = np.arange(np.asarray(lat).size) if cells is None else np.asarray(cells)
-    rules = {
-        "PCT_SAND": (lambda v: (v >= 0) & (v <= 100), "must be within 0..100"),
-        "PCT_CLAY": (lambda v: (v >= 0) & (v <= 100), "must be within 0..100"),
-        "FMAX": (lambda v: (v >= 0) & (v <= 1), "must be within 0..1"),
-        "zbedrock": (lambda v: v > 0, "must be > 0"),
-        "ORGANIC": (lambda v: v >= 0, "must be >= 0"),
-    }
-    for name, (ok, msg) in rules.items():
-        if name not in fields:
+    for name, values in fields.items():
+        rule = physical_range(name)
+        if rule is None:
             continue
-        v = np.asarray(fields[name], dtype=float)[..., cells]
-        good = ok(v) & np.isfinite(v)
+        v = np.asarray(values, dtype=float)[..., cells]
+        good = rule.ok(v)
         if not good.all():
             j = np.argwhere(~good)[0]
             i = cells[j[-1]]
-            raise UserError(f"{path}: {name} = {v[tuple(j)]:.6g} at {_where(path, i, lat, lon)} {msg}")
+            raise UserError(f"{path}: {name} = {v[tuple(j)]:.6g} at {_where(path, i, lat, lon)} must be {rule.text()}")
     if "PCT_SAND" in fields and "PCT_CLAY" in fields:
         s = np.asarray(fields["PCT_SAND"], float)[..., cells] + np.asarray(fields["PCT_CLAY"], float)[..., cells]
         if (s > 100).any():
