@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.config import read_yaml
 from ppe_ingest.base.errors import UserError
 
 TARGET_KEYS = {"value", "sd", "discrepancy_sd", "source"}
@@ -40,15 +41,10 @@ TARGET_KEYS = {"value", "sd", "discrepancy_sd", "source"}
 
 def read_targets(path, outputs: list[str]) -> tuple[dict, float]:
     """{output: {value, sd, discrepancy_sd, source}} and the cutoff, validated against the emulator's outputs."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: targets file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("targets"), dict) or not raw["targets"]:
         raise UserError(f"{path}: needs a non-empty 'targets:' mapping of output -> value, sd, source")
     unknown = set(raw) - {"targets", "cutoff"}

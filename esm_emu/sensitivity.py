@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.config import read_yaml
 from ppe_ingest.base.errors import UserError
 
 
@@ -57,15 +58,10 @@ def sobol_indices(f: Callable[[np.ndarray], np.ndarray], d: int, n: int = 4096, 
 
 def run_config(run_dir: Path) -> dict:
     """The `emulator:` section a run trained with (RUN_DIR/config.yaml)."""
-    import yaml
-
     p = Path(run_dir) / "config.yaml"
     if not p.is_file():
         raise UserError(f"{p}: not found (is {run_dir} an esm-emu training run directory?)")
-    try:
-        cfg = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = read_yaml(p)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("emulator"), dict):
         raise UserError(f"{p}: no emulator: section")
     return cfg["emulator"]
