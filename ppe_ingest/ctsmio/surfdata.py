@@ -19,7 +19,7 @@ from ppe_ingest.base.geometry import nearest_gridcell
 from ppe_ingest.base.netcdf import NC_LOCK, cast_to, copy_and_modify, history_line, open_dataset
 
 from .physical import physical_range
-from .vocabulary import LAI_FIELDS, STATIC_FIELDS
+from .vocabulary import LAI_FIELDS, STATIC_ATTRS, STATIC_FIELDS
 
 NLEVSOI = 10
 # CLM5 PFT layout (FORMAT.md): natural PFTs 0..14 (0 = not_vegetated), crop CFTs 15..78.
@@ -30,18 +30,11 @@ LAI_ATTRS = {"long_name": "monthly leaf area index", "units": "unitless"}
 PCT_NAT_PFT_ATTRS = {"long_name": "percent plant functional type on the natural veg landunit (% of landunit)",
                      "units": "unitless"}
 
-# name: (per soil level?, dtype in CTSM 5.2+ files, long_name, units), as in FORMAT.md
-FIELD_SPECS = {
-    "PCT_SAND": (True, "f4", "percent sand", "unitless"),
-    "PCT_CLAY": (True, "f4", "percent clay", "unitless"),
-    "ORGANIC": (True, "f4", "organic matter density at soil levels",
-                "kg/m3 (assumed carbon content 0.58 gC per gOM)"),
-    "FMAX": (False, "f8", "maximum fractional saturated area", "unitless"),
-    "zbedrock": (False, "f8", "soil depth", "m"),
-    "SLOPE": (False, "f4", "mean topographic slope", "degrees"),
-    "STD_ELEV": (False, "f4", "standard deviation of elevation", "m"),
-    "SOIL_COLOR": (False, "i4", "soil color", "unitless"),
-}
+# name: (per soil level?, dtype in CTSM 5.2+ files, as in FORMAT.md); long_name and units: vocabulary
+_LAYOUT = {"PCT_SAND": (True, "f4"), "PCT_CLAY": (True, "f4"), "ORGANIC": (True, "f4"), "FMAX": (False, "f8"),
+           "zbedrock": (False, "f8"), "SLOPE": (False, "f4"), "STD_ELEV": (False, "f4")}
+FIELD_SPECS = {name: (*_LAYOUT[name], *STATIC_ATTRS[name]) for name in STATIC_FIELDS}
+FIELD_SPECS["SOIL_COLOR"] = (False, "i4", "soil color", "unitless")
 
 
 def _form(ds, path) -> tuple[str, tuple[str, ...], int]:

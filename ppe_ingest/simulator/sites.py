@@ -20,19 +20,11 @@ import numpy as np
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
-from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS
+from ppe_ingest.ctsmio.vocabulary import ALL_STATIC_FIELDS, STATIC_ATTRS
 
 CLIMATE_FIELDS = ("p_mean", "p_seasonality", "aridity", "frac_snow", "elev_mean", "tmean", "tamp", "area")
 ATTRS = {
-    "PCT_SAND": ("percent sand", "unitless"),
-    "PCT_CLAY": ("percent clay", "unitless"),
-    "ORGANIC": ("organic matter density at soil levels", "kg/m3 (assumed carbon content 0.58 gC per gOM)"),
-    "FMAX": ("maximum fractional saturated area", "unitless"),
-    "zbedrock": ("soil depth", "m"),
-    "SLOPE": ("mean topographic slope", "degrees"),
-    "STD_ELEV": ("standard deviation of elevation", "m"),
-    "LAI_MAX": ("maximum leaf area index of the seasonal cycle (simulator phenology)", "m2/m2"),
-    "LAI_MIN": ("minimum leaf area index of the seasonal cycle (simulator phenology)", "m2/m2"),
+    **STATIC_ATTRS,
     "p_mean": ("mean daily precipitation", "mm/day"),
     "p_seasonality": ("precipitation seasonality (CAMELS; >0 summer peak)", "1"),
     "aridity": ("PET/P (CAMELS)", "1"),
