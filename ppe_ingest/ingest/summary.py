@@ -17,6 +17,7 @@ import numpy as np
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.netcdf import open_xarray
 from ppe_ingest.store import ATTR_TITLE, MEMBER, PARAM, PARAM_LOCATION, THETA, THETA_MAX, THETA_MIN
 
 # The outputs file states no units; these are CLM's history units for global annual means
@@ -26,14 +27,7 @@ ASSUMED_UNITS = {"TLAI": "m^2/m^2", "GPP": "gC/m^2/s", "SOILWATER_10CM": "kg/m2"
 
 
 def _dataarray(path: Path, dims: tuple[str, str]):
-    import xarray as xr
-
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        ds = xr.open_dataset(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable netCDF file ({e})") from None
+    ds = open_xarray(path)
     names = [v for v in ds.data_vars if set(ds[v].dims) == set(dims)]
     if len(names) != 1:
         raise UserError(f"{path}: expected one variable with dims {dims}, found {list(ds.data_vars)}")
@@ -54,12 +48,7 @@ def _outputs(path: Path, design_members: list[str]):
 
     import xarray as xr
 
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        ds = xr.open_dataset(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable netCDF file ({e})") from None
+    ds = open_xarray(path)
     names = [v for v in ds.data_vars if "ens" in ds[v].dims]
     if len(names) != 1:
         raise UserError(f"{path}: expected one variable with an 'ens' dimension, found {list(ds.data_vars)}")
