@@ -40,7 +40,10 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write the trained emulator as TorchScript (normalisation inside), "
                        "loadable by torch.jit.load or FTorch without this package")
     p.add_argument("run_dir", help="run directory (its best.pt) or a checkpoint file")
-    p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--out", required=True, help="output .pt file (with --ftorch: a folder)")
+    p.add_argument("--ftorch", action="store_true", help="write the Fortran-callable form into the folder --out: "
+                   "emulator.pt with forward(forcing, static, theta, state) -> (responses, state) in float32 "
+                   "physical units, manifest.json and manifest.txt (names, units, shapes)")
     p.set_defaults(func=_export)
 
 
@@ -101,6 +104,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .job import check_export_paths
+
+    if args.ftorch:
+        from ..export_ftorch import export_ftorch
+
+        print(f"wrote {export_ftorch(args.run_dir, args.out)}")
+        return 0
 
     check_export_paths(args.run_dir, args.out)  # before torch is imported
     from ..export import export_torchscript
