@@ -22,12 +22,41 @@ from .normalize import Normalizer
 
 State = Tuple[torch.Tensor, torch.Tensor]
 
+# `model.runoff: components`: the core predicts these and the emulator gives their sum
+RUNOFF_COMPONENTS = {"QRUNOFF": ("QOVER", "QDRAI")}
+
+
+def core_names(model_cfg: Mapping, response_names: Sequence[str]) -> list[str]:
+    """What the core network predicts for `response_names`: the responses themselves, or with
+    `runoff: components` each summed response (QRUNOFF) replaced by its components (QOVER, QDRAI)."""
+    if model_cfg.get("runoff", "direct") != "components":
+        return list(response_names)
+    out: list[str] = []
+    for r in response_names:
+        for c in RUNOFF_COMPONENTS.get(r, (r,)):
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def combine_matrix(core: Sequence[str], response_names: Sequence[str]) -> torch.Tensor:
+    """(R, C): responses = core outputs @ combine.T in physical units (one-hot rows, or the sum of
+    the components for a summed response)."""
+    m = torch.zeros(len(response_names), len(core))
+    for r, name in enumerate(response_names):
+        for c in (RUNOFF_COMPONENTS.get(name, (name,)) if name not in core else (name,)):
+            m[r, core.index(c)] = 1.0
+    return m
+
 
 class Emulator(nn.Module):
     """emu(forcing (B,T,F), static (B,S), theta (B,P)) -> responses (B,T,R), physical units.
 
     With ``return_state=True`` it returns ``(y, state)``; passing that state to the next call
     continues the run (a year in twelve monthly calls equals one twelve-month call).
+
+    With ``model_cfg['runoff'] == 'components'`` the core predicts QOVER and QDRAI (`core_names`,
+    each in its own log space) and QRUNOFF is their sum, so the runoff partition closes exactly.
     """
 
     kind = "sequence"
@@ -43,14 +72,23 @@ class Emulator(nn.Module):
         self.param_names = list(param_names)
         self.response_names = list(response_names)
         self.model_cfg = dict(model_cfg)
+        self.core_names = core_names(self.model_cfg, self.response_names)
+        # derived from the config, so not in the state_dict (checkpoints from before the option load)
+        self.register_buffer("combine", combine_matrix(self.core_names, self.response_names), persistent=False)
+        self._identity = self.core_names == self.response_names
 
     @classmethod
     def build(cls, model_cfg: Mapping, normalizer: Normalizer, forcing_names, static_names, param_names,
               response_names) -> Emulator:
+        """`normalizer.response` is over `core_names(model_cfg, response_names)`."""
         dims = dict(n_forcing=len(forcing_names), n_cond=len(static_names) + len(param_names),
-                    n_param=len(param_names), n_response=len(response_names))
+                    n_param=len(param_names), n_response=len(core_names(model_cfg, response_names)))
         return cls(build_model(model_cfg, dims), normalizer, forcing_names, static_names, param_names,
                    response_names, model_cfg)
+
+    def outputs(self, core_phys: torch.Tensor) -> torch.Tensor:
+        """Core outputs in physical units -> the responses (sums of components where configured)."""
+        return core_phys if self._identity else core_phys @ self.combine.t()
 
     def conditioning(self, static: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Normalised (static, theta) concatenated: the vector that conditions every step."""
@@ -64,8 +102,13 @@ class Emulator(nn.Module):
                 state: Optional[State] = None, return_state: bool = False):
         self._check(forcing, static, theta)
         zn, new_state = self.core(self.norm.forcing(forcing), self.conditioning(static, theta), state)
-        y = self.norm.response.inverse(zn)
+        y = self.outputs(self.norm.response.inverse(zn))
         return (y, new_state) if return_state else y
+
+    def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
+        """(mean, std) in physical units; one network has no spread (zeros). See `EmulatorEnsemble`."""
+        y, s = self(forcing, static, theta, state=state, return_state=True)
+        return (y, torch.zeros_like(y), s) if return_state else (y, torch.zeros_like(y))
 
     def _check(self, forcing, static, theta):
         if forcing.dim() != 3 or forcing.shape[-1] != len(self.forcing_names):
@@ -83,6 +126,57 @@ class Emulator(nn.Module):
         return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": self.forcing_names,
                 "static_names": self.static_names, "param_names": self.param_names,
                 "response_names": self.response_names, "state_dict": self.state_dict()}
+
+
+class EmulatorEnsemble(nn.Module):
+    """K emulators trained with different seeds (optionally on bootstrapped gridcells).
+
+    Called like an `Emulator`, it returns the ensemble mean; `predict_with_spread` returns the
+    mean and the standard deviation over members (population std, physical units), the spread an
+    inverse uses as a trust region. The state is a tuple of the members' states.
+    """
+
+    kind = "sequence"
+
+    def __init__(self, members: Sequence[Emulator]):
+        super().__init__()
+        if not members:
+            raise ValueError("an emulator ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        m0 = members[0]
+        self.forcing_names, self.static_names = list(m0.forcing_names), list(m0.static_names)
+        self.param_names, self.response_names = list(m0.param_names), list(m0.response_names)
+        self.model_cfg = dict(m0.model_cfg)
+        self.core_names = list(m0.core_names)
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    def _run(self, forcing, static, theta, state):
+        ys, states = [], []
+        for k, m in enumerate(self.members):
+            y, s = m(forcing, static, theta, state=None if state is None else state[k], return_state=True)
+            ys.append(y)
+            states.append(s)
+        return torch.stack(ys), tuple(states)
+
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
+        ys, s = self._run(forcing, static, theta, state)
+        y = ys.mean(0)
+        return (y, s) if return_state else y
+
+    def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
+        """(mean, std) over members, (B,T,R) each in physical units; differentiable in theta."""
+        ys, s = self._run(forcing, static, theta, state)
+        mean, std = ys.mean(0), ys.std(0, unbiased=False)
+        return (mean, std, s) if return_state else (mean, std)
+
+    def payload(self) -> dict:
+        return {"kind": "ensemble", "n_members": self.n_members, "model_cfg": dict(self.model_cfg),
+                "forcing_names": self.forcing_names, "static_names": self.static_names,
+                "param_names": self.param_names, "response_names": self.response_names,
+                "state_dict": self.state_dict()}
 
 
 class TabularEmulator(nn.Module):
@@ -142,14 +236,19 @@ class TabularEmulator(nn.Module):
 
 
 def emulator_from_payload(p: Mapping) -> nn.Module:
-    """Rebuild an Emulator or TabularEmulator from `payload()` output."""
+    """Rebuild an Emulator, EmulatorEnsemble or TabularEmulator from `payload()` output."""
     nf, ns, npar, nr = (len(p[k]) for k in ("forcing_names", "static_names", "param_names", "response_names"))
-    norm = Normalizer.empty(nf, ns, npar, nr)
+    nc = len(core_names(p["model_cfg"], p["response_names"]))
     if p["kind"] == "tabular":
-        emu = TabularEmulator.build(p["model_cfg"], norm, p["param_names"], p["response_names"])
+        emu = TabularEmulator.build(p["model_cfg"], Normalizer.empty(nf, ns, npar, nr), p["param_names"],
+                                    p["response_names"])
+    elif p["kind"] == "ensemble":
+        emu = EmulatorEnsemble([Emulator.build(p["model_cfg"], Normalizer.empty(nf, ns, npar, nc),
+                                               p["forcing_names"], p["static_names"], p["param_names"],
+                                               p["response_names"]) for _ in range(int(p["n_members"]))])
     else:
-        emu = Emulator.build(p["model_cfg"], norm, p["forcing_names"], p["static_names"], p["param_names"],
-                             p["response_names"])
+        emu = Emulator.build(p["model_cfg"], Normalizer.empty(nf, ns, npar, nc), p["forcing_names"],
+                             p["static_names"], p["param_names"], p["response_names"])
     emu.load_state_dict(p["state_dict"])
     return emu.eval()
 

@@ -11,6 +11,9 @@ A group the split holds out but that gives no score (fewer than two scored days,
 whose held-out "year" is one end-of-interval stamp, or no finite score at all) is refused
 (UserError, exit 2) rather than reported as NaN; a group the split leaves empty gets a note.
 Daily NSE, KGE, RMSE, bias and R2 per (member, gridcell, variable); medians per group in JSON.
+An emulator ensemble (`train.ensemble: K`) is scored on its mean; each variable also gets the
+spread over members: ``spread_median`` (median over series of the time-mean std / the series'
+std) and ``coverage_2sd`` (fraction of scored days within mean +- 2 std).
 """
 from __future__ import annotations
 
@@ -36,17 +39,35 @@ GROUPS = {"members": ([TEST], [TRAIN], "train_years"), "gridcells": ([TRAIN], [T
 
 @torch.no_grad()
 def predict_pairs(emu, store: SequenceStore, m: np.ndarray, g: np.ndarray, batch_size: int = 64,
-                  progress: bool = False) -> np.ndarray:
-    """Emulator responses (N, T, R) for whole series of member/gridcell index pairs, physical units."""
+                  progress: bool = False, spread: bool = False):
+    """Emulator responses (N, T, R) for whole series of member/gridcell index pairs, physical units;
+    with `spread`, (mean, std over the ensemble's members)."""
     from ppe_ingest.base.progress import progress as _progress
 
-    out = np.empty((len(m), store.n_time, len(store.response_names)), np.float32)
+    out = np.empty((len(m), store.n_time, len(emu.response_names)), np.float32)
+    sd = np.zeros_like(out) if spread else None
     for i in _progress(range(0, len(m), batch_size), desc="evaluate", enabled=progress):
         mm, gg = m[i:i + batch_size], g[i:i + batch_size]
         f = torch.from_numpy(store.forcing_for(mm, gg, np.zeros(len(mm), int), store.n_time))
-        y = emu(f, torch.from_numpy(store.static[gg]), torch.from_numpy(store.theta[mm]))
+        args = (f, torch.from_numpy(store.static[gg]), torch.from_numpy(store.theta[mm]))
+        if spread:
+            y, s = emu.predict_with_spread(*args)
+            sd[i:i + len(mm)] = s.float().numpy()
+        else:
+            y = emu(*args)
         out[i:i + len(mm)] = y.float().numpy()
-    return out
+    return (out, sd) if spread else out
+
+
+def spread_scores(pred: np.ndarray, sd: np.ndarray, obs: np.ndarray) -> dict:
+    """Per series (N, R): time-mean ensemble std / the series' std, and the fraction of finite days
+    with |obs - mean| <= 2 std. Arrays (N, T, R) over scored days."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = np.isfinite(obs)
+        rel = np.nanmean(np.where(ok, sd, np.nan), 1) / np.nanstd(obs, 1)
+        inside = (np.abs(obs - pred) <= 2 * sd) & ok
+        cov = inside.sum(1) / ok.sum(1)
+    return {"spread": rel, "coverage_2sd": cov}
 
 
 def _day_mask(store: SequenceStore, which: str, warmup: int) -> np.ndarray:
@@ -86,6 +107,7 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     warmup = (cfg.get("data") or {}).get("warmup")
     warmup = st.warmup_days if warmup is None else warmup
     rows, summary, series = [], {}, {}
+    n_members = int(getattr(emu, "n_members", 1))
     groups = {}
     for group, (msplit, gsplit, days) in GROUPS.items():  # every group checked before any prediction
         pairs = st.pairs(msplit, gsplit)
@@ -101,7 +123,10 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
         if len(pairs) == 0 or not keep.any():
             summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
             continue
-        pred = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress)
+        if n_members > 1:
+            pred, sd = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress, spread=True)
+        else:
+            pred, sd = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress), None
         obs = st.responses[pairs[:, 0], pairs[:, 1]]
         series[group] = (pairs, pred, obs, keep)
         sc = score(np.moveaxis(pred[:, keep], 1, -1), np.moveaxis(obs[:, keep], 1, -1))  # (N, R) each
@@ -109,6 +134,9 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
             raise UserError(f"{store}: held-out group {group!r} has no finite score in any of its "
                             f"{len(pairs)} series over {int(keep.sum())} day(s) (missing or constant responses)")
         summary[group] = {"n_series": int(len(pairs)), "days": int(keep.sum()), "variables": {}}
+        spr = spread_scores(pred[:, keep], sd[:, keep], obs[:, keep]) if sd is not None else None
+        if spr is not None:
+            summary[group]["ensemble_members"] = n_members
         for r, var in enumerate(st.response_names):
             summary[group]["variables"][var] = {
                 f"{k}_median": float(np.nanmedian(v[:, r])) if np.isfinite(v[:, r]).any() else None
@@ -116,6 +144,9 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
             summary[group]["variables"][var].update(
                 {f"{k}_mean": float(np.nanmean(v[:, r])) if np.isfinite(v[:, r]).any() else None
                  for k, v in sc.items() if k in ("NSE", "KGE")})
+            if spr is not None:
+                summary[group]["variables"][var].update(
+                    {"spread_median": _median(spr["spread"][:, r]), "coverage_2sd": _median(spr["coverage_2sd"][:, r])})
             for i, (m, g) in enumerate(pairs):
                 rows.append({"group": group, "member": st.members[m], "gridcell": int(g),
                              "lat": float(st.lat[g]), "lon": float(st.lon[g]), "variable": var,
@@ -134,7 +165,9 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     for group, s in summary.items():
         for var, d in s.get("variables", {}).items():
             lines.append(f"{group:20s} {var:15s} NSE median {_fmt(d['NSE_median'])}  KGE median {_fmt(d['KGE_median'])}"
-                         f"  n={s['n_series']}")
+                         f"  n={s['n_series']}" + (f"  spread/std {_fmt(d.get('spread_median'))}  "
+                                                   f"within 2sd {_fmt(d.get('coverage_2sd'))}"
+                                                   if "spread_median" in d else ""))
     return {"out_dir": str(out_dir), "summary": summary, "summary_lines": lines}
 
 
@@ -146,6 +179,10 @@ def _days_text(st: SequenceStore, keep: np.ndarray) -> str:
     except (KeyError, IndexError, TypeError, ValueError):
         text = ", ".join(f"step {i}" for i in idx)
     return (text + (", ..." if keep.sum() > 3 else "")) or "none"
+
+
+def _median(x):
+    return float(np.nanmedian(x)) if np.isfinite(x).any() else None
 
 
 def _fmt(x):

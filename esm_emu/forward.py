@@ -40,6 +40,22 @@ class ForwardModel(torch.nn.Module):
     def forward(self, forcing, static, theta, state=None, return_state: bool = False):
         raise NotImplementedError
 
+    def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
+        """``(mean, std)``, each (B,T,R) in physical units, differentiable in ``theta`` (with
+        ``return_state=True``: ``(mean, std, state)``).
+
+        ``std`` is the emulator ensemble's spread (population std over its members,
+        `train.ensemble: K`): where it is large the emulator is unsure, so an inverse can use it as
+        a trust region and add it to the model-error variance. A single emulator and the
+        simulator return zeros (no spread known). ``has_spread`` says which."""
+        y, s = self(forcing, static, theta, state=state, return_state=True)
+        return (y, torch.zeros_like(y), s) if return_state else (y, torch.zeros_like(y))
+
+    @property
+    def has_spread(self) -> bool:
+        """True where `predict_with_spread` gives a spread (an emulator ensemble)."""
+        return False
+
     def response_index(self, names: Sequence[str]) -> list[int]:
         missing = [n for n in names if n not in self.response_names]
         if missing:
@@ -73,6 +89,16 @@ class EmulatorForward(ForwardModel):
         if state is None and not return_state:
             return self.emu(forcing, static, theta)
         return self.emu(forcing, static, theta, state=state, return_state=return_state)
+
+    def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
+        """Ensemble mean and spread (see `ForwardModel.predict_with_spread`)."""
+        if hasattr(self.emu, "predict_with_spread"):
+            return self.emu.predict_with_spread(forcing, static, theta, state=state, return_state=return_state)
+        return super().predict_with_spread(forcing, static, theta, state=state, return_state=return_state)
+
+    @property
+    def has_spread(self) -> bool:
+        return getattr(self.emu, "n_members", 1) > 1
 
 
 class SimulatorForward(ForwardModel):

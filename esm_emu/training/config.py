@@ -21,6 +21,9 @@ MODEL = {
     "members": Field(int, 8, min=1, help="mlp_ensemble: number of MLPs"),
     "output_transform": Field(str, "none", choices=["none", "boxcox"],
                               help="tabular kinds: per-output Box-Cox before standardising (skewed outputs)"),
+    "runoff": Field(str, "direct", choices=["direct", "components"],
+                    help="sequence kinds: predict QRUNOFF itself, or QOVER and QDRAI with QRUNOFF = their sum "
+                         "(the store must hold both; the runoff partition then closes exactly)"),
 }
 
 DATA = {
@@ -30,6 +33,8 @@ DATA = {
     "batch_size": Field(int, 32, min=1, max=8192, help="global batch (split over ranks)"),
     "val_windows": Field(int, 64, min=1, max=100_000),
     "val_fraction": Field(float, 0.2, gt=0.0, max=0.5, help="tabular: members held for validation"),
+    "max_train_members": Field(int, None, min=1, nullable=True,
+                               help="train on at most this many training members (seeded subset; learning curves)"),
 }
 
 TRAIN = {
@@ -46,8 +51,15 @@ TRAIN = {
     "threads": Field(int, 0, min=0, max=1024, help="torch CPU threads per rank (0: torch default)"),
     "deterministic": Field(bool, True, help="torch.use_deterministic_algorithms on CPU"),
     "bf16": Field(bool, True, help="bf16 autocast on CUDA (ignored on CPU)"),
-    "loss": Field(str, "both", choices=["normalized", "physical", "both"],
-                  help="squared error of normalised responses, of physical ones / their std, or the mean of both"),
+    "loss": Field(str, "both", choices=["normalized", "physical", "both", "nse"],
+                  help="squared error of normalised responses, of physical ones / their std, the mean of both, "
+                       "or nse: NSE* (each series' error / its own variance; esm_emu/training/losses.py)"),
+    "runoff_space": Field(str, "blend", choices=["blend", "physical", "log"],
+                          help="loss nse: runoff scored in physical units (peaks), log space (recessions) or both"),
+    "ensemble": Field(int, 1, min=1, max=64,
+                      help="sequence kinds: train this many members (seeds seed..seed+K-1); the emulator "
+                           "returns their mean and spread"),
+    "bootstrap": Field(bool, False, help="ensemble: each member trains on a bootstrap sample of the gridcells"),
 }
 
 EVALUATE = {

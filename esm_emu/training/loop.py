@@ -23,50 +23,19 @@ from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
 from ppe_ingest.store import TRAIN, VAL
 
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
 from ..data import SequenceStore, SummaryTable, WindowSampler, make_batch, validation_windows
 from ..distributed import Distributed
-from ..emulator import Emulator, TabularEmulator
+from ..emulator import Emulator, EmulatorEnsemble, TabularEmulator, core_names, emulator_from_payload
 from ..models import is_tabular
 from ..normalize import Normalizer, Scaler
+from .losses import SequenceLoss, series_scales
+
+__all__ = ["SequenceLoss", "train"]  # SequenceLoss lives in losses.py; importable here as before
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 LOG = "train_log.csv"
-
-
-class SequenceLoss(nn.Module):
-    """Per-variable masked squared error of normalised responses: returns (sse (R,), count (R,)).
-
-    A module so DistributedDataParallel sees the whole forward pass.
-    """
-
-    def __init__(self, emu: Emulator, space: str = "normalized", phys_std: np.ndarray | None = None):
-        super().__init__()
-        self.emu = emu
-        self.space = space
-        if phys_std is None:
-            scale = torch.ones(len(emu.response_names))
-        else:
-            scale = torch.as_tensor(phys_std, dtype=torch.float32)
-        self.register_buffer("phys_scale", torch.where(scale > 0, scale, torch.ones_like(scale)))
-
-    def forward(self, forcing, static, theta, target, mask):
-        emu = self.emu
-        # masked targets are NaN (gaps, held-out years); where() alone would still back-propagate
-        # 0 * NaN = NaN through the unselected branch, so they are replaced before the error is formed
-        target = torch.where(mask, target, torch.zeros_like(target))
-        zp, _ = emu.forward_normalized(emu.norm.forcing(forcing), emu.conditioning(static, theta))
-        zp = zp.float()
-        zt = emu.norm.response(target)
-        err = (zp - zt) ** 2
-        if self.space != "normalized":
-            # errors in physical units / the variable's std: what NSE scores (log-normalised
-            # runoff otherwise weighs low flows as much as peaks)
-            perr = ((emu.norm.response.inverse(zp) - target) / self.phys_scale) ** 2
-            err = perr if self.space == "physical" else 0.5 * (err + perr)
-        se = torch.where(mask, err, torch.zeros_like(err))
-        return se.sum((0, 1)), mask.sum((0, 1)).to(se.dtype)
 
 
 class TabularLoss(nn.Module):
@@ -83,34 +52,98 @@ class TabularLoss(nn.Module):
 
 
 class SequenceTask:
-    """Windows from a training store for an LSTM/transformer emulator."""
+    """Windows from a training store for an LSTM/transformer emulator.
+
+    With `model.runoff: components` the store is read for the core outputs (QOVER, QDRAI instead of
+    QRUNOFF); with `train.loss: nse` every batch row carries its series' NSE* weights."""
 
     def __init__(self, cfg: dict, dist: Distributed):
-        self.store = store = SequenceStore(cfg["store"], cfg["forcing"], cfg["static"], cfg["params"], cfg["responses"])
-        d, t = cfg["data"], cfg["train"]
+        from ppe_ingest import store as contract
+
+        d, t, mcfg = cfg["data"], cfg["train"], cfg["model"]
+        responses = cfg["responses"]
+        if mcfg.get("runoff", "direct") == "components" and responses is None:
+            responses = contract.response_names(contract.open_store(cfg["store"]))
+        core = core_names(mcfg, responses) if responses is not None else None
+        try:
+            self.store = store = SequenceStore(cfg["store"], cfg["forcing"], cfg["static"], cfg["params"], core)
+        except UserError as e:
+            if core != responses and "is not in the store" in str(e):
+                raise UserError(f"{e} (emulator.model.runoff: components needs "
+                                f"{', '.join(c for c in core if c not in responses)})") from None
+            raise
+        responses = store.response_names if responses is None else list(responses)
         self.warmup = store.warmup_days if d["warmup"] is None else d["warmup"]
         norm = Normalizer.from_store(store.ds, store.forcing_names, store.static_names, store.param_names,
                                      store.response_names)
-        self.emu = Emulator.build(cfg["model"], norm, store.forcing_names, store.static_names,
-                                  store.param_names, store.response_names)
-        self.sampler = WindowSampler(store, store.pairs([0], [0]), d["window"], self.warmup, d["batch_size"],
+        self.emu = Emulator.build(mcfg, norm, store.forcing_names, store.static_names,
+                                  store.param_names, responses)
+        pairs = store.pairs([TRAIN], [TRAIN])
+        if d.get("max_train_members"):  # a nested subset (the same for every seed): learning curves
+            ms = np.unique(pairs[:, 0])
+            keep = np.random.default_rng(0).permutation(ms)[:d["max_train_members"]]
+            pairs = pairs[np.isin(pairs[:, 0], keep)]
+        if t.get("bootstrap"):  # bagging over gridcells: this member's resample of the training gridcells
+            gs = np.unique(pairs[:, 1])
+            draw = np.random.default_rng([t["seed"], 104729]).choice(gs, len(gs), replace=True)
+            pairs = np.concatenate([pairs[pairs[:, 1] == g] for g in draw])
+        self.sampler = WindowSampler(store, pairs, d["window"], self.warmup, d["batch_size"],
                                      t["seed"], dist.rank, dist.world_size)
         vm, vg, vt = validation_windows(store, d["val_windows"], d["window"], self.warmup, t["seed"])
         sl = slice(dist.rank, None, dist.world_size)
         self.val = make_batch(store, vm[sl], vg[sl], vt[sl], d["window"] + self.warmup, self.warmup)
+        self.rank, self.world_size = dist.rank, dist.world_size
+        self.loss = self._make_loss(cfg, store, norm)
+        self.weights = None
+        if t["loss"] == "nse":
+            self.weights = self._series_weights(store, norm)
+            self.val_weights = torch.from_numpy(self.weights[vm[sl], vg[sl]])
+
+    def _make_loss(self, cfg, store, norm):
+        from ppe_ingest import store as contract
+
+        t = cfg["train"]
+        probe = SequenceLoss(self.emu, "normalized")
+        self.extra = probe.extra.numpy()
+        extra_names = probe.scored_names[len(store.response_names):]
+        score_scaler = None
+        if extra_names:
+            mean, std, log = contract.norm_stats(store.ds).lookup(extra_names, contract.GROUP_VARIABLE)
+            score_scaler = Scaler(mean, std, log, contract.norm_stats(store.ds).log_eps)
         phys_std = None
-        if t["loss"] != "normalized":  # std of each response over the training split, physical units
+        if t["loss"] != "normalized":  # std of each scored variable over the training split, physical units
             tr = store.responses[np.ix_(store.split_member == TRAIN, store.split_gridcell == TRAIN)]
-            phys_std = np.array([np.nanstd(tr[..., store.split_time == TRAIN, r]) for r in range(tr.shape[-1])])
-        self.loss = SequenceLoss(self.emu, t["loss"], phys_std)
+            tr = tr[:, :, store.split_time == TRAIN]
+            phys_std = [np.nanstd(tr[..., r]) for r in range(tr.shape[-1])]
+            phys_std += [np.nanstd(tr @ self.extra[k]) for k in range(len(self.extra))]
+            phys_std = np.array(phys_std)
+            del tr
+        self.score_scaler, self.phys_std = score_scaler, phys_std
+        return SequenceLoss(self.emu, t["loss"], phys_std, t["runoff_space"], score_scaler)
+
+    def _series_weights(self, store, norm):
+        """(M, G, 2, V) NSE* weights of every series over the training years (after the warm-up)."""
+        days = (store.split_time == TRAIN) & (np.arange(store.n_time) >= self.warmup)
+        nc = len(store.response_names)
+        w = [series_scales(store.responses, norm.response, self.phys_std[:nc], days)]
+        for k in range(len(self.extra)):
+            x = (store.responses @ self.extra[k])[..., None]
+            w.append(series_scales(x, self.score_scaler, self.phys_std[nc + k:nc + k + 1], days))
+        return np.concatenate(w, -1)
 
     def batch_args(self, device):
+        pairs, _ = self.sampler.global_indices(self.sampler.step)
         b = self.sampler.next_batch().to(device)
-        return b.forcing, b.static, b.theta, b.target, b.mask
+        args = (b.forcing, b.static, b.theta, b.target, b.mask)
+        if self.weights is None:
+            return args
+        p = pairs[self.rank::self.world_size]
+        return (*args, torch.from_numpy(self.weights[p[:, 0], p[:, 1]]).to(device))
 
     def val_args(self, device):
         b = self.val.to(device)
-        return b.forcing, b.static, b.theta, b.target, b.mask
+        args = (b.forcing, b.static, b.theta, b.target, b.mask)
+        return args if self.weights is None else (*args, self.val_weights.to(device))
 
 
 class TabularTask:
@@ -260,8 +293,60 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
 
     summary: steps done, final and best validation loss, stop reason ("max_steps", "early_stop",
     "sigterm"), wall and CPU time of this process, losses per step (this process's view of the global loss).
+    With `train.ensemble: K > 1` (sequence kinds) K members train one after another into
+    run_dir/member<k> (seeds seed..seed+K-1), each resumable; run_dir/best.pt then holds the ensemble.
     """
     dist = dist or Distributed()
+    if cfg["train"].get("ensemble", 1) > 1 and not is_tabular(cfg["model"]):
+        return _train_ensemble(cfg, dist, resume, progress, config_text)
+    return _train_one(cfg, dist, resume, progress, config_text)
+
+
+MEMBER_DIR = "member{k}"
+
+
+def _train_ensemble(cfg, dist: Distributed, resume: bool, progress: bool, config_text: str | None) -> dict:
+    t = cfg["train"]
+    run_dir = Path(cfg["run_dir"])
+    K = t["ensemble"]
+    summaries, members = [], []
+    for k in range(K):
+        sub = cfg.override({"train.seed": int(t["seed"]) + k, "train.ensemble": 1,
+                            "run_dir": str(run_dir / MEMBER_DIR.format(k=k))})
+        if dist.is_root and progress:
+            print(f"ensemble member {k + 1}/{K} (seed {int(t['seed']) + k})", flush=True)
+        s = _train_one(sub, dist, resume, progress, None)
+        summaries.append(s)
+        if s["stop"] == "sigterm":
+            break
+        if dist.is_root:
+            p = run_dir / MEMBER_DIR.format(k=k) / BEST
+            members.append(emulator_from_payload(read_torch_file(p, what="emulator checkpoint")["emulator"]))
+    out = {"steps": sum(s["steps"] for s in summaries), "stop": summaries[-1]["stop"],
+           "best_val": float(np.mean([s["best_val"] for s in summaries])),
+           "wall_s": sum(s["wall_s"] for s in summaries), "cpu_s": sum(s["cpu_s"] for s in summaries),
+           "losses": [x for s in summaries for x in s["losses"]], "run_dir": str(run_dir),
+           "members": [{"seed": int(t["seed"]) + k, "steps": s["steps"], "stop": s["stop"], "best_val": s["best_val"]}
+                       for k, s in enumerate(summaries)]}
+    if dist.is_root and out["stop"] != "sigterm":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_text is not None:
+            _write_text(run_dir / "config.yaml", config_text)
+        ens = EmulatorEnsemble(members)
+        save_checkpoint(run_dir / BEST, {"emulator": ens.payload(), "step": out["steps"], "val_loss": out["best_val"],
+                                         "members": out["members"], "config": _plain(cfg)})
+        rows, off = [], 0
+        for k in range(K):
+            log = run_dir / MEMBER_DIR.format(k=k) / LOG
+            with open(log, newline="") as f:
+                for r in csv.DictReader(f):
+                    rows.append({**r, "step": int(r["step"]) + off})
+            off += summaries[k]["steps"]
+        _write_log(run_dir / LOG, rows)
+    return out
+
+
+def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, config_text: str | None) -> dict:
     t = cfg["train"]
     run_dir = Path(cfg["run_dir"])
     if t["threads"] > 0:
