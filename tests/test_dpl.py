@@ -158,7 +158,7 @@ def test_every_schema_section_is_a_typed_settings_object():
     # the schema's defaults fill each section's dataclass: no key of the schema is dropped on the way,
     # and the dataclasses' own defaults (for use in code) agree with the schema's
     s = InversionSettings.from_config(inverse_config())
-    assert (s.kgssl.ppe_samples, s.uncertainty.mc_samples, s.dpl.warmup_days, s.method) == (4, 20, 180, "g_z")
+    assert (s.kgssl.ppe_samples, s.uncertainty.mc_samples, s.dpl.warmup_days, s.method) == (4, 20, 180, "auto")
     assert s.kgssl == KGSSLConfig() and s.dpl == DPLConfig()
 
 

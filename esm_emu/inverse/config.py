@@ -41,6 +41,16 @@ UNCERTAINTY = {
     "level": Field(float, 0.9, gt=0, max=0.999, help="interval level for coverage"),
 }
 
+ROUTING = {"QRUNOFF": Field(str, "none", choices=("gamma", "none"),
+                            help="streamflow: gamma unit hydrograph from runoff to the gauge (esm_emu.routing)")}
+
+PER_SITE = {
+    "steps": Field(int, 300, min=1, max=1_000_000, help="gradient steps of the per-site calibration"),
+    "lr": Field(float, 0.05, gt=0, help="Adam step on the parameters' logits"),
+    "prior_sd": Field(float, 2.0, gt=0, help="sd (logit units) of the prior around the table default"),
+    "block_days": Field(int, 30, min=1, max=3660, help="block length of the bootstrap of calibration days"),
+}
+
 SCHEMA = {
     "forward": Field(schema={
         "kind": Field(str, "emulator", choices=("emulator", "simulator")),
@@ -63,7 +73,11 @@ SCHEMA = {
                                    "gridcell are refused"),
     "shared_gridcells": Field(bool, False,
                               help="allow several observation sites on one gridcell (their daily values averaged)"),
-    "method": Field(str, "g_z", choices=("g_z", "g_A", "kgssl")),
+    "method": Field(str, "auto", choices=("auto", "g_z", "g_A", "kgssl", "per_site"),
+                    help="auto: per_site below inverse.per_site.PER_SITE_MAX_SITES (20) observed sites, else g_z"),
+    "routing": Field(schema=ROUTING, default={},
+                     help="per observation source: gamma (a learnable unit hydrograph to the gauge) or none"),
+    "per_site": Field(schema=PER_SITE, default={}),
     "ablation": Field(bool, False, help="also run g_A and KGSSL alone and report their recovery"),
     "clusters": Field(int, 0, min=0, max=1000,
                       help="k-means clusters of inferred parameters (one paramfile each); 0: none"),

@@ -185,7 +185,15 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     cfg = inverse_config(dict(cfg))
     s = InversionSettings.from_config(cfg)
     torch.manual_seed(s.seed)
+    from dataclasses import replace as _replace
+
+    from ..routing import with_routing
+    from .per_site import choose_method, fit_per_site
+
+    forward, routed_params = with_routing(forward, cfg["routing"], s.variables, s.params)  # inverse.routing
+    s = _replace(s, params=routed_params)
     problem = _problem(s, entities, observations, forward, table, sources)
+    s = _replace(s, method=choose_method(s.method, int(problem.observed.sum())))  # auto: few sites -> per_site
     walls["prepare_s"] = _time.perf_counter() - t0
 
     pre = None
@@ -197,6 +205,10 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     t2 = _time.perf_counter()
     if s.method == "kgssl":
         theta, theta_std, dpl_hist = pre.theta, torch.zeros_like(pre.theta), []
+    elif s.method == "per_site":  # each observed site's own parameters (esm_emu.inverse.per_site)
+        ps = cfg["per_site"]
+        theta, theta_std, dpl_hist = fit_per_site(problem, forward, ps["steps"], ps["lr"], s.uncertainty.ensemble,
+                                                  s.dpl.warmup_days, s.seed, ps["prior_sd"], ps["block_days"])
     else:
         theta, theta_std, dpl_hist = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble,
                                              s.uncertainty.mc_samples, s.method, progress)

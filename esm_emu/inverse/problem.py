@@ -353,9 +353,11 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
         raise UserError("entities: forcing has missing values (NaN); fill or drop those gridcells")
     static = _static_values(entities, forward.static_names, dim)
     attrs, attr_names = attributes(entities, dim, forward.static_names, forward.forcing_names, extra_attributes)
-    lo, hi, d = bounds_from_table(table, params)
+    from ..routing import bounds_with_routing  # routing parameters (UH_SHAPE, UH_SCALE) have built-in bounds
+
+    lo, hi, d = bounds_with_routing(table, params, bounds_from_table)
     # parameters not inferred stay at their table default
-    _, _, forward_default = bounds_from_table(table, forward.param_names)
+    _, _, forward_default = bounds_with_routing(table, forward.param_names, bounds_from_table)
     time = entities["time"].values
     N, T = entities.sizes[dim], len(time)
     variables = list(variables)
