@@ -67,7 +67,7 @@ print(json.dumps({"discover": t1 - t0, "theta": t2 - t1, "store": t3 - t2, "wall
 """
 
 
-def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress=None):
+def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress=None, memory_mb=None):
     """Stand-in for `simulator.ppe.run_ensemble`: (M, G, T) float32 responses from forcing and parameters, cheaply."""
     import numpy as np
 

@@ -43,8 +43,13 @@ SCHEMA = {
     "n_years": Field(int, 5, min=1, max=200),
     "spinup_years": Field(int, 2, min=0, max=100),
     "years_per_file": Field(int, None, min=1, max=200, nullable=True, help="default: all years in one file"),
-    "members_per_batch": Field(int, 64, min=1, max=9999,
-                               help="members run together (memory ~ batch x gridcells x days)"),
+    "batch_memory_mb": Field(float, 1024.0, min=16, max=1_000_000,
+                             help="memory the members run together may take (MB); the batch is sized from "
+                                  "gridcells x days x variables (ppe.batch_members), so a run's peak stays "
+                                  "bounded whatever the member count"),
+    "members_per_batch": Field(int, None, min=1, max=9999, nullable=True,
+                               help="at most this many members run together (default: as many as "
+                                    "batch_memory_mb allows)"),
     "compress": Field(bool, True, help="zlib-compress history files (NETCDF4_CLASSIC)"),
     "truth": Field(dict, None, schema=TRUTH, nullable=True, help="twin-experiment truth and observations"),
 }

@@ -100,22 +100,59 @@ def write_surfdata(path: Path, sites: xr.Dataset, weather: xr.Dataset) -> Path:
     return path
 
 
+# Resident bytes a batch takes per member, measured with /usr/bin/time -v on `esm-emu simulate`
+# (peak RSS against batch size and years, 200 gridcells; bench/simulate.py --memory repeats it):
+# one simulated year works on ~400 B per gridcell-day (the float64 forcing and its time-major copy,
+# the daily outputs and their stack, the daily step's temporaries), and the batch's float32
+# responses over the whole run are held twice (the batch result and the pieces cut from it).
+YEAR_BYTES_PER_GRIDCELL_DAY = 400
+RUN_BYTES_PER_GRIDCELL_DAY = 2 * 4 * len(RESPONSES)
+
+
+def member_bytes(n_gridcells: int, n_days: int) -> int:
+    """Estimated resident bytes one member adds to a batch of `run_ensemble` over `n_days` days."""
+    return n_gridcells * (365 * YEAR_BYTES_PER_GRIDCELL_DAY + n_days * RUN_BYTES_PER_GRIDCELL_DAY)
+
+
+def batch_members(n_members: int, n_gridcells: int, n_days: int, memory_mb: float,
+                  cap: int | None = None) -> int:
+    """Members run together: as many as fit in `memory_mb` (at least one), at most `cap` and n_members.
+
+    Batching never changes the output: every member-gridcell is simulated on its own (the batch
+    is only a flat axis), so the history files are the same bit for bit whatever the batch size.
+    """
+    fit = int(memory_mb * 2**20 // max(1, member_bytes(n_gridcells, n_days)))
+    return max(1, min(fit, cap or n_members, n_members))
+
+
 def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str, np.ndarray], spinup_years: int,
-                 progress=None) -> dict[str, np.ndarray]:
-    """Run members x gridcells (params (M,) or (M, G)); float32 responses (M, G, T), year by year."""
+                 progress=None, memory_mb: float | None = None) -> dict[str, np.ndarray]:
+    """Run members x gridcells (params (M,) or (M, G)); float32 responses (M, G, T), year by year.
+
+    With `memory_mb`, the gridcells are run in slices whose yearly working set fits in it (each
+    gridcell is simulated on its own, so the responses are the same as in one piece).
+    """
     G, T = sites.sizes["gridcell"], weather.sizes["time"]
     M = len(next(iter(member_params.values()))) if member_params else 1
-    static = {k: v.repeat(M) for k, v in sites_mod.static_tensors(sites).items()}
-    params = {}
-    for k, v in member_params.items():
-        v = np.asarray(v, float)
-        params[k] = torch.as_tensor(np.repeat(v, G) if v.ndim == 1 else v.reshape(-1), dtype=torch.float64)
+    params = {k: np.asarray(v, float) for k, v in member_params.items()}
     out = {k: np.empty((M, G, T), np.float32) for k in RESPONSES}
+    step = G
+    if memory_mb is not None:
+        step = max(1, min(G, int(memory_mb * 2**20 // (M * 365 * YEAR_BYTES_PER_GRIDCELL_DAY))))
     years = list(range(0, T, 365))
     threads = torch.get_num_threads()
     torch.set_num_threads(physics.simulation_threads())
     try:
-        _run_years(weather, static, params, spinup_years, out, M, G, years, progress)
+        for g0 in range(0, G, step):
+            gs = slice(g0, min(G, g0 + step))
+            sub_sites = sites if step == G else sites.isel(gridcell=gs)
+            sub_weather = weather if step == G else weather.isel(gridcell=gs)
+            n = gs.stop - gs.start
+            static = {k: v.repeat(M) for k, v in sites_mod.static_tensors(sub_sites).items()}
+            flat = {k: torch.as_tensor(np.repeat(v, n) if v.ndim == 1 else v[:, gs].reshape(-1), dtype=torch.float64)
+                    for k, v in params.items()}
+            _run_years(sub_weather, static, flat, spinup_years, {k: v[:, gs] for k, v in out.items()}, M, n, years,
+                       progress if gs.stop == G else None)
     finally:
         torch.set_num_threads(threads)
     return out
@@ -130,6 +167,7 @@ def _run_years(weather, static, params, spinup_years, out, M, G, years, progress
             res, state = physics.run_land(f, static, params, state=state, return_state=True)
             for k, v in res.items():
                 out[k][:, :, t0:t0 + v.shape[1]] = v.numpy().reshape(M, G, -1)
+            del f, res
             if progress is not None:
                 progress.update(M)
 
@@ -171,14 +209,14 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     (out / "hist").mkdir(exist_ok=True)
     forcing_np = {k: weather[k].values for k in FORCING}
     lat, lon = sites.grid1d_lat.values, sites.grid1d_lon.values
-    bs = cfg["members_per_batch"]
+    bs = batch_members(len(members), G, weather.sizes["time"], cfg["batch_memory_mb"], cfg["members_per_batch"])
     n_hist = 0
     bar = progress(total=len(members) * len(range(0, ny * 365, 365)), desc="simulate (member-years)",
                    unit="member-yr", enabled=not quiet)
     for b0 in range(0, len(members), bs):
         mem = members[b0:b0 + bs]
         mp = {n: theta[b0:b0 + bs, j] for j, n in enumerate(names)}
-        res = run_ensemble(weather, sites, mp, cfg["spinup_years"], progress=bar)
+        res = run_ensemble(weather, sites, mp, cfg["spinup_years"], progress=bar, memory_mb=cfg["batch_memory_mb"])
         for i, m in enumerate(mem):
             for y0 in range(0, ny, ypf):
                 sl = slice(365 * y0, 365 * min(ny, y0 + ypf))
@@ -192,7 +230,7 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     bar.close()
     t_ppe = _time.time() - t_start
     summary = {"out": str(out), "members": len(members), "gridcells": G, "years": ny,
-               "history_files": n_hist, "ppe_seconds": round(t_ppe, 1)}
+               "history_files": n_hist, "members_per_batch": bs, "ppe_seconds": round(t_ppe, 1)}
 
     if cfg.get("truth") is not None:
         summary["truth"] = write_truth(cfg, cfg["truth"], out, sites, weather, table, names, seed, quiet)
@@ -221,7 +259,7 @@ def write_truth(cfg: dict, tcfg: dict, out: Path, sites: xr.Dataset, weather: xr
         enc.to_netcdf(tmp)
     theta = maps["theta"].values                      # (G, P)
     mp = {n: theta[None, :, j] for j, n in enumerate(tnames)}
-    res = run_ensemble(weather, sites, mp, cfg["spinup_years"])
+    res = run_ensemble(weather, sites, mp, cfg["spinup_years"], memory_mb=cfg["batch_memory_mb"])
     sim = xr.Dataset(
         {k: (("gridcell", "time"), res[k][0], {"long_name": f"{k} of the truth run", "units": u})
          for k, u in (("QRUNOFF", "mm/s"), ("QOVER", "mm/s"), ("QDRAI", "mm/s"), ("EFLX_LH_TOT", "W/m^2"),
