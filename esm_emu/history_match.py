@@ -123,7 +123,8 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
     if wave and base_paramfile is None:
         raise UserError("--base-paramfile: needed to write the wave's paramfiles (the PPE's default paramfile)")
     if wave:  # every parameter of the wave must be writable before anything is computed or written
-        table = _wave_table(table or _table_of(run_dir), base_paramfile, emu.param_names)
+        table = table or _table_of(run_dir)
+        _wave_table(table, base_paramfile, emu.param_names)
     names = list(targets)
     cols = [emu.response_names.index(n) for n in names]
     lo, hi = design_bounds(run_dir, emu.param_names)
@@ -157,7 +158,7 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
                             "are not ruled out (loosen the targets or sample more)")
         idx = np.flatnonzero(nroy)[_spread_subset(u[nroy], wave, seed)]
         result["wave"] = write_wave(u[idx], emu.param_names, out_dir / "wave", table, base_paramfile, prefix,
-                                    seed, progress)
+                                    seed, progress, theta=theta[idx])
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["param,nroy_min,nroy_max,design_min,design_max,s_min,s_max,s_q05,s_q95"]
     for p, r in ranges.items():
@@ -199,16 +200,24 @@ def _wave_table(table, base_paramfile, params: list[str]):
 
 
 def write_wave(s: np.ndarray, params: list[str], out: Path, table, base_paramfile, prefix: str, seed: int,
-               progress: bool = False) -> dict:
-    """Members at unit-cube positions `s` in the PPE layout (paramfiles/, namelist_mods/, design.nc/.csv)."""
-    from ppe_ingest.design import make_design, write_design, write_member_files
+               progress: bool = False, theta: np.ndarray | None = None) -> dict:
+    """Members at unit-cube positions `s` of the table (or at the values `theta`) in the PPE layout:
+    paramfiles/, namelist_mods/, design.nc/.csv, and the table and base paramfile ingest reads them with."""
+    from ppe_ingest.design import make_design, write_design, write_member_files, write_ppe_context
 
+    table_path = None if hasattr(table, "names") else table
     table = _wave_table(table, base_paramfile, params)
     design = make_design(table, len(s), seed, prefix, names=params)
-    theta = np.column_stack([table[p].theta(s[:, j]) for j, p in enumerate(params)])
+    if theta is None:
+        theta = np.column_stack([table[p].theta(s[:, j]) for j, p in enumerate(params)])
+    else:  # the table's own unit-cube positions of these values (its ends may run either way)
+        ends = np.array([table[p].ends() for p in params])
+        s = (theta - ends[:, 0]) / (ends[:, 1] - ends[:, 0])
     design["s"].values[:] = s
     design["theta"].values[:] = theta
     design.attrs["title"] = "PPE design: next wave inside the NROY space (esm-emu history-match)"
     files = write_member_files(design, out, base_paramfile, table, progress=progress)
     files += write_design(design, out)
+    if table_path is not None:
+        files += write_ppe_context(out, table_path, base_paramfile)
     return {"dir": str(out), "members": [str(m) for m in design["member"].values], "files": len(files)}

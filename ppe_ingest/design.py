@@ -85,7 +85,8 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
     """Per member, `paramfiles/<member>.nc` and `namelist_mods/<member>.txt`; returns all paths written.
 
     Paramfile parameters are written into a full copy of `base_paramfile` (transformed against the
-    base value, see `ParamSpec.to_field`); namelist parameters become ``name=value`` lines under the
+    base value, see `ParamSpec.to_field`; a group parameter such as the PPE's KCN is written to each
+    of its `targets`); namelist parameters become ``name=value`` lines under the
     PPE's header. fsurdat parameters are not written here (they belong in a surface dataset); a
     comment line lists them. A NaN theta keeps the base value.
     """
@@ -96,7 +97,7 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
     params = [str(p) for p in design["param"].values]
     specs = [table[p] for p in params]
     pf = [p for p in specs if p.location == "paramfile"]
-    base = read_paramfile(base_paramfile, [p.name for p in pf]) if pf else {}
+    base = read_paramfile(base_paramfile, [t for p in pf for t in p.targets]) if pf else {}
     fsur = [p.name for p in specs if p.location == "fsurdat"]
     (out_dir / "paramfiles").mkdir(parents=True, exist_ok=True)
     (out_dir / "namelist_mods").mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
     for m in it:
         i = members.index(m)
         row = dict(zip(params, theta[i]))
-        values = {p.name: p.to_field(row[p.name], base[p.name]) for p in pf if np.isfinite(row[p.name])}
+        values = {t: p.to_field(row[p.name], base[t]) for p in pf if np.isfinite(row[p.name]) for t in p.targets}
         written.append(write_paramfile(base_paramfile, out_dir / "paramfiles" / f"{m}.nc", values,
                                        history=f"PPE member {m}: set {', '.join(values) or 'nothing'}"))
         lines = [NAMELIST_HEADER]
@@ -147,3 +148,18 @@ def write_design(design: xr.Dataset, out_dir: str | Path) -> list[Path]:
     with atomic_path(csv) as tmp:
         design_frame(design).to_csv(tmp, float_format="%.17g")
     return [nc, csv]
+
+
+def write_ppe_context(out_dir: str | Path, table_path: str | Path, base_paramfile: str | Path) -> list[Path]:
+    """`params.csv` (the parameter table) and `paramfile_default.nc` (the base paramfile) beside the
+    members: what ingest needs to read each member's theta back from its files (percent bounds, group
+    and multiplicative parameters are resolved against them)."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    written = []
+    for src, name in ((table_path, "params.csv"), (base_paramfile, "paramfile_default.nc")):
+        with atomic_path(out_dir / name, inputs=[src]) as tmp:
+            shutil.copyfile(src, tmp)
+        written.append(out_dir / name)
+    return written

@@ -25,6 +25,12 @@ from ppe_ingest.base.errors import UserError
 from ppe_ingest.ctsmio.physical import Physical, check_physical_values, physical_range
 
 LOCATIONS = ("paramfile", "fsurdat", "namelist")
+# Group parameters of the CLM5 PPE: one table row that scales several paramfile variables together.
+# KCN: the six nitrogen-uptake cost constants flagged "KCN" in the PPE's params.csv (rows 172-178,
+# "KCN flag ... will perturb them together"); lhc_220926.csv samples them as one 90percent/900percent row.
+PPE_GROUPS: dict[str, tuple[str, ...]] = {
+    "KCN": ("kc_nonmyc", "kn_nonmyc", "akc_active", "akn_active", "ekc_active", "ekn_active"),
+}
 TRANSFORMS = ("value", "multiplicative", "additive")
 _PERCENT = re.compile(r"^\s*([0-9.eE+-]+)\s*percent\s*$", re.IGNORECASE)
 
@@ -56,6 +62,7 @@ class ParamSpec:
     description: str = ""
     source: str = ""
     note: str = ""
+    group: bool = False  # the name is no file variable: theta applies to every variable in `binding`
 
     def __post_init__(self):
         if self.location not in LOCATIONS:
@@ -63,6 +70,12 @@ class ParamSpec:
         if self.transform not in TRANSFORMS:
             raise UserError(f"parameter {self.name}: transform {self.transform!r} "
                             f"is not one of {', '.join(TRANSFORMS)}")
+
+    @property
+    def targets(self) -> list[str]:
+        """The file variables theta is written to: the parameter itself and any bound to it, or only
+        the bound variables for a group parameter (e.g. the PPE's KCN)."""
+        return list(self.binding) if self.group else [self.name, *self.binding]
 
     @property
     def physical(self) -> Physical | None:
@@ -74,8 +87,9 @@ class ParamSpec:
         """True when the bounds are per-PFT arrays (theta is then the unit-cube position)."""
         return self.pft_min is not None and self.pft_max is not None
 
-    def bounds(self) -> tuple[float, float]:
-        """(min, max) of theta."""
+    def ends(self) -> tuple[float, float]:
+        """theta at unit-cube positions 0 and 1: the table's min and max as written. The CLM5 PPE
+        writes some in falling order (soilpsi_off: -0.64, -0.96) and maps s the same way."""
         if self.pft_bounds:
             return 0.0, 1.0
         if self.min is None or self.max is None:
@@ -83,9 +97,14 @@ class ParamSpec:
                             "default value; give a base paramfile (base_paramfile=...) that holds it")
         return float(self.min), float(self.max)
 
+    def bounds(self) -> tuple[float, float]:
+        """(lowest, highest) theta: the interval a value must lie in."""
+        a, b = self.ends()
+        return min(a, b), max(a, b)
+
     def theta(self, s):
-        """Scalar theta at unit-cube position(s) s: min + (max - min) * s."""
-        lo, hi = self.bounds()
+        """Scalar theta at unit-cube position(s) s: min + (max - min) * s, as the PPE maps it."""
+        lo, hi = self.ends()
         return lo + (hi - lo) * np.asarray(s, dtype=float)
 
     def value(self, s):
@@ -229,6 +248,8 @@ def _ppe_spec(name, loc, lo, hi, pmins, pmaxs, where, defaults: _Defaults, table
         raise UserError(f"{where}: loc {loc!r} is not P (paramfile) or N (namelist)")
     lo_s, hi_s = str(lo).strip(), str(hi).strip()
     base = defaults.get(name)
+    if base is None and name in PPE_GROUPS and location == "paramfile":
+        return _group_spec(name, lo_s, hi_s, where)
     attrs = defaults.attrs(name)
     spec = dict(name=name, location=location, min_spec=lo_s, max_spec=hi_s,
                 units=str(attrs.get("units", "")), long_name=str(attrs.get("long_name", "")))
@@ -257,6 +278,19 @@ def _ppe_spec(name, loc, lo, hi, pmins, pmaxs, where, defaults: _Defaults, table
         d = table_default
     return ParamSpec(**spec, default=d, min=_float(lo, f"{where}: min"), max=_float(hi, f"{where}: max"),
                      pft=base is not None and np.ndim(base) > 0)
+
+
+def _group_spec(name, lo_s, hi_s, where) -> ParamSpec:
+    """A PPE group row: theta is the common multiplier (reference 1) of its member variables."""
+    mlo, mhi = _PERCENT.match(lo_s), _PERCENT.match(hi_s)
+    if not (mlo and mhi):
+        raise UserError(f"{where}: group parameter {name} needs percent bounds (got {lo_s}, {hi_s})")
+    plo, phi = float(mlo.group(1)) / 100, float(mhi.group(1)) / 100
+    return ParamSpec(name=name, location="paramfile", default=1.0, min=1 - plo, max=1 + phi,
+                     transform="multiplicative", pft=True, binding=list(PPE_GROUPS[name]), group=True,
+                     min_spec=lo_s, max_spec=hi_s, units="1",
+                     long_name=f"common multiplier of {', '.join(PPE_GROUPS[name])}",
+                     note="CLM5 PPE group parameter: scales every bound variable together")
 
 
 def _load_lhc(df, path, defaults) -> list[ParamSpec]:

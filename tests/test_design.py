@@ -92,3 +92,39 @@ def test_design_files_round_trip(tmp_path):
     assert back.location.sel(param="baseflow_scalar").item() == "namelist"
     df = pd.read_csv(csv, index_col="member")
     assert list(df.columns) == t.names and np.array_equal(df.values, d.theta.values)  # exact (17 digits)
+
+
+def test_real_lhc_table_with_its_kcn_group_round_trips(shared_data, tmp_path):
+    """All 32 rows of the CLM5 PPE's LHC table resolve against the PPE's own base paramfile, the KCN
+    group row scales its six nitrogen-cost variables together, and ingest's reader recovers every
+    member's design values (KCN included) from the files alone."""
+    import shutil
+
+    from ppe_ingest.design import write_design
+    from ppe_ingest.ingest.discover import discover
+    from ppe_ingest.ingest.theta import check_design, member_theta, read_design
+    from ppe_ingest.param_table import PPE_GROUPS
+
+    base = shared_data("ppe", "paramfiles", "OAAT0000.nc")
+    t = load_param_table(shared_data("ppe", "param_tables", "lhc_220926.csv"), base_paramfile=base)
+    assert len(t.names) == 32
+    for p in t:
+        lo, hi = p.bounds()  # every row usable by a design, a wave or a calibration
+        assert lo < hi, p.name
+    kcn = t["KCN"]
+    assert kcn.group and kcn.targets == list(PPE_GROUPS["KCN"]) and kcn.bounds() == pytest.approx((0.1, 10.0))
+    d = make_design(t, 3, seed=11)
+    write_member_files(d, tmp_path, base, t)
+    write_design(d, tmp_path)
+    shutil.copyfile(base, tmp_path / "paramfile_default.nc")
+    b = read_paramfile(base, kcn.targets)
+    f = float(d.theta.sel(member="LHC0002", param="KCN"))
+    got = read_paramfile(tmp_path / "paramfiles" / "LHC0002.nc", kcn.targets)
+    for v in kcn.targets:
+        np.testing.assert_allclose(got[v], b[v] * f, rtol=1e-6)
+    ppe = discover(tmp_path)
+    theta, _, _ = member_theta(ppe, t)
+    design = read_design(tmp_path / "design.csv")
+    np.testing.assert_allclose(theta.loc[design.index, "KCN"], design["KCN"], rtol=1e-5)
+    check_design(theta, design, "design.csv", ppe.report)
+    assert not ppe.report.problems, ppe.report.problems

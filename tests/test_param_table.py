@@ -31,8 +31,13 @@ def test_lhc_220926_loads_with_percent_and_pft_bounds(shared_data):
 
 def test_lhc_percent_needs_default(shared_data):
     t = load_param_table(shared_data("ppe", "param_tables", "lhc_220926.csv"))
-    with pytest.raises(UserError, match="KCN.*base paramfile"):
-        t.bounds("KCN")
+    with pytest.raises(UserError, match="froot_leaf.*base paramfile"):
+        t.bounds("froot_leaf")
+    # the KCN group row is a common multiplier of its six variables: 90percent/900percent is 0.1..10
+    # whatever their defaults
+    assert t.bounds("KCN") == pytest.approx((0.1, 10.0))
+    # soilpsi_off is written falling (-0.64, -0.96): s runs from min to max as written, bounds are sorted
+    assert t["soilpsi_off"].theta(0.25) == pytest.approx(-0.72) and t.bounds("soilpsi_off") == (-0.96, -0.64)
 
 
 def test_ppe_params_spreadsheet_loads_final_rows(shared_data):

@@ -203,7 +203,7 @@ def _bounds(spec) -> tuple[float, float] | None:
         return 0.0, 1.0
     if spec.min is None or spec.max is None:
         return None
-    return float(spec.min), float(spec.max)
+    return spec.bounds()  # (lowest, highest), whichever order the table writes them in
 
 
 class _Planner:

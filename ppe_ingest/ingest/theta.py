@@ -104,6 +104,8 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
                             set().union(*[set(d) for d in nl.values()]) if nl else set())
     from ..ctsmio.paramfile import read_paramfile
 
+    # the paramfile variable that carries each parameter (a group such as KCN: its first member)
+    var = {p: table[p].targets[0] if table is not None and p in table and table[p].group else p for p in params}
     base = {}
     base_file = ppe.root / "paramfile_default.nc"
     if not base_file.is_file():
@@ -112,7 +114,7 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
         import netCDF4
 
         with netCDF4.Dataset(base_file) as ds:
-            have = [p for p in params if p in ds.variables]
+            have = [var[p] for p in params if var[p] in ds.variables]
         base = read_paramfile(base_file, have)
     rows, location, reduction = {}, {}, {}
     for m in ppe.members:
@@ -125,7 +127,7 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
                 import netCDF4
 
                 with netCDF4.Dataset(pf_path) as ds:
-                    present = [p for p in params if p in ds.variables]
+                    present = [var[p] for p in params if var[p] in ds.variables]
                 pf = read_paramfile(pf_path, present)
             except (OSError, UserError) as e:
                 report.add(pf_path, m, f"unreadable paramfile ({e})")
@@ -137,8 +139,8 @@ def member_theta(ppe, table=None, params=None, report: Report | None = None):
                 row[p] = _as_float(nl[m][p], f"{ppe.namelist_mods[m]}: {p}")
                 location[p] = "namelist"
                 reduction.setdefault(p, "value")
-            elif p in pf:
-                row[p], reduction[p] = _reduce(p, pf[p], spec, base.get(p))
+            elif var[p] in pf:
+                row[p], reduction[p] = _reduce(p, pf[var[p]], spec, base.get(var[p]))
                 location.setdefault(p, "paramfile")
             elif design is not None and p in design.columns and m in design.index:
                 row[p] = float(design.at[m, p])
