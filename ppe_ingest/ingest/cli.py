@@ -30,6 +30,14 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed of the train/val/test split")
     p.add_argument("--summary", metavar="OUTPUTS_NC", help="summary-PPE outputs (var x ens) instead of a PPE folder")
     p.add_argument("--base-paramfile", help="paramfile holding defaults for XXpercent bounds (summary mode)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="read and check members on a dask LocalCluster of N worker processes; this process "
+                        "writes the store, which is the same as without (default: no cluster) (ingest.workers)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use a running dask cluster, e.g. tcp://node01:8786 (dask-jobqueue; see hpc/README.md) "
+                        "(ingest.scheduler)")
+    p.add_argument("--scheduler-file", metavar="FILE",
+                   help="use the running dask cluster this scheduler file describes (dask-mpi) (ingest.scheduler_file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -54,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_ingest_config(config, args.set, {
         "ppe_dir": ppe_dir, "out": args.out, "catalog": args.catalog, "params": args.params,
         "design": args.design, "vars": args.vars, "skip_bad": args.skip_bad, "seed": args.seed,
-        "summary": args.summary, "base_paramfile": args.base_paramfile})
+        "summary": args.summary, "base_paramfile": args.base_paramfile, "workers": args.workers,
+        "scheduler": args.scheduler, "scheduler_file": args.scheduler_file})
     if cfg.summary:
         ds = ingest_summary(cfg)
         for p in json.loads(ds.attrs.get("skipped", "[]")):

@@ -28,6 +28,14 @@ INGEST_SCHEMA = {
     "chunk_gridcell": Field(int, 64, min=1, max=1_000_000),
     "chunk_time": Field(int, 365, min=1, max=36_600),
     "skip_bad": Field(bool, False),
+    "workers": Field(int, None, nullable=True, min=1, max=4096,
+                     help="read and check members on a dask LocalCluster of this many worker processes "
+                          "(default: in this process); --workers"),
+    "scheduler": Field(str, None, nullable=True,
+                       help="address of a running dask scheduler to use instead (e.g. tcp://node01:8786); --scheduler"),
+    "scheduler_file": Field(str, None, nullable=True, path=True,
+                            help="scheduler file of a running dask cluster (dask-mpi, dask scheduler "
+                                 "--scheduler-file); --scheduler-file"),
     "params": Field(str, None, nullable=True, path=True, help="parameter table (bounds, locations)"),
     "summary": Field(str, None, nullable=True, path=True,
                      help="summary-PPE outputs (var x ens) instead of a PPE folder: the tabular store"),

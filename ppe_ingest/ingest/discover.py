@@ -196,11 +196,24 @@ def _read_header_classic(path: Path, case: str, member: str, tape: str) -> HistF
                     misshapen)
 
 
-def discover(root: str | Path, variables=None, skip_bad: bool = False, report: Report | None = None) -> Ppe:
+def _header_or_problem(path: Path, case: str, member: str, tape: str) -> HistFile | str:
+    """`read_header`, or why the file is not a readable CTSM history file (a task of a parallel ingest)."""
+    try:
+        return read_header(path, case, member, tape)
+    except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
+        return f"not a readable CTSM history file ({e})"
+
+
+def discover(root: str | Path, variables=None, skip_bad: bool = False, report: Report | None = None,
+             pool=None) -> Ppe:
     """Find members and history files under `root` and check that they agree with each other.
 
     `variables`: the history variables that must be present in every member (None: no demand).
+    `pool` (`parallel.pool`): where the headers are read (None: in this process); problems are
+    reported in file order either way.
     """
+    from .parallel import Pool
+
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: PPE folder not found")
@@ -210,19 +223,23 @@ def discover(root: str | Path, variables=None, skip_bad: bool = False, report: R
     known = set(paramfiles) | set(nlmods)
 
     hist: list[HistFile] = []
+    named = []  # (path, case, member, tape) or (path, None, None, None) for a file with another name
     for path in sorted(root.rglob("*.clm2.h*.nc")):
         if path.name.startswith("."):
             continue
         m = HIST_RE.match(path.name)
         split = _split_name(m.group("stem"), known) if m else None
-        if split is None:
+        named.append((path, *split, m.group("tape")) if split else (path, None, None, None))
+    readable = [n for n in named if n[1] is not None]
+    headers = dict(zip((n[0] for n in readable), (pool or Pool()).map(_header_or_problem, readable)))
+    for path, _case, member, _tape in named:
+        h = headers.get(path)
+        if h is None:
             report.add(path, "", "history file name is not <case>_<member>.clm2.h<N>.<date>.nc")
-            continue
-        case, member = split
-        try:
-            hist.append(read_header(path, case, member, m.group("tape")))
-        except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
-            report.add(path, member, f"not a readable CTSM history file ({e})")
+        elif isinstance(h, str):
+            report.add(path, member, h)
+        else:
+            hist.append(h)
     members = sorted(known | {h.member for h in hist})
     if not members:
         raise UserError(f"{root}: no PPE members found (no paramfiles/*.nc, namelist_mods/*.txt or *.clm2.h*.nc files)")

@@ -36,7 +36,24 @@ def _check_outputs(cfg: IngestConfig) -> None:
 
 def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
     """Discover the PPE in ``cfg.ppe_dir``, check its parameters, write the catalog (optional) and
-    the training store ``cfg.out``."""
+    the training store ``cfg.out``.
+
+    History headers and members are read where ``cfg.workers`` / ``cfg.scheduler`` /
+    ``cfg.scheduler_file`` say (`parallel.pool`: this process by default, or dask workers); this
+    process checks the parameters and is the one writer of the store, so the store is the same.
+    """
+    from .parallel import pool
+
+    if not cfg.ppe_dir:
+        raise UserError("ingest.ppe_dir: give a PPE folder (PPE_DIR on the command line or ingest.ppe_dir)")
+    if not cfg.out:
+        raise UserError("ingest.out: give the output store (--out STORE or ingest.out)")
+    _check_outputs(cfg)
+    with pool(cfg.workers, cfg.scheduler, cfg.scheduler_file) as workers:
+        return _ingest(cfg, progress, workers)
+
+
+def _ingest(cfg: IngestConfig, progress: bool, workers) -> Ingested:
     import netCDF4
 
     from ..param_table import load_param_table
@@ -45,13 +62,8 @@ def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
     from .theta import check_design, member_theta, ppe_table, read_design
     from .writer import write_store
 
-    if not cfg.ppe_dir:
-        raise UserError("ingest.ppe_dir: give a PPE folder (PPE_DIR on the command line or ingest.ppe_dir)")
-    if not cfg.out:
-        raise UserError("ingest.out: give the output store (--out STORE or ingest.out)")
-    _check_outputs(cfg)
     report = Report(cfg.skip_bad)
-    ppe = discover(cfg.ppe_dir, variables=cfg.vars, report=report)
+    ppe = discover(cfg.ppe_dir, variables=cfg.vars, report=report, pool=workers)
     if cfg.design:
         ppe.design = Path(cfg.design)
     if cfg.params:
@@ -69,7 +81,7 @@ def ingest_ppe(cfg: IngestConfig, progress: bool = True) -> Ingested:
     out = write_store(ppe, cfg.out, variables=cfg.vars, table=table, seed=cfg.seed, split=cfg.split,
                       log_vars=cfg.log_transform_vars, log_eps=cfg.log_eps,
                       chunk_gridcell=cfg.chunk_gridcell, chunk_time=cfg.chunk_time,
-                      catalog=str(catalog) if catalog else None, progress=progress, theta=theta)
+                      catalog=str(catalog) if catalog else None, progress=progress, theta=theta, pool=workers)
     with netCDF4.Dataset(out) as ds:
         n = len(ds.dimensions["member"])
     return Ingested(Path(out), catalog, report, n)

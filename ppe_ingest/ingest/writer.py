@@ -94,7 +94,7 @@ from ppe_ingest.store import (
     log_transform,
 )
 
-from .checks import Report, nan_count
+from .checks import nan_count
 from .discover import HistFile, Ppe
 
 DEFAULT_LOG_VARS = LOG_RESPONSES
@@ -286,6 +286,17 @@ class _Moments:
         self.m2 += m2 + d * d * self.n * n / tot
         self.n = tot
 
+    def merge(self, other: _Moments) -> None:
+        """Add another accumulator's values (Chan's pairwise merge; the same result on 1 or N workers,
+        since the writer merges each member's moments in member order)."""
+        if not other.n:
+            return
+        tot = self.n + other.n
+        d = other.mean - self.mean
+        self.mean += d * other.n / tot
+        self.m2 += other.m2 + d * d * self.n * other.n / tot
+        self.n = tot
+
     @property
     def std(self) -> float:
         return math.sqrt(self.m2 / self.n) if self.n else float("nan")
@@ -316,8 +327,12 @@ class WriteOptions:
 def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int = 0, split: dict | None = None,
                 log_vars=DEFAULT_LOG_VARS, log_eps: float = DEFAULT_LOG_EPS, chunk_gridcell: int = 64,
                 chunk_time: int = 365, catalog: str | None = None, progress: bool = True,
-                forcing_per_member: bool = False, theta=None, complevel: int = 0) -> Path:
-    """Stream the PPE into the training store at `out` (atomically); return its path."""
+                forcing_per_member: bool = False, theta=None, complevel: int = 0, pool=None) -> Path:
+    """Stream the PPE into the training store at `out` (atomically); return its path.
+
+    `pool` (`parallel.pool`): where members are read and checked; None: in this process.
+    """
+    from .parallel import Pool
     from .theta import check_design, member_theta, ppe_table, read_design
 
     report = ppe.report
@@ -345,10 +360,11 @@ def write_store(ppe: Ppe, out: str | Path, variables=None, table=None, seed: int
                         chunk_gridcell=chunk_gridcell, chunk_time=chunk_time, catalog=catalog, progress=progress,
                         forcing_per_member=forcing_per_member, complevel=complevel)
     members = _MemberTheta(theta, location, reduction)
+    pool = pool or Pool()
     try:
-        return _write(ppe, Path(out), variables, table, members, opts)
+        return _write(ppe, Path(out), variables, table, members, opts, pool)
     except _ForcingDiffers:
-        return _write(ppe, Path(out), variables, table, members, replace(opts, forcing_per_member=True))
+        return _write(ppe, Path(out), variables, table, members, replace(opts, forcing_per_member=True), pool)
 
 
 def _member_buffers(variables, G: int, T: int) -> dict[str, np.ndarray]:
@@ -356,8 +372,9 @@ def _member_buffers(variables, G: int, T: int) -> dict[str, np.ndarray]:
     return {v: np.empty((G, T), dtype="f4") for v in variables}
 
 
-def _read_member(ppe: Ppe, member: str, by_tape: dict[str, list[str]], bufs: dict[str, np.ndarray]) -> None:
-    """Fill `bufs` with `member`'s values: each history file opened once, every variable read once.
+def _read_member(files: dict[str, list[HistFile]], by_tape: dict[str, list[str]], bufs: dict[str, np.ndarray]) -> None:
+    """Fill `bufs` with one member's values from its `files` (tape -> history files in time order):
+    each history file opened once, every variable read once.
 
     netCDF-3 files with 1-D (gridcell) output go through `classic.read_record_vars` (block reads,
     no netCDF-C, no lock); anything else through netCDF4-python under ``NC_LOCK``. Fill values
@@ -366,7 +383,7 @@ def _read_member(ppe: Ppe, member: str, by_tape: dict[str, list[str]], bufs: dic
     """
     for tape, vs in by_tape.items():
         t0 = 0
-        for h in ppe.files(member, tape):
+        for h in files[tape]:
             n = len(h.times)
             dst = {v: bufs[v][:, t0:t0 + n] for v in vs}
             try:
@@ -422,16 +439,18 @@ def _read_netcdf4(h: HistFile, vs, dst: dict[str, np.ndarray]) -> dict[str, list
     return fills
 
 
-def _train_moments(m: _Moments, a: np.ndarray, rows: np.ndarray, cols: np.ndarray, log_eps: float | None,
-                   block: int = 64) -> None:
-    """Add the train (gridcell, time) part of `a` to `m`, `block` gridcells at a time (bounded temporaries)."""
-    idx = np.flatnonzero(rows)
+def _train_moments(a: np.ndarray, idx: np.ndarray, cols: np.ndarray, log_eps: float | None,
+                   block: int = 64) -> _Moments:
+    """Moments of the train part of `a` (rows `idx`, time steps where `cols`), `block` gridcells at a
+    time (bounded temporaries)."""
+    m = _Moments()
     all_cols = bool(cols.all())
     for i in range(0, idx.size, block):
         sub = a[idx[i:i + block]]
         if not all_cols:
             sub = sub[:, cols]
         m.add(log_transform(sub, log_eps) if log_eps is not None else sub)
+    return m
 
 
 def _balanced(n: int, most: int) -> int:
@@ -520,7 +539,8 @@ def _plan(ppe: Ppe, variables: list[str], table, theta, opts: WriteOptions) -> _
                    forcing_per_member=opts.forcing_per_member)
 
 
-def _write(ppe: Ppe, out: Path, variables: list[str], table, members: _MemberTheta, opts: WriteOptions) -> Path:
+def _write(ppe: Ppe, out: Path, variables: list[str], table, members: _MemberTheta, opts: WriteOptions,
+           pool) -> Path:
     """Lay out the store, stream the members into it, then write theta, static fields, split,
     normalisation statistics and global attributes."""
     lay = _plan(ppe, variables, table, members.theta, opts)
@@ -529,7 +549,7 @@ def _write(ppe: Ppe, out: Path, variables: list[str], table, members: _MemberThe
         try:
             _define_coordinates(nc, lay)
             data_vars = _define_variables(nc, lay, opts.complevel, opts.chunk_gridcell, opts.chunk_time)
-            kept, moments = _stream_members(ppe, lay, opts, nc.variables[MEMBER], data_vars)
+            kept, moments = _stream_members(ppe, lay, opts, nc.variables[MEMBER], data_vars, pool)
             th, sm = _write_theta(nc, lay, members, kept)
             _write_static(nc, lay)
             _write_splits(nc, lay, sm)
@@ -588,77 +608,147 @@ def _define_variables(nc, lay: _Layout, complevel: int, chunk_gridcell: int, chu
     return out
 
 
-def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars: dict) -> tuple[list, dict]:
-    """Each member in turn: read, check, fingerprint the forcing, write its slab and add it to the
-    train statistics. Returns the members kept and the variables' train moments."""
+def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars: dict, pool) -> tuple[list, dict]:
+    """Each member: read, check, compare its forcing with the first member's, write its slab, add its
+    train moments. The reading, checking and moments run where `pool` puts them (this process, or
+    dask workers); this process is the one writer and takes the members in order, so the store, the
+    report and the statistics are the same on 1 or N workers. Returns the members kept and the
+    variables' train moments."""
     from ppe_ingest.base.progress import progress as _progress
 
+    plan = _MemberPlan.of(lay, opts.log_eps)
     moments = {v: _Moments() for v in lay.variables}
-    bufs = _member_buffers(lay.variables, lay.G, lay.T)
-    forcing_ref = None
-    kept = []
-    for m in _progress(ppe.members, desc="ingest", unit="member", enabled=opts.progress):
-        _read_member(ppe, m, lay.by_tape, bufs)
-        if not _check_member(ppe, m, lay, bufs):
-            continue
-        if lay.forcing and not lay.forcing_per_member:
-            forcing_ref = _check_forcing_shared(bufs, lay.forcing, forcing_ref)
-        _write_member(len(kept), bufs, lay, data_vars, moments, lay.split_of[m] == TRAIN, opts.log_eps)
-        vmem[len(kept)] = m
-        kept.append(m)
+    bufs = None if pool.parallel else _member_buffers(lay.variables, lay.G, lay.T)
+    kept: list[str] = []
+    members = list(ppe.members)
+    bar = _progress(total=len(members), desc="ingest", unit="member", enabled=opts.progress)
+
+    def take(res: _MemberResult) -> None:
+        bar.update(1)
+        if res.problem is not None:
+            ppe.report.add(Path(res.problem[0]), res.member, res.problem[1])  # raises unless --skip-bad
+            return
+        if res.forcing_same is False:
+            raise _ForcingDiffers
+        k = len(kept)
+        for v, a in res.data.items():
+            if lay.shared(v):
+                data_vars[v][:, :] = a  # the first kept member's forcing only
+            else:
+                data_vars[v][k, :, :] = a
+        for v, mo in res.moments.items():
+            moments[v].merge(mo)
+        vmem[k] = res.member
+        kept.append(res.member)
+
+    def task(m: str, ref) -> tuple:
+        return ({t: ppe.files(m, t) for t in plan.by_tape}, m, plan, lay.split_of[m] == TRAIN, ref, bufs)
+
+    try:
+        i, ref = 0, None
+        if plan.shared_forcing:
+            # the reference forcing: the first good member's, read here (it is written once)
+            while i < len(members) and not kept:
+                res = _process_member(*task(members[i], None))
+                i += 1
+                take(res)
+                if kept:  # copied out of the reused buffers (a worker's are its own)
+                    ref = {v: res.data[v] if bufs is None else res.data[v].copy() for v in plan.forcing}
+        shared = pool.share(ref)
+        for res in pool.map(_process_member, (task(m, shared) for m in members[i:])):
+            take(res)
+    finally:
+        bar.close()
     if not kept:
         raise UserError(f"{ppe.root}: no member left to ingest; first problem: {ppe.report.lines()[0]}")
     return kept, moments
 
 
-def _check_member(ppe: Ppe, m: str, lay: _Layout, bufs: dict[str, np.ndarray]) -> bool:
-    """False, with a report entry, when a variable of member `m` holds NaN or a forcing holds fill
-    values; fill values (+inf) of responses become NaN (missing) in place."""
-    report: Report = ppe.report
-    for v in lay.variables:
+@dataclass(frozen=True)
+class _MemberPlan:
+    """What reading and checking one member needs: small, sent with every task of a parallel ingest."""
+
+    variables: tuple
+    by_tape: dict
+    tapes: dict
+    forcing: tuple
+    shared_forcing: bool
+    log_vars: frozenset
+    log_eps: float
+    train_rows: np.ndarray  # indices of the train gridcells
+    train_cols: np.ndarray  # bool per time step: a train time step
+    G: int
+    T: int
+
+    @classmethod
+    def of(cls, lay: _Layout, log_eps: float) -> _MemberPlan:
+        return cls(tuple(lay.variables), lay.by_tape, lay.tapes, tuple(lay.forcing),
+                   bool(lay.forcing) and not lay.forcing_per_member, frozenset(lay.log_vars), log_eps,
+                   np.flatnonzero(lay.split_gridcell == TRAIN), lay.split_time == TRAIN, lay.G, lay.T)
+
+
+@dataclass
+class _MemberResult:
+    """One member read and checked: its first problem (file, reason), or its data and train moments."""
+
+    member: str
+    problem: tuple[str, str] | None = None
+    data: dict = field(default_factory=dict)      # variable -> (gridcell, time) float32 to write
+    moments: dict = field(default_factory=dict)   # variable -> _Moments of its train part
+    forcing_same: bool | None = None              # forcing identical to the reference (None: not compared)
+
+
+def _process_member(files: dict[str, list[HistFile]], member: str, plan: _MemberPlan, is_train: bool,
+                    ref: dict | None, bufs: dict | None = None) -> _MemberResult:
+    """Read member `member` from `files` (tape -> history files in time order), check it, compare its
+    forcing with `ref` (the reference member's; None: this is the reference) and add up the train
+    moments. Runs in the writer's process (`bufs`: buffers reused member after member) or on a
+    dask worker (bufs None: fresh arrays, returned to the writer)."""
+    if bufs is None:
+        bufs = _member_buffers(plan.variables, plan.G, plan.T)
+    _read_member(files, plan.by_tape, bufs)
+    problem = _check_member(files, plan, bufs)
+    if problem is not None:
+        return _MemberResult(member, problem)
+    res = _MemberResult(member)
+    if plan.shared_forcing and ref is not None:
+        # exact comparison (bit patterns) with the reference forcing, which is held once; cheaper than
+        # fingerprinting every member (SHA-1 of the forcing cost half as much as reading it)
+        res.forcing_same = all(np.array_equal(bufs[v].view("u4"), ref[v].view("u4")) for v in plan.forcing)
+        if not res.forcing_same:
+            return res
+    for v in plan.variables:
+        shared = plan.shared_forcing and v in plan.forcing
+        if shared and ref is not None:
+            continue  # the same as the reference, which is written once
+        res.data[v] = bufs[v]
+        if shared or is_train:  # shared forcing: its train part once (the reference member's)
+            res.moments[v] = _train_moments(bufs[v], plan.train_rows, plan.train_cols,
+                                            plan.log_eps if v in plan.log_vars else None)
+    return res
+
+
+def _check_member(files: dict[str, list[HistFile]], plan: _MemberPlan,
+                  bufs: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """The first problem (file, reason) of a member: a variable holding NaN, a forcing holding fill
+    values. Fill values (+inf) of responses become NaN (missing) in place."""
+    for v in plan.variables:
         a = bufs[v]
         if a.size == 0:
             continue
         amin, amax = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in amax
         if np.isnan(amax):
             t_bad = int(np.flatnonzero(np.isnan(a).any(axis=0))[0])
-            f = _file_at(ppe, m, lay.tapes[v], t_bad)
-            report.add(f, m, f"variable {v} has {nan_count(a)} NaN values (first at time index {t_bad})")
-            return False
+            f = _file_at(files[plan.tapes[v]], t_bad)
+            return str(f), f"variable {v} has {nan_count(a)} NaN values (first at time index {t_bad})"
         if np.isinf(amax) or np.isinf(amin):
             filled = np.isinf(a)
-            if v in FORCING:
+            if v in plan.forcing:
                 t_bad = int(np.flatnonzero(filled.any(axis=0))[0])
-                report.add(_file_at(ppe, m, lay.tapes[v], t_bad), m, f"forcing {v} has missing (fill) values")
-                return False
+                return str(_file_at(files[plan.tapes[v]], t_bad)), f"forcing {v} has missing (fill) values"
             a[filled] = np.nan  # fill values: missing
             del filled
-    return True
-
-
-def _check_forcing_shared(bufs: dict[str, np.ndarray], forcing: list[str], ref: dict | None) -> dict:
-    """The forcing fingerprints of the first member; _ForcingDiffers when a later member's differ."""
-    if ref is None:
-        return {v: _digest(bufs[v]) for v in forcing}
-    if any(_digest(bufs[v]) != ref[v] for v in forcing):
-        raise _ForcingDiffers
-    return ref
-
-
-def _write_member(k: int, bufs: dict[str, np.ndarray], lay: _Layout, data_vars: dict, moments: dict,
-                  is_train: bool, log_eps: float) -> None:
-    """Write member slab `k` (shared forcing with the first member only) and add it to the train moments."""
-    for v in lay.variables:
-        a = bufs[v]
-        shared = lay.shared(v)
-        if shared:
-            if k == 0:
-                data_vars[v][:, :] = a
-        else:
-            data_vars[v][k, :, :] = a
-        if (k == 0) if shared else is_train:
-            _train_moments(moments[v], a, lay.split_gridcell == TRAIN, lay.split_time == TRAIN,
-                           log_eps if v in lay.log_vars else None)
+    return None
 
 
 def _write_theta(nc, lay: _Layout, members: _MemberTheta, kept: list) -> tuple[np.ndarray, np.ndarray]:
@@ -731,20 +821,13 @@ def _write_global_attrs(nc, ppe: Ppe, lay: _Layout, opts: WriteOptions) -> None:
         ATTR_HISTORY_TAPES: " ".join(f"{v}:{lay.tapes[v]}" for v in lay.variables)})
 
 
-def _digest(a: np.ndarray) -> bytes:
-    """Identity fingerprint of an array (SHA-1: ~3x faster than BLAKE2b here; not a security use)."""
-    import hashlib
-
-    return hashlib.sha1(np.ascontiguousarray(a).view(np.uint8).reshape(-1), usedforsecurity=False).digest()
-
-
-def _file_at(ppe: Ppe, member: str, tape: str, t: int) -> Path:
-    """The history file of `member` holding time index `t` of `tape`."""
-    for h in ppe.files(member, tape):
+def _file_at(files: list[HistFile], t: int) -> Path:
+    """The history file (of one member and tape, in time order) holding time index `t`."""
+    for h in files:
         if t < len(h.times):
             return h.path
         t -= len(h.times)
-    return ppe.files(member, tape)[-1].path
+    return files[-1].path
 
 
 def _version() -> str:

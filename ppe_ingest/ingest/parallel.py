@@ -1,0 +1,126 @@
+"""Where the ingest's per-file and per-member work runs: this process, or a dask.distributed cluster.
+
+`pool(workers=None, scheduler=None, scheduler_file=None)` gives a `Pool` whose ``map(fn, items)``
+yields ``fn(*item)`` in the order of `items`:
+
+- no option: in this process, lazily, one item at a time (no dask imported; the default);
+- ``workers=N``: a dask ``LocalCluster`` of N single-threaded worker processes, closed afterwards;
+- ``scheduler=ADDRESS`` or ``scheduler_file=FILE``: a ``Client`` of an existing cluster (started by
+  dask-jobqueue, dask-mpi or ``dask scheduler``/``dask worker``; see hpc/README.md), left running.
+
+The engine is dask.distributed; this module only bounds what is in flight: at most
+``window`` items (2 per worker + 2) are submitted ahead of the one being consumed, so the
+client holds a few members' results, never the PPE. Results come back in submission order, so a
+parallel ingest meets its inputs, reports its problems and writes its store in the same order as
+the one-process ingest. An exception in a task (a UserError naming a bad file included) is raised
+again here, with its own type and message, and cancels what is still in flight.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from ppe_ingest.base.errors import UserError
+
+# distributed logs worker starts, stops and lost connections at INFO/WARNING: the command's
+# contract is one line on error, so only errors of the engine itself are shown.
+_QUIET = ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core",
+          "distributed.comm", "tornado", "asyncio")
+
+
+class Pool:
+    """Ordered, bounded map over this process (client None) or a dask.distributed client."""
+
+    def __init__(self, client=None, nworkers: int = 1):
+        self.client = client
+        self.nworkers = max(1, nworkers)
+        self.window = 2 * self.nworkers + 2
+
+    @property
+    def parallel(self) -> bool:
+        return self.client is not None
+
+    def share(self, obj):
+        """`obj` as an argument every task may take: itself here, sent once to every worker on a cluster."""
+        if self.client is None or obj is None:
+            return obj
+        return self.client.scatter([obj], broadcast=True, hash=False)[0]
+
+    def map(self, fn: Callable, items: Iterable[tuple]) -> Iterator:
+        """``fn(*item)`` for each item, in order; at most `window` in flight on a cluster."""
+        if self.client is None:
+            for item in items:
+                yield fn(*item)
+            return
+        inflight: deque = deque()
+        it = iter(items)
+        try:
+            for item in it:
+                inflight.append(self.client.submit(fn, *item, pure=False))
+                if len(inflight) >= self.window:
+                    yield _result(inflight.popleft())
+            while inflight:
+                yield _result(inflight.popleft())
+        finally:
+            if inflight:
+                self.client.cancel(list(inflight))
+
+
+def _result(future):
+    try:
+        return future.result()
+    except UserError:
+        raise
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:
+        name = type(e).__name__
+        if name in ("KilledWorker", "CancelledError", "CommClosedError", "FutureCancelledError"):
+            raise RuntimeError(f"ingest: a dask worker was lost ({name}: {e}); "
+                               "the store was not written (rerun, with fewer --workers if memory ran out)") from e
+        raise
+
+
+def _silence() -> None:
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def pool(workers: int | None = None, scheduler: str | None = None, scheduler_file: str | None = None) -> Iterator[Pool]:
+    """The Pool the options ask for (see the module docstring); a cluster this starts is closed on exit."""
+    if sum(x is not None for x in (workers, scheduler, scheduler_file)) > 1:
+        raise UserError("ingest: give at most one of --workers, --scheduler and --scheduler-file")
+    if workers is None and scheduler is None and scheduler_file is None:
+        yield Pool()
+        return
+    try:
+        import dask  # noqa: F401
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("ingest --workers/--scheduler: dask.distributed is not installed "
+                        "(pip install 'dask[distributed]')") from None
+    _silence()
+    if workers is not None:
+        if workers < 1:
+            raise UserError(f"ingest --workers: {workers} (give 1 or more)")
+        # processes, one thread each: the reads hold the GIL between system calls and
+        # netCDF-C/HDF5 calls are serialised by one lock per process
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield Pool(client, workers)
+        return
+    try:
+        client = (Client(scheduler_file=scheduler_file, timeout="60s") if scheduler_file
+                  else Client(scheduler, timeout="60s"))
+    except (OSError, TimeoutError, ValueError) as e:
+        where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"--scheduler {scheduler}"
+        raise UserError(f"ingest {where}: cannot reach the dask scheduler ({type(e).__name__}: {e})") from None
+    with client:
+        n = len(client.nthreads())
+        if n == 0:
+            client.wait_for_workers(1, timeout=300)
+            n = len(client.nthreads())
+        yield Pool(client, n)
