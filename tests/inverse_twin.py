@@ -97,3 +97,43 @@ def observations(twin: dict, observed: np.ndarray, variables=("QRUNOFF",), gap_f
     return xr.Dataset(out, coords={"site": [str(i) for i in ids], "time": twin["time"]}).assign(
         gridcell=("site", ids), site_lat=("site", ent["grid1d_lat"].values[observed]),
         site_lon=("site", ent["grid1d_lon"].values[observed]))
+
+
+class LinearForward(torch.nn.Module):
+    """A toy forward model with a known Jacobian: y(t) = sum_j theta_j * x_j(t) (+ an optional spread)."""
+
+    kind = "toy"
+
+    def __init__(self, n_params: int, spread=None):
+        super().__init__()
+        self.forcing_names = [f"x{j}" for j in range(n_params)]
+        self.static_names = []
+        self.param_names = [f"p{j}" for j in range(n_params)]
+        self.response_names = ["y"]
+        self._spread = spread
+        if spread is not None:
+            self.predict_with_spread = lambda f, s, th: (self(f, s, th), spread(th)[:, None, None].expand(
+                f.shape[0], f.shape[1], 1))
+
+    def forward(self, forcing, static, theta, state=None, return_state=False):
+        return (forcing * theta[:, None, :]).sum(-1, keepdim=True)
+
+    def chunked(self, forcing, static, theta, batch=256):
+        with torch.no_grad():
+            return self(forcing, static, theta)
+
+
+def toy_problem(x: np.ndarray, obs: np.ndarray, observed=None, attrs=None):
+    """An InverseProblem over N entities, T days and P regressors x (N,T,P) in [0,1] bounds, obs (N,T)."""
+    from esm_emu.inverse.problem import InverseProblem
+
+    N, T, P = x.shape
+    t32 = functools.partial(torch.as_tensor, dtype=torch.float32)
+    attrs = np.zeros((N, 1)) if attrs is None else attrs
+    return InverseProblem(
+        entity_dim="gridcell", entity=np.arange(N), time=np.arange(T), forcing=t32(x), static=torch.zeros(N, 0),
+        attrs=t32(attrs), attr_names=[f"a{k}" for k in range(attrs.shape[1])], obs=t32(obs[..., None]),
+        variables=["y"], observed=np.ones(N, bool) if observed is None else observed,
+        train_time=np.ones(T, bool), test_time=np.ones(T, bool), param_names=[f"p{j}" for j in range(P)],
+        lo=torch.zeros(P), hi=torch.ones(P), default=torch.full((P,), 0.5), forward_default=torch.full((P,), 0.5),
+        forward_index=list(range(P)), response_index=[0])

@@ -20,6 +20,16 @@ def _handler(args) -> int:
     for v in metrics["variables"]:
         print(f"{v} test-period median NSE: default {sk['default'][v]['nse_median']:.3f}, "
               f"inferred {sk['inferred'][v]['nse_median']:.3f}")
+    ident = metrics.get("identifiability") or {}
+    if ident:
+        print("identifiability (" + ident.get("_criterion", "") + "):")
+        for p, d in ident.items():
+            if p.startswith("_"):
+                continue
+            partners = ", ".join(f"{q} r={d['posterior_correlation'][q]:+.2f}" for q in d["trades_off_with"])
+            print(f"  {p:24s} {'identified' if d['identified'] else 'NOT identified':15s} posterior/prior "
+                  f"variance {d['posterior_to_prior_variance']:.3f}"
+                  + (f"; trades off with {partners}" if partners else ""))
     return 0
 
 

@@ -39,6 +39,19 @@ UNCERTAINTY = {
     "ensemble": Field(int, 3, min=1, max=100, help="inverse models trained with different seeds"),
     "mc_samples": Field(int, 20, min=0, max=10_000, help="MC-dropout draws per member (0: off)"),
     "level": Field(float, 0.9, gt=0, max=0.999, help="interval level for coverage"),
+    "holdout": Field(float, 0.2, min=0, max=0.5,
+                     help="share of observed sites each ensemble member leaves out (regionalisation error)"),
+}
+
+IDENTIFIABILITY = {
+    "max_variance_ratio": Field(float, 0.1, gt=0, max=1,
+                                help="identified: median posterior/prior variance at observed sites at most this"),
+}
+
+TRUST = {
+    "design_weight": Field(float, 1.0, min=0, help="penalty on parameter sets far from every PPE member"),
+    "spread_weight": Field(float, 1.0, min=0, help="penalty on emulator-ensemble disagreement (when it has one)"),
+    "quantile": Field(float, 0.9, gt=0, max=1, help="distance quantile of the design's box that is still trusted"),
 }
 
 ROUTING = {"QRUNOFF": Field(str, "none", choices=("gamma", "none"),
@@ -86,6 +99,8 @@ SCHEMA = {
     "kgssl": Field(schema=KGSSL, default={}),
     "dpl": Field(schema=DPL, default={}),
     "uncertainty": Field(schema=UNCERTAINTY, default={}),
+    "identifiability": Field(schema=IDENTIFIABILITY, default={}),
+    "trust": Field(schema=TRUST, default={}),
 }
 
 

@@ -62,9 +62,13 @@ def masked_loss(sim: torch.Tensor, obs: torch.Tensor, time_mask: torch.Tensor, k
     return (per_var / scale).mean()
 
 
-def simulate(problem: InverseProblem, forward: ForwardModel, idx, theta: torch.Tensor) -> torch.Tensor:
-    """Observed variables simulated at entities ``idx`` with inferred parameters ``theta``."""
+def simulate(problem: InverseProblem, forward: ForwardModel, idx, theta: torch.Tensor, spread=None):
+    """Observed variables simulated at entities ``idx`` with inferred parameters ``theta``; with
+    ``spread`` (the forward model's (mean, std) method) the pair (mean, ensemble std)."""
     t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    if spread is not None:
+        mean, std = spread(problem.forcing[t], problem.static[t], problem.full_theta(theta))
+        return mean[..., problem.response_index], std[..., problem.response_index]
     out = forward(problem.forcing[t], problem.static[t], problem.full_theta(theta))
     return out[..., problem.response_index]
 
@@ -76,14 +80,21 @@ def score_mask(problem: InverseProblem, period: np.ndarray, warmup_days: int) ->
 
 
 def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z: torch.Tensor | None = None,
-              has_z: torch.Tensor | None = None, seed: int = 0, progress=None, on_step=None):
+              has_z: torch.Tensor | None = None, seed: int = 0, progress=None, on_step=None, trust=None,
+              sites=None):
     """Train g_A (z None) or g_z on the observed entities; returns (net, history).
 
     ``on_step(step, net)``, when given, is called after every optimiser step (benchmarks use it).
+    ``trust`` (esm_emu.inverse.trust.TrustRegion) adds its design-coverage penalty on the network's
+    output at every entity and, where the forward model gives an ensemble spread, its disagreement
+    penalty. ``sites`` restricts training to those observed entities (the rest held out).
     """
+    from .trust import spread_method
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    obs_idx = np.flatnonzero(problem.observed)
+    obs_idx = np.flatnonzero(problem.observed) if sites is None else np.asarray(sites)
+    spread = spread_method(forward) if trust is not None and trust.spread_weight else None
     if len(obs_idx) == 0:
         raise ValueError("no observed entity has data in the training period")
     net = ParamNet(problem.attrs.shape[1], problem.n_params, 0 if z is None else z.shape[1], cfg.hidden, cfg.dropout)
@@ -102,8 +113,15 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
         else:
             keep = has_z[t] & (torch.rand(len(idx)) >= cfg.z_dropout)
             u = net(problem.attrs[t], z[t], keep)
-        sim = simulate(problem, forward, idx, problem.from_unit(u))
+        std = None
+        if spread is not None:
+            sim, std = simulate(problem, forward, idx, problem.from_unit(u), spread)
+        else:
+            sim = simulate(problem, forward, idx, problem.from_unit(u))
         loss = masked_loss(sim, problem.obs[t], tmask, cfg.loss, scale)
+        if trust is not None:
+            u_all = net(problem.attrs) if z is None else net(problem.attrs, z, has_z)
+            loss = loss + trust.design_penalty(u_all) + trust.spread_penalty(std, scale, tmask)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)

@@ -19,9 +19,9 @@ from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
 from .param_map import build_param_map, cluster_param_map, param_values_at
 from .problem import InverseProblem, build_problem
 from .report import write_outputs
-from .uncertainty import UncertaintyConfig, combine, coverage
+from .uncertainty import UncertaintyConfig, combine, coverage, interval_inside, posterior, unit_interval
 
-IDENTIFIABLE_MIN = 0.05
+IDENTIFIABLE_MIN = 0.05  # one-at-a-time sensitivity reported beside the linearised identifiability
 
 
 def _section(cls, cfg: Mapping, key: str):
@@ -51,6 +51,8 @@ class InversionSettings:
     uncertainty: UncertaintyConfig
     max_site_distance_deg: float | None = None  # None: the schema's default
     shared_gridcells: bool = False
+    identifiability: Mapping | None = None
+    trust: Mapping | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> InversionSettings:
@@ -61,7 +63,8 @@ class InversionSettings:
                    dpl=_section(_dpl.DPLConfig, cfg, "dpl"),
                    uncertainty=_section(UncertaintyConfig, cfg, "uncertainty"),
                    max_site_distance_deg=float(cfg["max_site_distance_deg"]),
-                   shared_gridcells=bool(cfg["shared_gridcells"]))
+                   shared_gridcells=bool(cfg["shared_gridcells"]),
+                   identifiability=dict(cfg["identifiability"]), trust=dict(cfg["trust"]))
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -97,15 +100,20 @@ def _pearson(a, b) -> float:
 
 
 def recovery(true: np.ndarray, est: np.ndarray, std: np.ndarray | None, names: Sequence[str],
-             where: np.ndarray, level: float) -> dict:
-    """Per-parameter r, RMSE and interval coverage over the entities selected by ``where``."""
+             where: np.ndarray, level: float, interval: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Per-parameter r, RMSE and interval coverage over the entities selected by ``where``
+    (coverage of ``interval`` (lower, upper) when given, else of the Gaussian interval from ``std``)."""
     out = {}
     for j, p in enumerate(names):
         t, e = true[where, j], est[where, j]
         ok = np.isfinite(t) & np.isfinite(e)
         d = {"r": _pearson(t, e), "rmse": float(np.sqrt(np.mean((t[ok] - e[ok]) ** 2))) if ok.any() else float("nan"),
              "n": int(ok.sum())}
-        if std is not None and ok.any():
+        if interval is not None and ok.any():
+            lo, hi = interval[0][where, j][ok], interval[1][where, j][ok]
+            d["coverage"] = float(interval_inside(t[ok], lo, hi).mean())
+            d["interval_width_median"] = float(np.median(hi - lo))
+        elif std is not None and ok.any():
             d["coverage"] = float(coverage(t[ok], e[ok], std[where, j][ok], level))
         out[p] = d
     return out
@@ -171,7 +179,9 @@ class Pretrained:
 
 def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset | None, forward: ForwardModel,
                   table, out_dir=None, truth: xr.Dataset | None = None, progress: bool = True,
-                  sources: Sequence[str] = ()) -> tuple[xr.Dataset, dict]:
+                  sources: Sequence[str] = (), design: Mapping | None = None,
+                  emulator_error: Mapping | None = None,
+                  reference: ForwardModel | None = None) -> tuple[xr.Dataset, dict]:
     """Infer theta at every entity from observations at some of them.
 
     ``cfg`` is the ``inverse:`` section (see ``esm_emu.inverse.config``; validated here, so an
@@ -179,6 +189,11 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     fields; ``observations`` follows the observation schema. Returns the parameter map and a
     metrics dict; with ``out_dir`` both are written there (``parameter_map.nc``,
     ``metrics.json``) with plots.
+
+    ``design`` (param name -> PPE member values) bounds the trust region; ``emulator_error``
+    (variable -> held-out RMSE of the forward model) widens the intervals; ``reference``, in a twin
+    experiment, is the true model (the built-in simulator): the truth's and the estimates' skill
+    through it is reported beside the forward model's own.
     """
     t0 = _time.perf_counter()
     walls = {}
@@ -202,7 +217,9 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         pre = pretrain(problem, forward, s.kgssl, s.seed, progress)
         walls["kgssl_s"] = _time.perf_counter() - t1
 
+    trust = trust_region(problem, s, design)
     t2 = _time.perf_counter()
+    fit = None
     if s.method == "kgssl":
         theta, theta_std, dpl_hist = pre.theta, torch.zeros_like(pre.theta), []
     elif s.method == "per_site":  # each observed site's own parameters (esm_emu.inverse.per_site)
@@ -210,22 +227,85 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         theta, theta_std, dpl_hist = fit_per_site(problem, forward, ps["steps"], ps["lr"], s.uncertainty.ensemble,
                                                   s.dpl.warmup_days, s.seed, ps["prior_sd"], ps["block_days"])
     else:
-        theta, theta_std, dpl_hist = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble,
-                                             s.uncertainty.mc_samples, s.method, progress)
+        fit = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble, s.uncertainty.mc_samples,
+                      s.method, progress, trust=trust, holdout=s.uncertainty.holdout)
+        theta, theta_std, dpl_hist = fit
     walls["dpl_s"] = _time.perf_counter() - t2
 
     t3 = _time.perf_counter()
+    ident, post = _identify(problem, forward, s, theta, fit, emulator_error)
+    interval = None
+    if post is not None:  # the estimate and its interval: data, ensemble and regionalisation together
+        theta = problem.from_unit(torch.as_tensor(post.u, dtype=torch.float32))
+        theta_std, interval = _physical_spread(problem, post, s.uncertainty.level)
     metrics = evaluate(problem, forward, s, theta, dpl_hist, pre)
+    metrics["identifiability"] = ident.to_dict()
+    metrics["identifiable"] = {p: bool(v) for p, v in zip(problem.param_names, ident.identified)}
+    metrics["trust_region"] = trust.summary(problem.to_unit(theta).clamp(0, 1).numpy())
+    if emulator_error:
+        metrics["forward_model_held_out_rmse"] = dict(emulator_error)
+    if post is not None:
+        metrics["uncertainty_parts_unit_sd_median"] = {
+            k: {p: float(np.sqrt(np.median(v[:, j]))) for j, p in enumerate(problem.param_names)}
+            for k, v in post.parts.items()}
     if truth is not None:
-        metrics.update(_twin_metrics(problem, forward, s, theta, theta_std, pre, truth, progress))
+        ref = None
+        if reference is not None:  # the true model's own inputs (its static fields may differ)
+            ref = (_problem(s, entities, observations, reference, table, sources), reference)
+        metrics.update(_twin_metrics(problem, forward, s, theta, theta_std, pre, truth, progress, interval, ref))
     walls["evaluate_s"] = _time.perf_counter() - t3
     walls["total_s"] = _time.perf_counter() - t0
     metrics["wall_s"] = walls
 
-    pmap = _parameter_map(problem, forward, s, theta, theta_std, cfg, sources)
+    pmap = _parameter_map(problem, forward, s, theta, theta_std, cfg, sources, ident, interval)
     if out_dir is not None:
         write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth)
     return pmap, metrics
+
+
+def trust_region(problem: InverseProblem, s: InversionSettings, design: Mapping | None):
+    """The trust region from the PPE design's values of the inferred parameters (no design term without one)."""
+    from .trust import TrustRegion
+
+    tc = s.trust or {}
+    u = None
+    if design is not None and all(p in design for p in problem.param_names):
+        th = torch.as_tensor(np.stack([np.asarray(design[p], np.float64) for p in problem.param_names], 1),
+                             dtype=torch.float32)
+        th = th[torch.isfinite(th).all(1)]
+        u = problem.to_unit(th).clamp(0, 1) if len(th) else None
+    return TrustRegion.from_design(u, tc.get("design_weight", 1.0), tc.get("spread_weight", 1.0),
+                                   tc.get("quantile", 0.9), seed=s.seed)
+
+
+def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
+              fit, emulator_error: Mapping | None):
+    """Identifiability at the solution and, for dPL, the posterior (None for KGSSL alone)."""
+    from .identifiability import assess
+
+    ic = s.identifiability or {}
+    tm = _dpl.score_mask(problem, problem.train_time, s.dpl.warmup_days).numpy()
+    extra = None
+    if emulator_error:
+        extra = np.array([float(emulator_error.get(v, 0.0)) ** 2 for v in problem.variables])
+    th = torch.where(torch.isfinite(theta), theta, problem.default.expand_as(theta))
+    ident = assess(problem, forward, th, tm, max_variance_ratio=ic.get("max_variance_ratio", 0.1), extra_var=extra)
+    if fit is None:
+        return ident, None
+    return ident, posterior(fit.u_members, problem.observed, ident.ratio, fit.regional_var)
+
+
+def _physical_spread(problem: InverseProblem, post, level: float):
+    """(theta_std (delta method at the estimate), (lower, upper) of the level interval) in physical units."""
+    u = torch.as_tensor(post.u, dtype=torch.float32)
+    h = 1e-3
+    slope = (problem.from_unit((u + h).clamp(max=1)) - problem.from_unit((u - h).clamp(min=0))) / (
+        (u + h).clamp(max=1) - (u - h).clamp(min=0))
+    std = slope.abs() * torch.as_tensor(post.sd, dtype=torch.float32)
+    lo, hi = unit_interval(post.u, post.sd, level)
+    lower = problem.from_unit(torch.as_tensor(lo, dtype=torch.float32)).numpy()
+    upper = problem.from_unit(torch.as_tensor(hi, dtype=torch.float32)).numpy()
+    return std, (lower, upper)
 
 
 def _problem(s: InversionSettings, entities, observations, forward: ForwardModel, table,
@@ -270,18 +350,64 @@ def pretrain(problem: InverseProblem, forward: ForwardModel, kc: KGSSLConfig, se
     return Pretrained(z, has_z, kg_theta, hist)
 
 
+class DPLFit:
+    """An inverse ensemble: unpacks as (theta mean, theta std, loss histories); also holds each
+    member's unit-space draws and the regionalisation variance from its held-out observed sites."""
+
+    def __init__(self, mean, std, hists, u_members, regional_var):
+        self.mean, self.std, self.hists = mean, std, hists
+        self.u_members, self.regional_var = u_members, regional_var
+
+    def __iter__(self):
+        return iter((self.mean, self.std, self.hists))
+
+    def __getitem__(self, i):
+        return (self.mean, self.std, self.hists)[i]
+
+
 def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, pre: Pretrained | None,
-            kind: str, n_members: int, n_mc: int, tag: str, progress: bool = False):
-    """An ensemble of dPL networks (g_A, or g_z on the KGSSL embedding): (theta mean, theta std, loss histories)."""
-    samples, hists = [], []
+            kind: str, n_members: int, n_mc: int, tag: str, progress: bool = False, trust=None,
+            holdout: float = 0.0) -> DPLFit:
+    """An ensemble of dPL networks (g_A, or g_z on the KGSSL embedding).
+
+    With ``holdout`` > 0 and several members, member m leaves out its own share of the observed
+    sites (disjoint folds). At those sites its estimate, made as at an unobserved gridcell (no
+    embedding), is compared with the other members' (which saw the site's data): the mean square
+    difference is the regionalisation variance that intervals at unobserved gridcells carry.
+    """
+    samples, hists, u_members = [], [], []
     zin, hin = (pre.z, pre.has_z) if kind == "g_z" else (None, None)
+    obs_idx = np.flatnonzero(problem.observed)
+    folds = [np.array([], int)] * n_members
+    if holdout > 0 and n_members > 1 and len(obs_idx) >= 4 * n_members:
+        perm = np.random.default_rng(s.seed + 17).permutation(obs_idx)
+        k = max(1, int(round(holdout * len(obs_idx))))
+        k = min(k, len(obs_idx) // n_members)
+        folds = [perm[m * k:(m + 1) * k] for m in range(n_members)]
+    oob = []  # (member, held-out sites, unit estimate there without the embedding)
     with _bar(s.dpl.steps * n_members, f"dPL {tag}", progress) as bar:
         for m in range(n_members):
-            net, h = _dpl.train_dpl(problem, forward, s.dpl, zin, hin, seed=s.seed + 1000 * m, progress=bar)
-            samples.append(_dpl.predict(net, problem, zin, hin, n_mc))
+            sites = np.setdiff1d(obs_idx, folds[m]) if len(folds[m]) else None
+            net, h = _dpl.train_dpl(problem, forward, s.dpl, zin, hin, seed=s.seed + 1000 * m, progress=bar,
+                                    trust=trust, sites=sites)
+            draw = _dpl.predict(net, problem, zin, hin, n_mc)
+            samples.append(draw)
+            u_members.append(problem.to_unit(draw).clamp(0, 1).numpy())
+            if len(folds[m]):
+                blind = None if hin is None else hin & torch.as_tensor(~np.isin(np.arange(len(hin)), folds[m]))
+                u_oob = problem.to_unit(_dpl.predict(net, problem, zin, blind)).clamp(0, 1).numpy()
+                oob.append((m, folds[m], u_oob[folds[m]]))
             hists.append(h["loss"])
     mean, std = combine(samples)
-    return mean, std, hists
+    regional = None
+    if oob:
+        diffs = []
+        for m, idx, u in oob:
+            others = [u_members[k] for k in range(n_members) if k != m]
+            ref = np.mean([o.mean(0) if o.ndim == 3 else o for o in others], axis=0)[idx]
+            diffs.append(u - ref)
+        regional = np.mean(np.concatenate(diffs) ** 2, axis=0)
+    return DPLFit(mean, std, hists, u_members, regional)
 
 
 def evaluate(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
@@ -304,16 +430,60 @@ def evaluate(problem: InverseProblem, forward: ForwardModel, s: InversionSetting
     return metrics
 
 
+class SpunUp(ForwardModel):
+    """A stateful forward model started from a spun-up state: the first year repeated ``years`` times
+    from a cold start, as the PPE and the twin's truth run were (their outputs are what it must match)."""
+
+    def __init__(self, inner: ForwardModel, years: int, days_per_year: int = 365):
+        super().__init__(inner.forcing_names, inner.static_names, inner.param_names, inner.response_names)
+        self.inner, self.years, self.days = inner, int(years), days_per_year
+        self.kind = inner.kind
+
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
+        if state is None:
+            for _ in range(self.years):
+                _, state = self.inner(forcing[:, :self.days], static, theta, state=state, return_state=True)
+        return self.inner(forcing, static, theta, state=state, return_state=return_state)
+
+
+def _gain(default: dict, inferred: dict, truth: dict) -> dict:
+    """Per variable, the calibration's share of the reachable gain (inferred - default) / (truth - default)."""
+    out = {}
+    for v in truth:
+        d, i, t = (x.get(v, {}).get("nse_median") for x in (default, inferred, truth))
+        ok = all(isinstance(x, float) and np.isfinite(x) for x in (d, i, t)) and abs(t - d) > 1e-9
+        out[v] = float((i - d) / (t - d)) if ok else float("nan")
+    return out
+
+
 def _twin_metrics(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
-                  theta_std: torch.Tensor, pre: Pretrained | None, truth: xr.Dataset, progress: bool) -> dict:
-    """Recovery of the true parameters at observed and unobserved entities; with ``ablation``, also
-    that of KGSSL alone and of the other dPL variant (one member each)."""
+                  theta_std: torch.Tensor, pre: Pretrained | None, truth: xr.Dataset, progress: bool,
+                  interval=None, reference=None) -> dict:
+    """Recovery of the true parameters at observed and unobserved entities; the truth's held-out skill
+    (the ceiling) and the share of the reachable gain, through the forward model and, with
+    ``reference``, through the twin's true model; with ``ablation``, also the recovery of KGSSL alone
+    and of the other dPL variant (one member each)."""
     names, observed, unobs, level = problem.param_names, problem.observed, ~problem.observed, s.uncertainty.level
     true = param_values_at(truth, problem.entity_dim, problem.entity, names)
     th_np, sd_np = theta.numpy(), theta_std.numpy()
-    out = {"recovery": {"observed": recovery(true, th_np, sd_np, names, observed, level),
-                        "unobserved": recovery(true, th_np, sd_np, names, unobs, level),
+    out = {"recovery": {"observed": recovery(true, th_np, sd_np, names, observed, level, interval),
+                        "unobserved": recovery(true, th_np, sd_np, names, unobs, level, interval),
                         "coverage_level": level}}
+    obs_idx = np.flatnonzero(observed)
+    score = _dpl.score_mask(problem, problem.test_time, s.dpl.warmup_days).numpy()
+    tt = torch.as_tensor(np.where(np.isfinite(true), true, problem.default.numpy()[None]), dtype=torch.float32)
+    default = problem.default.expand(len(problem.entity), -1)
+    out["skill_test_period_truth"] = skill(problem, forward, tt, obs_idx, score)
+    out["reachable_gain_share"] = _gain(_nse_only(skill(problem, forward, default, obs_idx, score)),
+                                        _nse_only(skill(problem, forward, torch.nan_to_num(theta), obs_idx, score)),
+                                        _nse_only(out["skill_test_period_truth"]))
+    if reference is not None:
+        rp, rf = reference
+        ref = {"default": skill(rp, rf, default, obs_idx, score),
+               "inferred": skill(rp, rf, torch.nan_to_num(theta), obs_idx, score),
+               "truth": skill(rp, rf, tt, obs_idx, score)}
+        out["skill_test_period_true_model"] = ref
+        out["reachable_gain_share_true_model"] = _gain(*(_nse_only(ref[k]) for k in ("default", "inferred", "truth")))
     if s.ablation:
         ab = {}
         if pre is not None:
@@ -330,15 +500,38 @@ def _twin_metrics(problem: InverseProblem, forward: ForwardModel, s: InversionSe
     return out
 
 
+def _nse_only(sk: dict) -> dict:
+    return {v: {"nse_median": d["nse_median"]} for v, d in sk.items()}
+
+
 def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
-                   theta_std: torch.Tensor, cfg: Mapping, sources: Sequence[str]) -> xr.Dataset:
-    """The parameter map with provenance, and k-means clusters when ``clusters`` asks for them."""
+                   theta_std: torch.Tensor, cfg: Mapping, sources: Sequence[str], ident=None,
+                   interval=None) -> xr.Dataset:
+    """The parameter map with provenance, identifiability and intervals, and k-means clusters when
+    ``clusters`` asks for them."""
     prov = {"forward_model": forward.kind, "emulator_checkpoint_sha256": forward.checkpoint_sha256,
             "observation_sources": list(sources), "observed_variables": problem.variables, "config": dict(cfg)}
     pmap = build_param_map(problem.entity, theta.numpy(), theta_std.numpy(), problem.param_names,
                            "site" if problem.entity_dim in ("site", "basin") else "gridcell",
                            problem.lat, problem.lon, problem.observed, problem.lo.numpy(), problem.hi.numpy(),
                            problem.default.numpy(), prov)
+    dim = pmap["theta"].dims[0]
+    if interval is not None:
+        lvl = f"{100 * s.uncertainty.level:g}%"
+        for name, arr, ln in (("theta_lower", interval[0], "lower"), ("theta_upper", interval[1], "upper")):
+            pmap[name] = ((dim, "param"), np.asarray(arr, np.float64), {
+                "long_name": f"{ln} end of the {lvl} interval (data, inverse ensemble and regionalisation)",
+                "units": "1"})
+    if ident is not None:
+        pmap["identified"] = ("param", ident.identified.astype(np.int8), {
+            "long_name": "1 where the observations identify the parameter", "flag_values": np.array([0, 1], np.int8),
+            "flag_meanings": "not_identified identified",
+            "comment": f"median posterior/prior variance <= {ident.max_variance_ratio} (linearised at the solution)"})
+        pmap["posterior_to_prior_variance"] = ("param", ident.median_ratio, {
+            "long_name": "median over observed entities of the posterior-to-prior variance ratio", "units": "1"})
+        pmap["posterior_correlation"] = (("param", "param2"), ident.corr, {
+            "long_name": "median posterior correlation between parameters (unit space)", "units": "1"})
+        pmap = pmap.assign_coords(param2=("param2", np.array(problem.param_names, dtype=object)))
     if s.clusters:
         cl = cluster_param_map(pmap, s.clusters, seed=s.seed)
         pmap["cluster"] = cl["cluster"].assign_attrs(long_name="k-means cluster of the inferred parameters "

@@ -66,6 +66,8 @@ def write_param_map(ds: xr.Dataset, path: str | Path, inputs: Sequence = ()) -> 
     path = Path(path)
     out = ds.copy()
     out["param"] = out["param"].astype(str)
+    if "param2" in out.coords:
+        out["param2"] = out["param2"].astype(str)
     with atomic_path(path, inputs) as tmp:
         out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
     return path

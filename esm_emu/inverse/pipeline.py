@@ -66,11 +66,63 @@ def load_observations(paths):
     return dss[0] if len(dss) == 1 else merge_obs(dss, source="inverse.observations")
 
 
-def run_from_config(cfg: InverseConfig, progress: bool = True):
+def store_design(path) -> dict | None:
+    """The PPE design in a training store: parameter name -> the members' values (None without a store)."""
+    if not path:
+        return None
+    from ppe_ingest.base.netcdf import open_xarray
+    from ppe_ingest.store import PARAM, THETA
+
+    ds = open_xarray(path, "inverse.store")
+    if THETA not in ds.variables or PARAM not in ds.dims:
+        return None
+    th = ds[THETA].transpose(..., PARAM).load()
+    return {str(p): th.sel({PARAM: p}).values.astype(float) for p in th[PARAM].values}
+
+
+def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64) -> dict | None:
+    """RMSE of the emulator on the store's held-out (test) members, per observed variable, over
+    its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
+    if not path or forward.kind != "emulator":
+        return None
+    import numpy as np
+    import torch
+
+    from ppe_ingest.base.netcdf import open_xarray
+    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, SPLIT_MEMBER, TEST, THETA, entities_view
+
+    ds = open_xarray(path, "inverse.store")
+    test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
+    if not len(test) or any(v not in ds.data_vars for v in variables):
+        return None
+    ent = entities_view(ds)
+    cells = np.arange(min(ds.sizes[GRIDCELL], max_gridcells))
+    forcing = torch.as_tensor(np.stack([ent[n].transpose(GRIDCELL, "time").values[cells]
+                                        for n in forward.forcing_names], -1), dtype=torch.float32)
+    from ppe_ingest.store import static_values
+
+    static = torch.as_tensor(static_values(ds, forward.static_names)[cells], dtype=torch.float32)
+    theta_all = ds[THETA].transpose(MEMBER, PARAM).sel({PARAM: forward.param_names}).values
+    ridx = forward.response_index(list(variables))
+    sq, n = np.zeros(len(variables)), np.zeros(len(variables))
+    for m in test:
+        th = torch.as_tensor(theta_all[m], dtype=torch.float32).expand(len(cells), -1)
+        y = forward.chunked(forcing, static, th)[..., ridx].numpy()[:, warmup_days:]
+        for k, v in enumerate(variables):
+            ref = ds[v].isel({MEMBER: int(m)}).transpose(GRIDCELL, "time").values[cells][:, warmup_days:]
+            ok = np.isfinite(ref)
+            sq[k] += float(((y[..., k][ok] - ref[ok]) ** 2).sum())
+            n[k] += int(ok.sum())
+    return {v: float(np.sqrt(sq[k] / n[k])) for k, v in enumerate(variables) if n[k]}
+
+
+def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int = 0):
     """Load everything a validated ``inverse:`` section names, invert, write outputs; return (map, metrics).
 
     Its paths (observations included) are already resolved and checked by the validation; their
-    kinds are checked here before anything heavy is imported.
+    kinds are checked here before anything heavy is imported. In a twin experiment (``truth``
+    given, forward model an emulator of the built-in simulator) the simulator, spun up for
+    ``spinup_years`` as the PPE was, is the true model the skill is also measured with.
     """
     check_inputs(cfg)
 
@@ -93,5 +145,19 @@ def run_from_config(cfg: InverseConfig, progress: bool = True):
     observations = load_observations(cfg.observations)
     forward = load_forward(cfg.forward.kind, cfg.forward.checkpoint, cfg.params, cfg.variables, entities)
     truth = open_xarray(cfg.truth, "inverse.truth", load=True) if cfg.truth else None
+    reference = None
+    if truth is not None and cfg.forward.kind == "emulator":  # a twin: its true model is the simulator
+        try:
+            reference = load_forward("simulator", None, forward.param_names, cfg.variables, entities)
+            reference.response_index(cfg.variables)
+            if spinup_years:
+                from .inversion import SpunUp
+
+                reference = SpunUp(reference, spinup_years)
+        except UserError:
+            reference = None
     return run_inversion(cfg, entities, observations, forward, table, out_dir=cfg.out, truth=truth,
-                         progress=progress, sources=list(cfg.observations))
+                         progress=progress, sources=list(cfg.observations), design=store_design(cfg.store),
+                         emulator_error=forward_held_out_error(cfg.store, forward, cfg.variables,
+                                                               cfg.dpl.warmup_days),
+                         reference=reference)

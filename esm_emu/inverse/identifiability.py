@@ -1,0 +1,169 @@
+"""How much the observations constrain each parameter: a linearised Bayesian update at the solution.
+
+At each observed entity the forward model's Jacobian J (scored days x variables, parameters in the
+unit space of their bounds) gives the Fisher information F = sum_v J_v^T J_v / (sigma_v^2 k_v), with
+sigma_v the residual std of variable v at the solution (observation error plus forward-model error)
+and k_v = (1 + rho_v) / (1 - rho_v) the inflation for day-to-day correlated residuals (rho_v the
+lag-1 autocorrelation), so a year of daily values does not count as 365 independent ones.
+
+The prior is uniform on the table bounds: variance 1/12 in unit space. The posterior covariance
+C = (F + 12 I)^-1; the posterior-to-prior variance ratio of parameter j is 12 C_jj (1: the data say
+nothing, 0: pinned down), and C's correlations show which parameters trade off (fff with FMAX).
+A parameter is *identified* when the median ratio over observed entities is at most
+``max_variance_ratio``. Two parameters that trade off exactly each keep half their prior variance
+(ratio 0.5, correlation -1) however many data there are: not separately identified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..forward import ForwardModel
+from .problem import InverseProblem
+
+PRIOR_PRECISION = 12.0  # 1 / variance of the uniform prior on [0, 1]
+PRIOR_MEAN = 0.5
+
+
+@dataclass
+class Identifiability:
+    """Per parameter: median ratio, per-variable ratios, posterior correlations; per entity: ratio, cov."""
+
+    params: list
+    variables: list
+    ratio: np.ndarray  # (n_obs, P) posterior / prior variance, all variables together
+    ratio_by_var: np.ndarray  # (n_obs, V, P) each variable alone
+    cov: np.ndarray  # (n_obs, P, P) posterior covariance in unit space
+    corr: np.ndarray  # (P, P) median posterior correlation over entities
+    sigma: np.ndarray  # (V,) median residual std per variable (physical units)
+    max_variance_ratio: float
+
+    @property
+    def median_ratio(self) -> np.ndarray:
+        return np.nanmedian(self.ratio, axis=0)
+
+    @property
+    def identified(self) -> np.ndarray:
+        return self.median_ratio <= self.max_variance_ratio
+
+    def partners(self, j: int, min_abs_corr: float = 0.7) -> list[tuple[str, float]]:
+        """The parameters whose posterior correlation with parameter j is at least min_abs_corr in size."""
+        return [(self.params[k], float(self.corr[j, k])) for k in range(len(self.params))
+                if k != j and abs(self.corr[j, k]) >= min_abs_corr]
+
+    def to_dict(self) -> dict:
+        """The figures behind each verdict, for metrics.json (``identifiability/<param>/...``)."""
+        out = {}
+        med = self.median_ratio
+        byv = np.nanmedian(self.ratio_by_var, axis=0)
+        for j, p in enumerate(self.params):
+            out[p] = {"identified": bool(med[j] <= self.max_variance_ratio),
+                      "posterior_to_prior_variance": float(med[j]),
+                      "posterior_to_prior_variance_by_variable": {v: float(byv[k, j])
+                                                                  for k, v in enumerate(self.variables)},
+                      "posterior_correlation": {q: float(self.corr[j, k]) for k, q in enumerate(self.params)
+                                                if k != j},
+                      "trades_off_with": [q for q, _ in self.partners(j)],
+                      "posterior_std_unit": float(np.sqrt(np.nanmedian(self.cov[:, j, j])))}
+        out["_criterion"] = (f"identified: median over observed entities of posterior/prior variance <= "
+                             f"{self.max_variance_ratio} (linearised at the solution; uniform prior on the bounds; "
+                             "residual std as the error, inflated for autocorrelation)")
+        out["_residual_std"] = {v: float(s) for v, s in zip(self.variables, self.sigma)}
+        return out
+
+    def lines(self) -> list[str]:
+        """One line per parameter for the terminal."""
+        out = []
+        med = self.median_ratio
+        for j, p in enumerate(self.params):
+            word = "identified" if med[j] <= self.max_variance_ratio else "NOT identified"
+            extra = ", ".join(f"{q} r={c:+.2f}" for q, c in self.partners(j))
+            out.append(f"  {p:24s} {word:15s} posterior/prior variance {med[j]:.3f}"
+                       + (f"; trades off with {extra}" if extra else ""))
+        return out
+
+
+def jacobian(problem: InverseProblem, forward: ForwardModel, theta: torch.Tensor, idx, eps: float = 0.02
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y0 (n,T,V), J (n,T,V,P)): the observed variables at ``theta[idx]`` and their derivatives with
+    respect to each parameter's unit-space position (central differences, one-sided at a bound)."""
+    t = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    u0 = problem.to_unit(theta[t].float()).clamp(0, 1)
+    f, s = problem.forcing[t], problem.static[t]
+
+    def run(u):
+        return forward.chunked(f, s, problem.full_theta(problem.from_unit(u)))[..., problem.response_index]
+
+    y0 = run(u0)
+    cols = []
+    for j in range(problem.n_params):
+        up, dn = u0.clone(), u0.clone()
+        up[:, j] = (u0[:, j] + eps).clamp(max=1.0)
+        dn[:, j] = (u0[:, j] - eps).clamp(min=0.0)
+        du = (up[:, j] - dn[:, j]).clamp_min(1e-6)
+        cols.append((run(up) - run(dn)) / du[:, None, None])
+    return y0, torch.stack(cols, -1)
+
+
+def _lag1(r: np.ndarray) -> float:
+    """Lag-1 autocorrelation of a residual series with gaps (NaN), clipped to [0, 0.98]."""
+    a, b = r[:-1], r[1:]
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 10:
+        return 0.0
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float(np.clip((a * b).sum() / den, 0.0, 0.98)) if den > 0 else 0.0
+
+
+def assess(problem: InverseProblem, forward: ForwardModel, theta: torch.Tensor, time_mask, idx=None,
+           max_variance_ratio: float = 0.1, extra_var: np.ndarray | None = None, eps: float = 0.02
+           ) -> Identifiability:
+    """The linearised posterior at ``theta`` for the observed entities ``idx`` (default: all observed).
+
+    ``time_mask`` (T,) selects the scored days; ``extra_var`` (V,) adds a known error variance per
+    variable (e.g. the emulator's held-out error) to the residual variance.
+    """
+    idx = np.flatnonzero(problem.observed) if idx is None else np.asarray(idx)
+    tm = np.asarray(time_mask, bool)
+    y0, J = jacobian(problem, forward, theta, idx, eps)
+    obs = problem.obs[torch.as_tensor(idx)].numpy()[:, tm].astype(np.float64)
+    y0, J = y0.numpy()[:, tm].astype(np.float64), J.numpy()[:, tm].astype(np.float64)
+    n, _, V = obs.shape
+    P = problem.n_params
+    res = obs - y0
+    # residual std per variable pooled over entities (one entity's few days are a noisy estimate)
+    sigma = np.sqrt(np.nanmean(res ** 2, axis=(0, 1)))
+    sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, np.nanstd(obs, axis=(0, 1)) * 1e-3 + 1e-12)
+    var = sigma ** 2 + (0 if extra_var is None else np.asarray(extra_var, np.float64))
+    ratio, ratio_v, covs = np.full((n, P), np.nan), np.full((n, V, P), np.nan), np.full((n, P, P), np.nan)
+    eye = np.eye(P) * PRIOR_PRECISION
+    for i in range(n):
+        Fv = []
+        for v in range(V):
+            ok = np.isfinite(obs[i, :, v])
+            if ok.sum() < 3:
+                Fv.append(np.zeros((P, P)))
+                continue
+            k = (1 + (rho := _lag1(res[i, :, v]))) / (1 - rho)
+            Jv = J[i, ok, v]
+            Fv.append(Jv.T @ Jv / (var[v] * k))
+        for v in range(V):
+            ratio_v[i, v] = np.diag(np.linalg.inv(Fv[v] + eye)) * PRIOR_PRECISION
+        C = np.linalg.inv(sum(Fv) + eye)
+        covs[i] = C
+        ratio[i] = np.diag(C) * PRIOR_PRECISION
+    d = np.sqrt(np.einsum("npp->np", covs))
+    corr = np.nanmedian(covs / (d[:, :, None] * d[:, None, :]), axis=0)
+    return Identifiability(list(problem.param_names), list(problem.variables), ratio, ratio_v, covs, corr,
+                           sigma, float(max_variance_ratio))
+
+
+def shrink_to_prior(u: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """The linear-Gaussian posterior mean in unit space: the data's estimate ``u`` pulled toward the
+    prior mean by the prior's share of the posterior precision (= the variance ratio). A parameter the
+    data cannot tell (ratio near 1) returns to the middle of its range instead of staying wherever the
+    optimiser left it."""
+    return (1 - ratio) * u + ratio * PRIOR_MEAN

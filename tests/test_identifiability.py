@@ -1,0 +1,48 @@
+"""Identifiability on toy problems with a known answer: the linearised posterior of a linear model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from inverse_twin import LinearForward, toy_problem
+
+from esm_emu.inverse.identifiability import assess
+from esm_emu.inverse.uncertainty import posterior, unit_interval
+
+
+def _toy(n=30, T=200, seed=0, noise=0.05):
+    """p0 and p1 enter only as p0 + p1 (an exact trade-off); p2 is well constrained; p3 does nothing."""
+    rng = np.random.default_rng(seed)
+    a, c = rng.normal(size=(n, T)), rng.normal(size=(n, T))
+    x = np.stack([a, a, c, np.zeros((n, T))], -1)
+    true = rng.uniform(0.1, 0.9, (n, 4))
+    obs = (x * true[:, None, :]).sum(-1) + noise * rng.normal(size=(n, T))
+    return toy_problem(x, obs), true
+
+
+def test_exact_trade_off_is_not_separately_identified():
+    problem, true = _toy()
+    ident = assess(problem, LinearForward(4), torch.as_tensor(true, dtype=torch.float32), np.ones(200, bool))
+    d = ident.to_dict()
+    assert d["p2"]["identified"] and d["p2"]["posterior_to_prior_variance"] < 0.01
+    for p, q in (("p0", "p1"), ("p1", "p0")):  # each keeps half its prior variance, correlation -1
+        assert not d[p]["identified"]
+        assert 0.45 < d[p]["posterior_to_prior_variance"] < 0.55
+        assert d[p]["posterior_correlation"][q] < -0.95 and q in d[p]["trades_off_with"]
+    assert not d["p3"]["identified"] and d["p3"]["posterior_to_prior_variance"] > 0.99
+    lines = "\n".join(ident.lines())
+    assert "p0" in lines and "NOT identified" in lines and "trades off with p1" in lines
+
+
+def test_unidentified_parameter_returns_to_its_prior_with_a_prior_wide_interval():
+    """An optimiser that left p3 (no effect on the data) at a bound with no spread gets the middle of
+    its range and an interval spanning nearly all of it; p2 keeps its estimate and a tight interval."""
+    problem, true = _toy()
+    est = true.copy()
+    est[:, 3] = 1.0  # pinned at the upper bound
+    ident = assess(problem, LinearForward(4), torch.as_tensor(est, dtype=torch.float32), np.ones(200, bool))
+    post = posterior([est], problem.observed, ident.ratio)
+    lo, hi = unit_interval(post.u, post.sd, 0.9)
+    assert np.allclose(post.u[:, 3], 0.5, atol=0.01)
+    assert np.all(hi[:, 3] - lo[:, 3] > 0.9)
+    assert np.allclose(post.u[:, 2], true[:, 2], atol=0.02)
+    assert np.all(hi[:, 2] - lo[:, 2] < 0.1)
