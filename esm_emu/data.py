@@ -1,7 +1,9 @@
 """Training data from the ingest store: windows over members x gridcells x time, and summary tables.
 
 `SequenceStore` reads a training store (see the store contract in DESIGN/ingest) into float32
-arrays with its names, splits and coordinates. `WindowSampler` draws windows of
+arrays with its names, splits and coordinates, or, when the store is larger than memory allows,
+reads each batch's windows from the file on demand (`reading`, `StoreArray`), a thread reading
+ahead of the loop (`esm_emu.loader`). `WindowSampler` draws windows of
 `warmup + window` days; the loss covers the last `window` days, only where the response is
 finite and the day is a training year. The global batch of step k depends only on (seed, k), and
 each rank takes its own slice of it (DistributedSampler-style), so any number of ranks sees the
@@ -44,11 +46,148 @@ def _pick(requested, available, what, path):
     return list(requested)
 
 
+# `reading: auto` keeps the arrays training reads in memory up to this size per process, and reads
+# windows from the store above it (data.memory_mb in the emulator config).
+DEFAULT_MEMORY_MB = 1024.0
+READINGS = ("auto", "memory", "stream")
+_BLOCK_BYTES = 64 << 20  # bytes per block when a statistic streams over the store
+
+
+class StoreArray:
+    """Stacked store variables (..., V) read from the file on demand: what SequenceStore holds in
+    place of an in-memory array when the store is streamed.
+
+    `dims` is the logical order (("member", "gridcell", "time") or ("gridcell", "time")); values
+    are decoded as xarray decodes them (fill and missing values to NaN, scale and offset) and cast
+    to float32, so a window read here equals the same window of the in-memory array bit for bit.
+    Indexing takes the two patterns the package uses: windows ``a[m[:, None], g[:, None], t]``
+    (t (B, L), consecutive days per row) and whole series ``a[m, g]``. One netCDF handle per
+    process, reads under base.netcdf.NC_LOCK (HDF5 is not thread-safe).
+    """
+
+    def __init__(self, path: Path, names: Sequence[str], dims: tuple, shape: tuple):
+        self.path, self.names, self.dims = Path(path), list(names), tuple(dims)
+        self.shape = (*shape, len(self.names))
+        self.dtype = np.dtype(np.float32)
+        self._nc, self._pid, self._vars = None, None, None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def _variables(self):
+        import os
+
+        import netCDF4
+
+        if self._nc is None or self._pid != os.getpid():  # a forked DataLoader worker opens its own
+            self._nc = netCDF4.Dataset(self.path)
+            self._pid = os.getpid()
+            self._vars = []
+            for n in self.names:
+                v = self._nc[n]
+                v.set_auto_maskandscale(False)
+                a = v.ncattrs()
+                miss = [np.asarray(v.getncattr(k)).ravel() for k in ("_FillValue", "missing_value") if k in a]
+                scale = v.getncattr("scale_factor") if "scale_factor" in a else None
+                offset = v.getncattr("add_offset") if "add_offset" in a else None
+                self._vars.append((v, [x for m in miss for x in m if not np.isnan(x)], scale, offset))
+        return self._vars
+
+    def _read(self, j: int, index: dict) -> np.ndarray:
+        v, miss, scale, offset = self._variables()[j]
+        x = np.asarray(v[tuple(index[d] for d in v.dimensions)])
+        if miss or scale is not None or offset is not None:
+            x = x.astype(np.float64 if x.dtype.itemsize > 4 else np.float32)
+            for mv in miss:
+                x[x == mv] = np.nan
+            if scale is not None:
+                x = x * scale
+            if offset is not None:
+                x = x + offset
+        return x
+
+    def window(self, index: dict, out: np.ndarray) -> None:
+        """out (..., V) <- the values at `index` (dim name -> int or slice), variable by variable."""
+        from ppe_ingest.base.netcdf import NC_LOCK
+
+        with NC_LOCK:
+            for j in range(len(self.names)):
+                x = self._read(j, index)
+                sliced = [d for d in self._variables()[j][0].dimensions if not isinstance(index[d], (int, np.integer))]
+                want = [d for d in self.dims if d in sliced]
+                if sliced != want:
+                    x = np.transpose(x, [sliced.index(d) for d in want])
+                out[..., j] = x
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        keyed = self.dims[:len(key)]
+        arrs = [np.asarray(k) for k in key]
+        if len(key) == len(self.dims) and arrs[-1].ndim == 2:  # windows: (..., t (B, L))
+            t = arrs[-1]
+            rows = [np.broadcast_to(a, t.shape)[:, 0] for a in arrs[:-1]]
+            out = np.empty((*t.shape, len(self.names)), np.float32)
+            for i in range(t.shape[0]):
+                t0, n = int(t[i, 0]), t.shape[1]
+                if n and not np.array_equal(t[i], np.arange(t0, t0 + n)):
+                    raise IndexError("StoreArray: window rows must be consecutive days")
+                idx = {d: int(r[i]) for d, r in zip(keyed[:-1], rows)}
+                idx[self.dims[-1]] = slice(t0, t0 + n)
+                self.window(idx, out[i])
+            return out
+        if len(key) == len(self.dims) - 1 and all(a.ndim == 1 for a in arrs):  # whole series: (N, T, V)
+            n = len(arrs[0])
+            out = np.empty((n, self.shape[-2], len(self.names)), np.float32)
+            for i in range(n):
+                idx = {d: int(a[i]) for d, a in zip(keyed, arrs)}
+                idx[self.dims[-1]] = slice(None)
+                self.window(idx, out[i])
+            return out
+        raise IndexError("StoreArray: index with windows a[m[:, None], g[:, None], t] or series a[m, g]")
+
+    def blocks(self, members: np.ndarray, gridcells: np.ndarray, days: np.ndarray | None = None):
+        """(member, gridcell indices, values (g, T or days, V)) over `members`, a few MB at a time."""
+        step = max(1, int(_BLOCK_BYTES // max(1, self.shape[-2] * len(self.names) * 4)))
+        for m in members:
+            for k in range(0, len(gridcells), step):
+                g = np.asarray(gridcells[k:k + step])
+                lo, hi = int(g.min()), int(g.max()) + 1
+                x = np.empty((hi - lo, self.shape[-2], len(self.names)), np.float32)
+                idx = {"member": int(m), "gridcell": slice(lo, hi), "time": slice(None)}
+                self.window(idx, x)
+                x = x[g - lo]
+                yield m, g, (x if days is None else x[:, days])
+
+    def close(self) -> None:
+        if self._nc is not None:
+            try:
+                self._nc.close()
+            except Exception:  # already closed or its process gone
+                pass
+        self._nc = self._vars = None
+
+
+def _read_stack(ds, names, order, shape) -> np.ndarray:
+    """Variables stacked on a last axis, filled one at a time (peak: the stack + one variable)."""
+    out = np.empty((*shape, len(names)), np.float32)
+    for j, v in enumerate(names):
+        out[..., j] = ds[v].transpose(*order).values
+    return out
+
+
 class SequenceStore:
-    """A training store's arrays in memory: forcing (G,T,F) or (M,G,T,F), responses (M,G,T,R), theta, static."""
+    """A training store's arrays: forcing (G,T,F) or (M,G,T,F), responses (M,G,T,R), theta, static.
+
+    `reading`: "memory" loads forcing and responses into float32 arrays; "stream" leaves them in
+    the file (StoreArray) and reads each batch's windows on demand, so memory is bounded by the
+    batch, not the store; "auto" (default) loads them when they take at most `memory_mb`. Both
+    give the same values, hence the same batches and loss trajectory.
+    """
 
     def __init__(self, path, forcing: Sequence[str] | None = None, static: Sequence[str] | None = None,
-                 params: Sequence[str] | None = None, responses: Sequence[str] | None = None):
+                 params: Sequence[str] | None = None, responses: Sequence[str] | None = None,
+                 reading: str = "auto", memory_mb: float = DEFAULT_MEMORY_MB):
         self.path = Path(path)
         ds = contract.open_store(path, required=(contract.THETA, contract.STATIC, contract.SPLIT_MEMBER,
                                                  contract.SPLIT_GRIDCELL, contract.SPLIT_TIME))
@@ -61,19 +200,31 @@ class SequenceStore:
             raise UserError(f"{path}: no response variables ({', '.join(RESPONSES)}) in the store")
         if not self.forcing_names:
             raise UserError(f"{path}: no forcing variables in the store")
+        if reading not in READINGS:
+            raise UserError(f"emulator.data.reading: {reading!r} is not one of {', '.join(READINGS)}")
         self.forcing_shared = contract.forcing_shared(ds)
+        self.n_member, self.n_gridcell, self.n_time = (ds.sizes[d] for d in ("member", "gridcell", "time"))
         order = ("gridcell", "time") if self.forcing_shared else ("member", "gridcell", "time")
-        self.forcing = np.stack([ds[v].transpose(*order).values.astype(np.float32) for v in self.forcing_names], -1)
-        self.responses = np.stack([ds[v].transpose("member", "gridcell", "time").values.astype(np.float32)
-                                   for v in self.response_names], -1)
+        fshape = tuple(ds.sizes[d] for d in order)
+        rorder = ("member", "gridcell", "time")
+        rshape = (self.n_member, self.n_gridcell, self.n_time)
+        self.nbytes = 4 * (int(np.prod(fshape)) * len(self.forcing_names)
+                           + int(np.prod(rshape)) * len(self.response_names))
+        self.in_memory = reading == "memory" or (reading == "auto" and self.nbytes <= memory_mb * 2**20)
+        if self.in_memory:
+            self.forcing = _read_stack(ds, self.forcing_names, order, fshape)
+            self.responses = _read_stack(ds, self.response_names, rorder, rshape)
+            if not np.all(np.isfinite(self.forcing)):
+                bad = self.forcing_names[int(np.argwhere(~np.isfinite(self.forcing))[0, -1])]
+                raise UserError(f"{path}: forcing {bad} has missing values")
+        else:  # streamed: forcing is checked window by window as batches are read (make_batch)
+            self.forcing = StoreArray(path, self.forcing_names, order, fshape)
+            self.responses = StoreArray(path, self.response_names, rorder, rshape)
         self.theta = ds["theta"].sel(param=self.param_names).transpose("member", "param").values.astype(np.float32)
         self.static = contract.static_values(ds, self.static_names).astype(np.float32)
         for name, arr in (("theta", self.theta), ("static", self.static)):
             if not np.all(np.isfinite(arr)):
                 raise UserError(f"{path}: {name} has missing values; the emulator needs every value")
-        if not np.all(np.isfinite(self.forcing)):
-            bad = self.forcing_names[int(np.argwhere(~np.isfinite(self.forcing))[0, -1])]
-            raise UserError(f"{path}: forcing {bad} has missing values")
         self.split_member = ds[contract.SPLIT_MEMBER].values.astype(np.int8)
         self.split_gridcell = ds[contract.SPLIT_GRIDCELL].values.astype(np.int8)
         self.split_time = ds[contract.SPLIT_TIME].values.astype(np.int8)
@@ -83,20 +234,68 @@ class SequenceStore:
         self.lat = ds[contract.LAT].values if contract.LAT in ds else nan
         self.lon = ds[contract.LON].values if contract.LON in ds else nan
         self.warmup_days = int(ds.attrs.get(contract.ATTR_WARMUP, 0))
-        self.n_member, self.n_gridcell, self.n_time = self.responses.shape[:3]
 
     def forcing_for(self, m: np.ndarray, g: np.ndarray, t0: np.ndarray | int, length: int) -> np.ndarray:
         """Forcing windows (B, length, F) for member/gridcell index arrays starting at t0."""
         t = np.asarray(t0).reshape(-1, 1) + np.arange(length)
         if self.forcing_shared:
-            return self.forcing[np.asarray(g)[:, None], t]
-        return self.forcing[np.asarray(m)[:, None], np.asarray(g)[:, None], t]
+            f = self.forcing[np.asarray(g)[:, None], t]
+        else:
+            f = self.forcing[np.asarray(m)[:, None], np.asarray(g)[:, None], t]
+        if not self.in_memory and not np.all(np.isfinite(f)):
+            bad = self.forcing_names[int(np.argwhere(~np.isfinite(f))[0, -1])]
+            raise UserError(f"{self.path}: forcing {bad} has missing values")
+        return f
 
     def pairs(self, member_split: Sequence[int], gridcell_split: Sequence[int]) -> np.ndarray:
         """(N, 2) member, gridcell index pairs whose splits are in the given sets."""
         ms = np.flatnonzero(np.isin(self.split_member, member_split))
         gs = np.flatnonzero(np.isin(self.split_gridcell, gridcell_split))
         return np.stack(np.meshgrid(ms, gs, indexing="ij"), -1).reshape(-1, 2)
+
+    def response_blocks(self, members: np.ndarray, gridcells: np.ndarray, days: np.ndarray | None = None):
+        """(member, gridcell indices, responses (g, days, R)) blocks of a few MB, read or sliced."""
+        if not self.in_memory:
+            yield from self.responses.blocks(members, gridcells, days)
+            return
+        step = max(1, int(_BLOCK_BYTES // max(1, self.n_time * len(self.response_names) * 4)))
+        for m in members:
+            for k in range(0, len(gridcells), step):
+                g = np.asarray(gridcells[k:k + step])
+                x = self.responses[m, g]
+                yield m, g, (x if days is None else x[:, days])
+
+    def train_std(self, combos: np.ndarray | None = None) -> np.ndarray:
+        """Population std (NaN skipped) of each response, then of each linear combination
+        `responses @ combos[k]`, over the train split's members, gridcells and days: streamed in
+        float64 blocks (Chan et al.'s pairwise update), the same in memory and streamed."""
+        combos = np.zeros((0, len(self.response_names))) if combos is None else np.asarray(combos, np.float64)
+        n_out = len(self.response_names) + len(combos)
+        n, mean, m2 = np.zeros(n_out), np.zeros(n_out), np.zeros(n_out)
+        ms = np.flatnonzero(self.split_member == TRAIN)
+        gs = np.flatnonzero(self.split_gridcell == TRAIN)
+        days = self.split_time == TRAIN
+        for _, _, x in self.response_blocks(ms, gs, days):
+            x = x.astype(np.float64).reshape(-1, x.shape[-1])
+            cols = [x[:, r] for r in range(x.shape[1])] + [x @ c for c in combos]
+            for k, c in enumerate(cols):
+                c = c[np.isfinite(c)]
+                if not len(c):
+                    continue
+                nb, mb = len(c), c.mean()
+                m2b = float(((c - mb) ** 2).sum())
+                tot = n[k] + nb
+                d = mb - mean[k]
+                mean[k] += d * nb / tot
+                m2[k] += m2b + d * d * n[k] * nb / tot
+                n[k] = tot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, np.sqrt(m2 / np.maximum(n, 1)), np.nan)
+
+    def close(self) -> None:
+        for a in (self.forcing, self.responses):
+            if isinstance(a, StoreArray):
+                a.close()
 
 
 @dataclass
@@ -115,12 +314,14 @@ class WindowSampler:
     """Global batches of windows for step k from (seed, k); each rank keeps rows rank::world_size."""
 
     def __init__(self, store: SequenceStore, pairs: np.ndarray, window: int, warmup: int, batch_size: int,
-                 seed: int, rank: int = 0, world_size: int = 1):
+                 seed: int, rank: int = 0, world_size: int = 1, prefetch: int = 0):
         self.store, self.pairs = store, pairs
         self.window, self.warmup, self.length = window, warmup, window + warmup
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.step = 0
+        self.prefetch = int(prefetch)  # batches read ahead by a thread (esm_emu.loader); 0: in the loop
+        self._loader = None
         if len(pairs) == 0:
             raise UserError(f"{store.path}: no member x gridcell pairs in the training split")
         if self.length > store.n_time:
@@ -133,6 +334,7 @@ class WindowSampler:
         return {"seed": self.seed, "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
+        self.close()
         self.seed, self.step = int(state["seed"]), int(state["step"])
 
     def global_indices(self, step: int):
@@ -141,12 +343,31 @@ class WindowSampler:
         starts = rng.integers(0, self.store.n_time - self.length + 1, self.batch_size)
         return self.pairs[rows], starts
 
-    def next_batch(self) -> Batch:
-        pairs, starts = self.global_indices(self.step)
-        self.step += 1
+    def batch(self, step: int) -> Batch:
+        """This rank's share of the global batch of `step` (only its rows are read)."""
+        pairs, starts = self.global_indices(step)
         sl = slice(self.rank, None, self.world_size)
         return make_batch(self.store, pairs[sl, 0], pairs[sl, 1], starts[sl], self.length, self.warmup,
                           time_split=TRAIN)
+
+    def next_batch(self) -> Batch:
+        if self.prefetch <= 0:
+            b = self.batch(self.step)
+        else:
+            from .loader import Prefetcher
+
+            if self._loader is None or self._loader.next_step != self.step:
+                self.close()
+                self._loader = Prefetcher(self.batch, self.step, self.prefetch)
+            b = self._loader.get(self.step)
+        self.step += 1
+        return b
+
+    def close(self) -> None:
+        """Stop reading ahead (the loop ended or jumped to another step)."""
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
 
 
 def make_batch(store: SequenceStore, m, g, t0, length: int, warmup: int, time_split: int | None = TRAIN) -> Batch:

@@ -35,6 +35,13 @@ DATA = {
     "val_fraction": Field(float, 0.2, gt=0.0, max=0.5, help="tabular: members held for validation"),
     "max_train_members": Field(int, None, min=1, nullable=True,
                                help="train on at most this many training members (seeded subset; learning curves)"),
+    "reading": Field(str, "auto", choices=["auto", "memory", "stream"],
+                     help="memory: load the store's forcing and responses; stream: read each batch's windows "
+                          "from the store (memory bounded by the batch, not the store); auto: memory when "
+                          "they fit in memory_mb"),
+    "memory_mb": Field(float, 1024.0, min=0, max=10_000_000,
+                       help="reading auto: the most the store's arrays may take in memory, per rank (MB)"),
+    "prefetch": Field(int, 2, min=0, max=64, help="batches a thread reads ahead of the loop (0: read in the loop)"),
 }
 
 TRAIN = {

@@ -66,7 +66,8 @@ class SequenceTask:
             responses = contract.response_names(contract.open_store(cfg["store"]))
         core = core_names(mcfg, responses) if responses is not None else None
         try:
-            self.store = store = SequenceStore(cfg["store"], cfg["forcing"], cfg["static"], cfg["params"], core)
+            self.store = store = SequenceStore(cfg["store"], cfg["forcing"], cfg["static"], cfg["params"], core,
+                                               reading=d.get("reading", "auto"), memory_mb=d.get("memory_mb", 1024.0))
         except UserError as e:
             if core != responses and "is not in the store" in str(e):
                 raise UserError(f"{e} (emulator.model.runoff: components needs "
@@ -88,7 +89,7 @@ class SequenceTask:
             draw = np.random.default_rng([t["seed"], 104729]).choice(gs, len(gs), replace=True)
             pairs = np.concatenate([pairs[pairs[:, 1] == g] for g in draw])
         self.sampler = WindowSampler(store, pairs, d["window"], self.warmup, d["batch_size"],
-                                     t["seed"], dist.rank, dist.world_size)
+                                     t["seed"], dist.rank, dist.world_size, prefetch=d.get("prefetch", 0))
         vm, vg, vt = validation_windows(store, d["val_windows"], d["window"], self.warmup, t["seed"])
         sl = slice(dist.rank, None, dist.world_size)
         self.val = make_batch(store, vm[sl], vg[sl], vt[sl], d["window"] + self.warmup, self.warmup)
@@ -96,6 +97,11 @@ class SequenceTask:
         self.loss = self._make_loss(cfg, store, norm)
         self.weights = None
         if t["loss"] == "nse":
+            if not store.in_memory:
+                raise UserError(f"{store.path}: emulator.train.loss: nse needs the store's responses in memory "
+                                f"(its per-series weights), but data.reading is {d.get('reading', 'auto')!r} "
+                                f"and the store needs {store.nbytes / 2**20:.0f} MB; set emulator.data.reading: "
+                                "memory or another train.loss")
             self.weights = self._series_weights(store, norm)
             self.val_weights = torch.from_numpy(self.weights[vm[sl], vg[sl]])
 
@@ -112,12 +118,7 @@ class SequenceTask:
             score_scaler = Scaler(mean, std, log, contract.norm_stats(store.ds).log_eps)
         phys_std = None
         if t["loss"] != "normalized":  # std of each scored variable over the training split, physical units
-            tr = store.responses[np.ix_(store.split_member == TRAIN, store.split_gridcell == TRAIN)]
-            tr = tr[:, :, store.split_time == TRAIN]
-            phys_std = [np.nanstd(tr[..., r]) for r in range(tr.shape[-1])]
-            phys_std += [np.nanstd(tr @ self.extra[k]) for k in range(len(self.extra))]
-            phys_std = np.array(phys_std)
-            del tr
+            phys_std = store.train_std(self.extra)  # streamed in blocks: no copy of the train split
         self.score_scaler, self.phys_std = score_scaler, phys_std
         return SequenceLoss(self.emu, t["loss"], phys_std, t["runoff_space"], score_scaler)
 
@@ -448,6 +449,8 @@ def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, confi
             if step % t["checkpoint_every"] == 0 or step == t["max_steps"]:
                 checkpoint(step)
     bar.close()
+    if hasattr(task.sampler, "close"):  # stop reading ahead
+        task.sampler.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if dist.is_root and not (run_dir / BEST).exists():  # no validation happened (e.g. SIGTERM at once)
         save_checkpoint(run_dir / BEST, {"emulator": emu.payload(), "step": step, "val_loss": best_val,
