@@ -108,7 +108,7 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
             raise UserError(f"ingest --workers: {workers} (give 1 or more)")
         # processes, one thread each: the reads hold the GIL between system calls and
         # netCDF-C/HDF5 calls are serialised by one lock per process
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield Pool(client, workers)
         return
