@@ -53,6 +53,7 @@ module esm_emu_land
     logical :: initialized = .false.
     integer :: intervals = 0
     integer(int64) :: days = 0
+    integer :: device_type = 0, device_index = -1
   end type emu_land
 
   public :: emu_manifest_read, emu_land_init, emu_land_run, emu_land_finalize
@@ -222,13 +223,16 @@ contains
   end subroutine emu_manifest_read
 
   !> Load the model named by the manifest and fix the static fields and parameters of every
-  !> gridcell; the state starts at zeros.
-  subroutine emu_land_init(self, manifest_path, static, theta, rc, msg)
+  !> gridcell; the state starts at zeros. With device_type (FTorch's torch_kCUDA, ...) and
+  !> device_index the model runs there: inputs are copied to the device each call and the
+  !> responses and state copied back into the Fortran arrays (FTorch built with -DGPU_DEVICE=...).
+  subroutine emu_land_init(self, manifest_path, static, theta, rc, msg, device_type, device_index)
     type(emu_land), intent(inout), target :: self
     character(len=*), intent(in) :: manifest_path
     real(real32), intent(in) :: static(:,:), theta(:,:)
     integer, intent(out) :: rc
     character(len=*), intent(out) :: msg
+    integer, intent(in), optional :: device_type, device_index
     integer :: g, k
 
     call emu_land_finalize(self)
@@ -264,7 +268,12 @@ contains
       allocate(self%theta(self%n_gridcell, size(man%param)), source=theta)
       allocate(self%state(self%n_gridcell, man%n_state), source=0.0_real32)
       allocate(self%new_state(self%n_gridcell, man%n_state), source=0.0_real32)
-      call torch_model_load(self%model, trim(man%model_path), torch_kCPU)
+      self%device_type = torch_kCPU
+      if (present(device_type)) self%device_type = device_type
+      self%device_index = -1
+      if (self%device_type /= torch_kCPU) self%device_index = 0
+      if (present(device_index)) self%device_index = device_index
+      call torch_model_load(self%model, trim(man%model_path), self%device_type, self%device_index)
     end associate
     self%intervals = 0
     self%days = 0
@@ -309,10 +318,10 @@ contains
       end do
     end do
     if (size(forcing, 2) > 0) then
-      call torch_tensor_from_array(inputs(1), forcing, torch_kCPU)
-      call torch_tensor_from_array(inputs(2), self%static, torch_kCPU)
-      call torch_tensor_from_array(inputs(3), self%theta, torch_kCPU)
-      call torch_tensor_from_array(inputs(4), self%state, torch_kCPU)
+      call torch_tensor_from_array(inputs(1), forcing, self%device_type, self%device_index)
+      call torch_tensor_from_array(inputs(2), self%static, self%device_type, self%device_index)
+      call torch_tensor_from_array(inputs(3), self%theta, self%device_type, self%device_index)
+      call torch_tensor_from_array(inputs(4), self%state, self%device_type, self%device_index)
       call torch_tensor_from_array(outputs(1), responses, torch_kCPU)
       call torch_tensor_from_array(outputs(2), self%new_state, torch_kCPU)
       call torch_model_forward(self%model, inputs, outputs)
