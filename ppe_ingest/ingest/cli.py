@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                         "(ingest.scheduler)")
     p.add_argument("--scheduler-file", metavar="FILE",
                    help="use the running dask cluster this scheduler file describes (dask-mpi) (ingest.scheduler_file)")
+    p.add_argument("--append-to", metavar="STORE",
+                   help="append the members of the PPE folder (a new wave, e.g. from esm-emu propose) to this "
+                        "existing training store (its normalisation and splits kept; see ppe_ingest/ingest/append.py)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -48,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_ingest_config
     from .pipeline import ingest_ppe, ingest_summary
 
+    if getattr(args, "append_to", None):
+        from .append import append_wave
+
+        if args.source is None or not Path(args.source).is_dir():
+            raise UserError(f"--append-to: give the wave's PPE folder as the positional (got {args.source!r})")
+        res = append_wave(args.source, args.append_to, seed=args.seed or 0, sets=args.set,
+                          progress=not args.no_progress)
+        print(f"appended {res['appended']} members ({res['first']} .. {res['last']}; {res['val']} to validation) "
+              f"to {res['store']}: {res['members']} members")
+        return 0
     config, ppe_dir = args.config, None
     if args.source is not None:
         source = Path(args.source)
