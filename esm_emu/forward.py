@@ -114,6 +114,7 @@ class SimulatorForward(ForwardModel):
 
         self._run_land = run_land
         self.fixed_params = dict(fixed_params or {})
+        self.physics: dict = {}  # simulator physics options turned on (physics.PHYSICS_OPTIONS), as simulate: physics:
 
     def forward(self, forcing, static, theta, state=None, return_state: bool = False):
         B = forcing.shape[0]
@@ -121,7 +122,7 @@ class SimulatorForward(ForwardModel):
         s = {n: static[:, i] for i, n in enumerate(self.static_names)}
         p = {n: torch.full((B,), float(v), dtype=theta.dtype) for n, v in self.fixed_params.items()}
         p.update({n: theta[:, i] for i, n in enumerate(self.param_names)})
-        out, new_state = self._run_land(f, s, p, state=state, return_state=True)
+        out, new_state = self._run_land(f, s, p, state=state, return_state=True, physics=self.physics)
         missing = [n for n in self.response_names if n not in out]
         if missing:
             raise UserError(f"simulator: response {missing[0]} is not produced by run_land")

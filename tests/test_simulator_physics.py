@@ -36,11 +36,12 @@ def _tws(state):
     return state["H2OCAN"] + state["H2OSNO"] + state["H2OSOI_LIQ"].sum(1)
 
 
-def test_water_balance_closes_per_gridcell_year(world):
+@pytest.mark.parametrize("options", [{}, {"frozen_soil": True}], ids=["default", "frozen_soil"])
+def test_water_balance_closes_per_gridcell_year(world, options):
     sites, weather = world
     forcing, static = forcing_tensors(weather), static_tensors(sites)
     state0 = physics.initial_state(static, {}, tbot0=forcing["TBOT"][:, 0])
-    out, _ = run_land(forcing, static, {}, state=state0, return_state=True)
+    out, _ = run_land(forcing, static, {}, state=state0, return_state=True, physics=options)
     day = physics.SECSPDAY
     tws_prev = _tws(state0)
     for year in range(2):
@@ -118,7 +119,8 @@ def test_gradients_of_runoff_wrt_every_parameter_are_finite_and_nonzero(world):
     wx = weather.isel(time=slice(0, 365))
     forcing, static = forcing_tensors(wx), static_tensors(sites)
     params = {k: torch.full((N_SITES,), float(v), dtype=torch.float64, requires_grad=True) for k, v in DEFAULTS.items()}
-    out = run_land(forcing, static, params)
+    # every physics option on, so that their parameters (e_ice) act too
+    out = run_land(forcing, static, params, physics={k: True for k in physics.PHYSICS_OPTIONS})
     out["QRUNOFF"].sum().backward()
     for k, v in params.items():
         g = v.grad
@@ -214,3 +216,22 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(world, monkeypatch):
         assert physics._compiled["failed"]
     for k in RESPONSE_VARS:
         assert torch.equal(out[k], eager[k]), k
+
+
+def test_frozen_soil_is_off_by_default_and_sheds_cold_season_water(world):
+    """frozen_soil off: e_ice has no effect at all (the quickstart is unchanged). On: frozen topsoil
+    (the snowy sites' winter) infiltrates less, so more surface runoff, and more the larger e_ice."""
+    sites, weather = world
+    forcing, static = forcing_tensors(weather), static_tensors(sites)
+    base = run_land(forcing, static, {})
+    assert torch.equal(run_land(forcing, static, {"e_ice": 0.5})["QRUNOFF"], base["QRUNOFF"])
+    on = {"frozen_soil": True}
+    lo = run_land(forcing, static, {"e_ice": 1.0}, physics=on)
+    hi = run_land(forcing, static, {"e_ice": 6.0}, physics=on)
+    snowy, warm = slice(0, N_SITES // 2), slice(N_SITES // 2, None)
+    assert torch.all(hi["QOVER"][snowy].sum(1) > lo["QOVER"][snowy].sum(1) * 1.02)
+    assert torch.all(hi["QOVER"][snowy].sum(1) > base["QOVER"][snowy].sum(1) * 1.02)
+    # sites that never freeze are untouched by the option
+    assert torch.allclose(hi["QRUNOFF"][warm], base["QRUNOFF"][warm], rtol=1e-9, atol=1e-15)
+    with pytest.raises(UserError, match="simulate.physics.permafrost"):
+        run_land(forcing, static, {}, physics={"permafrost": True})

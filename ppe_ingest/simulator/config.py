@@ -23,6 +23,9 @@ TRUTH = {
     "gap_fraction": Field(float, 0.05, min=0, max=0.9, help="fraction of days missing"),
 }
 
+# Physics options of the built-in simulator (physics.PHYSICS_OPTIONS), all off (the quickstart twin).
+PHYSICS = {"frozen_soil": Field(bool, False, help="CLM5 ice impedance of infiltration in frozen topsoil")}
+
 SCHEMA = {
     "case": Field(str, "esmemu_sim", help="case name in history file names"),
     "n_members": Field(int, 64, min=1, max=9999),
@@ -52,6 +55,10 @@ SCHEMA = {
                                     "batch_memory_mb allows)"),
     "compress": Field(bool, True, help="zlib-compress history files (NETCDF4_CLASSIC)"),
     "truth": Field(dict, None, schema=TRUTH, nullable=True, help="twin-experiment truth and observations"),
+    "physics": Field(schema=PHYSICS, default={},
+                     help="simulator physics options (physics.PHYSICS_OPTIONS); all off by default"),
+    "basins": Field(list, None, items=str, nullable=True,
+                    help="grid camels: these gauge ids (8 digits) instead of a random n_gridcells"),
 }
 
 SimulateConfig = section_type(SCHEMA, "SimulateConfig")

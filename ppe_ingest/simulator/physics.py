@@ -39,6 +39,7 @@ DEFAULTS = {
     "accum_factor": 0.1,
     "n_melt_coef": 200.0,
     "interception_fraction": 1.0,
+    "e_ice": 6.0,                      # ice impedance exponent (CLM5 paramfile e_ice); used with frozen_soil
 }
 FSURDAT_PARAMS = ("FMAX", "zbedrock")
 
@@ -65,7 +66,30 @@ NLEV = 1 + len(LOWER_FRACTIONS)
 
 ALB_SNOW, ALB_GROUND = 0.75, 0.15
 SMPSO, SMPSC = -66000.0, -255000.0  # mm, soil water potential at full stomatal opening / closure
-STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30")
+STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30", "TSOI")
+
+# Physics options (all off by default, so the quickstart twin is unchanged; `simulate: physics:` and
+# SimulatorForward(physics=...) turn them on; configs/camels_basins.yaml does for real basins).
+#   frozen_soil: CLM5 ice impedance of infiltration (SoilHydrologyMod: qinmax = (1 - fsat) *
+#     min(10**(-e_ice * icefrac) * hksat) over the top layers; Swenson, Lawrence & Lee 2012, JGR 117,
+#     D21107), with the top layers' ice fraction from a daily soil temperature (see _soil_temperature).
+PHYSICS_OPTIONS = ("frozen_soil",)
+# Top-soil temperature: relaxes to the air temperature with an e-folding time of TSOI_TAU_DAYS,
+# slowed under snow by exp(-H2OSNO / SNOW_INSULATION_MM) (a snowpack insulates the soil); the
+# ice fraction ramps from 0 at TFRZ to 1 at TFRZ - ICE_RAMP_K.
+TSOI_TAU_DAYS = 10.0
+SNOW_INSULATION_MM = 50.0
+ICE_RAMP_K = 2.0
+
+
+def check_physics(physics: Mapping | None) -> dict[str, bool]:
+    """The physics options as {name: bool}; an unknown option is a UserError naming it."""
+    out = {k: False for k in PHYSICS_OPTIONS}
+    for k, v in (physics or {}).items():
+        if k not in PHYSICS_OPTIONS:
+            raise UserError(f"simulate.physics.{k}: unknown physics option (known: {', '.join(PHYSICS_OPTIONS)})")
+        out[k] = bool(v)
+    return out
 
 
 # Phenology: LAI = LAI_MIN + (LAI_MAX - LAI_MIN) * sigmoid((T30 - PHENOLOGY_T0) / PHENOLOGY_WIDTH),
@@ -114,7 +138,7 @@ def layer_thickness(zbedrock: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full_like(rest[:, :1], TOP_DZ), rest], dim=1)
 
 
-def _prepare(static: Mapping, params: Mapping, B: int) -> dict:
+def _prepare(static: Mapping, params: Mapping, B: int, physics: Mapping | None = None) -> dict:
     """Resolve parameters (defaults, fsurdat overrides) and the time-constant column properties.
 
     Soil texture is uniform with depth, so hydraulic properties are (B,); per-layer quantities
@@ -174,18 +198,21 @@ def _prepare(static: Mapping, params: Mapping, B: int) -> dict:
         tort=tort, ga_coef=ga_coef, lai_max=lai_max, lai_min=lai_min, sai=0.1 * lai_max + 0.3,
         n_melt=p["n_melt_coef"] / st["STD_ELEV"].clamp_min(10.0),   # CTSM: n_melt_coef / max(10, std_elev)
         slope_tan=torch.tan(st["SLOPE"] * math.pi / 180.0),
+        # ln(10) * e_ice where frozen_soil is on, 0 (no impedance, bit-identical results) where off
+        ice_coef=p["e_ice"] * (math.log(10.0) * float(check_physics(physics)["frozen_soil"])),
     )
 
 
 def initial_state(static: Mapping, params: Mapping | None = None, B: int | None = None,
                   tbot0: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """A cold start: soil at its drainable threshold (water table at bedrock), no snow, dry canopy."""
+    """A cold start: soil at its drainable threshold (water table at bedrock), no snow, dry canopy,
+    soil at the first day's air temperature."""
     B = B or int(_t(static["PCT_SAND"]).numel())
     c = _prepare(static, params or {}, B)
     z = torch.zeros(B, dtype=torch.float64)
     t30 = _t(tbot0).reshape(-1) if tbot0 is not None else torch.full((B,), 283.15, dtype=torch.float64)
     return {"H2OCAN": z.clone(), "H2OSNO": z.clone(), "FSNO": z.clone(), "INT_SNOW": z.clone(),
-            "H2OSOI_LIQ": torch.stack(c["w_fc"], 1).detach().clone(), "T30": t30.clone()}
+            "H2OSOI_LIQ": torch.stack(c["w_fc"], 1).detach().clone(), "T30": t30.clone(), "TSOI": t30.clone()}
 
 
 # ---- The daily step --------------------------------------------------------------------------
@@ -239,6 +266,7 @@ class DayTerms(NamedTuple):
     gc_0: torch.Tensor                   # canopy conductance = gc_0 + gc_a * btran, m/s
     gc_a: torch.Tensor
     rsoil_c: torch.Tensor                # soil resistance per m of dry surface layer, s/m
+    tbot: torch.Tensor                   # air temperature, K (drives the soil temperature)
 
 
 class DayConstants(NamedTuple):
@@ -268,6 +296,7 @@ class DayConstants(NamedTuple):
     s_fc: torch.Tensor                   # drainable threshold, relative saturation
     one_minus_s_fc: torch.Tensor
     dz: torch.Tensor                     # (L, B) layer thickness, m
+    ice_coef: torch.Tensor               # ln(10) * e_ice with frozen_soil, else 0
 
 
 class DayState(NamedTuple):
@@ -279,6 +308,7 @@ class DayState(NamedTuple):
     int_snow: torch.Tensor               # snow accumulated since the pack started, mm
     h2osoi_liq: torch.Tensor             # (L, B) mm
     hsat: torch.Tensor                   # saturated thickness above bedrock, m
+    tsoi: torch.Tensor                   # top-soil temperature, K
 
 
 def _term_constants(c: dict) -> TermConstants:
@@ -346,7 +376,7 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt: TermConstant
     # Soil resistance r_soil = dsl / (D_v * tau) + 20 s/m with dsl in m: rsoil_c = 1e-3 / (D_v * tau).
     rsoil_c = 1e-3 / (2.12e-5 * _pow(tbot / TFRZ, 1.75) * kt.tortuosity)
     return DayTerms(rain, snow, intercept, snow_keep, cap, mask, rnet0, rnet1, melt_a, melt_b, melt_gate, sub_pot,
-                    fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c)
+                    fcan, delta, gamma, ga, aero, den_wet, aero_g, ga_g, gc_0, gc_a, rsoil_c, tbot)
 
 
 def _day_constants(c: dict) -> DayConstants:
@@ -364,7 +394,7 @@ def _day_constants(c: dict) -> DayConstants:
         infil_capacity=c["ksat_d"].clamp_min(1e-9), w_air_top=c["w_air"][0], w_wilt=L("w_wilt"), neg_e1=-e1,
         inv_e1=1.0 / e1, drain_coef=torch.stack([-e1 * c["ksat_d"] / x for x in c["wsat"][:-1]]), w_fc=L("w_fc"),
         baseflow_coef=p["baseflow_scalar"] * c["slope_tan"], n_baseflow=p["n_baseflow"], s_fc=c["s_fc"],
-        one_minus_s_fc=1.0 - c["s_fc"], dz=L("dz"))
+        one_minus_s_fc=1.0 - c["s_fc"], dz=L("dz"), ice_coef=c["ice_coef"])
 
 
 def _saturated_thickness(W: torch.Tensor, k: DayConstants) -> torch.Tensor:
@@ -470,11 +500,13 @@ def _soil_evaporation_demand(w_top, rnet, fsno, x: DayTerms, k: DayConstants) ->
     return le_soil * (1.0 - fsno) * (SECSPDAY / HVAP)
 
 
-def _surface_runoff(drip, melt, fsat, x: DayTerms, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
-    """Saturation excess on fsat, smooth infiltration excess elsewhere. Returns (qover, infil) in mm."""
+def _surface_runoff(drip, melt, fsat, x: DayTerms, k: DayConstants, impedance) -> tuple[torch.Tensor, torch.Tensor]:
+    """Saturation excess on fsat, smooth infiltration excess elsewhere, the infiltration capacity
+    times the ice impedance (1 without frozen_soil). Returns (qover, infil) in mm."""
     qin = (x.rain - x.intercept) + drip + melt
     qin_u = (1.0 - fsat) * qin
-    infil = k.infil_capacity * (1.0 - torch.exp(-qin_u / k.infil_capacity))
+    cap = k.infil_capacity * impedance
+    infil = cap * (1.0 - torch.exp(-qin_u / cap))
     return fsat * qin + (qin_u - infil), infil
 
 
@@ -534,13 +566,23 @@ def _baseflow(w: list, hsat, k: DayConstants) -> torch.Tensor:
     return qdrai
 
 
+def _soil_temperature(tsoi, swe, x: DayTerms, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-soil temperature relaxed toward the air (slower under snow) and the ice impedance of
+    infiltration, 10**(-e_ice * icefrac) (CLM5), icefrac ramping from 0 at TFRZ to 1 at TFRZ - ICE_RAMP_K.
+    Returns (tsoi, impedance); the impedance is exactly 1 when frozen_soil is off (ice_coef = 0)."""
+    rate = (1.0 / TSOI_TAU_DAYS) * torch.exp(-swe * (1.0 / SNOW_INSULATION_MM))
+    tsoi = tsoi + (x.tbot - tsoi) * rate
+    icefrac = ((TFRZ - tsoi) * (1.0 / ICE_RAMP_K)).clamp(0.0, 1.0)
+    return tsoi, torch.exp(-k.ice_coef * icefrac)
+
+
 def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch.Tensor]:
     """One day for the whole batch.
 
     state: DayState; x: the day's terms (_terms); k: _day_constants. Returns the new state and the
     responses (len(RESPONSES), B) in RESPONSES order and units.
     """
-    wcan, swe, fsno, int_snow, W, hsat = state
+    wcan, swe, fsno, int_snow, W, hsat, tsoi = state
     dt = SECSPDAY
     fsat = _saturated_fraction(hsat, k)
     wcan, drip = _intercept(wcan, x)
@@ -549,7 +591,8 @@ def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch
     wcan, qvege, fwet, num_can = _canopy_evaporation(wcan, sn.rnet, x)
     et_tr = _transpiration_demand(num_can, fwet, sn.fsno_vis, btran, x)
     esoil = _soil_evaporation_demand(W[0], sn.rnet, sn.fsno, x, k)
-    qover, infil = _surface_runoff(drip, sn.melt, fsat, x, k)
+    tsoi, impedance = _soil_temperature(tsoi, sn.swe, x, k)
+    qover, infil = _surface_runoff(drip, sn.melt, fsat, x, k, impedance)
     ws = list(k.wsat.unbind(0))                                # one unbind: the same gradient sums
     w, qover = _infiltrate(W, infil, qover, ws)
     W, esoil, qvegt = _soil_evapotranspiration(w, esoil, et_tr, rw, k)
@@ -562,7 +605,7 @@ def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch
     swe = sn.swe
     out = torch.stack([qover + qdrai, qover, qdrai, (HVAP * (esoil + qvegt + qvege) + HSUB * sn.sub) / dt,
                        (esoil + sn.sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0), k.zbed - hsat])
-    return DayState(wcan, swe, sn.fsno_next, sn.int_snow, W, hsat), out
+    return DayState(wcan, swe, sn.fsno_next, sn.int_snow, W, hsat, tsoi), out
 
 
 # The per-layer (L, B) fields of DayConstants (drain_coef has L - 1 rows), packed apart.
@@ -651,7 +694,7 @@ def _compiled_step():
 
 def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Tensor],
              params: Mapping[str, torch.Tensor] | None = None, state: Mapping | None = None,
-             return_state: bool = False, block_days: int = 73):
+             return_state: bool = False, block_days: int = 73, physics: Mapping | None = None):
     """Run the simulator over daily forcing (B, T); return CTSM-named responses (B, T).
 
     forcing: RAIN, SNOW (mm/s), TBOT (K), FSDS, FLDS (W/m2), QBOT (kg/kg), PBOT (Pa), WIND (m/s).
@@ -662,12 +705,13 @@ def run_land(forcing: Mapping[str, torch.Tensor], static: Mapping[str, torch.Ten
     Outputs: fluxes in mm/s (QRUNOFF, QOVER, QDRAI, QSOIL, QVEGT, QVEGE), EFLX_LH_TOT W/m2,
     SOILWATER_10CM kg/m2, H2OSNO and TWS mm, ZWT m; all float64. Differentiable in params.
     Large runs without autograd use a compiled daily step (ESM_EMU_SIM_COMPILE=0 turns it off).
+    `physics`: options of PHYSICS_OPTIONS turned on ({name: True}); all off by default.
     """
-    res, st = _simulate(forcing, static, params, state, block_days, outputs=True)
+    res, st = _simulate(forcing, static, params, state, block_days, outputs=True, physics=physics)
     return (res, st) if return_state else res
 
 
-def _simulate(forcing, static, params, state, block_days: int = 73, outputs: bool = True):
+def _simulate(forcing, static, params, state, block_days: int = 73, outputs: bool = True, physics=None):
     """run_land's work: (responses or None, end state)."""
     params = dict(params or {})
     missing = [v for v in FORCING if v not in forcing]
@@ -675,13 +719,15 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
         raise UserError(f"run_land: forcing variable {missing[0]} is missing")
     f = {n: _t(forcing[n]) for n in FORCING}
     B, T = f["RAIN"].shape
-    c = _prepare(static, params, B)
+    c = _prepare(static, params, B, physics)
     if state is None:
         state = initial_state(static, params, B, tbot0=f["TBOT"][:, 0])
     kt, k = _term_constants(c), _day_constants(c)
     W = _t(state["H2OSOI_LIQ"]).t().contiguous()
-    st = DayState(*(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")), W, _saturated_thickness(W, k))
     t30 = _t(state["T30"])
+    tsoi = _t(state["TSOI"]) if "TSOI" in state else t30.clone()   # a state saved before TSOI existed
+    st = DayState(*(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")), W, _saturated_thickness(W, k),
+                  tsoi)
     grad = torch.is_grad_enabled() and any(v.requires_grad for v in (*kt, *k, *st, t30, *f.values()))
     ftm = [f[n].t().contiguous() for n in FORCING]          # time-major (T, B)
     run = None
@@ -704,9 +750,9 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
             res = {n: torch.zeros(B, 0, dtype=torch.float64) for n in RESPONSES}
         else:
             res = dict(zip(RESPONSES, torch.stack(outs, 2).unbind(0)))   # (n_vars, B, T), contiguous
-    wcan, swe, fsno, int_snow, W, _ = st
+    wcan, swe, fsno, int_snow, W, _, tsoi = st
     return res, {"H2OCAN": wcan, "H2OSNO": swe, "FSNO": fsno, "INT_SNOW": int_snow,
-                 "H2OSOI_LIQ": W.t().contiguous(), "T30": t30}
+                 "H2OSOI_LIQ": W.t().contiguous(), "T30": t30, "TSOI": tsoi}
 
 
 def _run_compiled(step, ftm: list, st: DayState, t30: torch.Tensor, packed: tuple, outputs: bool):
@@ -739,12 +785,12 @@ def _run_eager(ftm: list, st: DayState, t30: torch.Tensor, kt: TermConstants, k:
 
 
 def spin_up(forcing: Mapping[str, torch.Tensor], static: Mapping, params: Mapping | None = None,
-            n_years: int = 1, days_per_year: int = 365) -> dict[str, torch.Tensor]:
+            n_years: int = 1, days_per_year: int = 365, physics: Mapping | None = None) -> dict[str, torch.Tensor]:
     """Repeat the first year of forcing n_years times from a cold start; return the end state."""
     year = {k: _t(v)[:, :days_per_year] for k, v in forcing.items() if k in FORCING}
     state = None
     for _ in range(max(int(n_years), 0)):
-        _, state = _simulate(year, static, params, state, outputs=False)
+        _, state = _simulate(year, static, params, state, outputs=False, physics=physics)
     if state is None:
         B = year["RAIN"].shape[0]
         state = initial_state(static, params, B, tbot0=year["TBOT"][:, 0])

@@ -59,6 +59,8 @@ def make_sites(cfg: dict, seed: int) -> xr.Dataset:
     if cfg["grid"] == "camels":
         if not cfg.get("camels_attributes"):
             raise UserError("simulate.camels_attributes: required when grid is camels")
+        if cfg.get("basins"):
+            return sites_mod.camels_sites(cfg["camels_attributes"], basins=cfg["basins"], seed=seed)
         return sites_mod.camels_sites(cfg["camels_attributes"], cfg["n_gridcells"], seed=seed)
     if not cfg.get("sparsegrid"):
         raise UserError("simulate.sparsegrid: required when grid is sparsegrid (path to whitkey.nc)")
@@ -126,7 +128,7 @@ def batch_members(n_members: int, n_gridcells: int, n_days: int, memory_mb: floa
 
 
 def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str, np.ndarray], spinup_years: int,
-                 progress=None, memory_mb: float | None = None) -> dict[str, np.ndarray]:
+                 progress=None, memory_mb: float | None = None, physics_options=None) -> dict[str, np.ndarray]:
     """Run members x gridcells (params (M,) or (M, G)); float32 responses (M, G, T), year by year.
 
     With `memory_mb`, the gridcells are run in slices whose yearly working set fits in it (each
@@ -152,19 +154,19 @@ def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str
             flat = {k: torch.as_tensor(np.repeat(v, n) if v.ndim == 1 else v[:, gs].reshape(-1), dtype=torch.float64)
                     for k, v in params.items()}
             _run_years(sub_weather, static, flat, spinup_years, {k: v[:, gs] for k, v in out.items()}, M, n, years,
-                       progress if gs.stop == G else None)
+                       progress if gs.stop == G else None, physics_options)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def _run_years(weather, static, params, spinup_years, out, M, G, years, progress) -> None:
+def _run_years(weather, static, params, spinup_years, out, M, G, years, progress, physics_options=None) -> None:
     with torch.no_grad():
         first = weather_mod.forcing_tensors(weather.isel(time=slice(0, 365)), repeat=M)
-        state = physics.spin_up(first, static, params, n_years=spinup_years)
+        state = physics.spin_up(first, static, params, n_years=spinup_years, physics=physics_options)
         for t0 in years:
             f = weather_mod.forcing_tensors(weather.isel(time=slice(t0, t0 + 365)), repeat=M)
-            res, state = physics.run_land(f, static, params, state=state, return_state=True)
+            res, state = physics.run_land(f, static, params, state=state, return_state=True, physics=physics_options)
             for k, v in res.items():
                 out[k][:, :, t0:t0 + v.shape[1]] = v.numpy().reshape(M, G, -1)
             del f, res
@@ -216,7 +218,8 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     for b0 in range(0, len(members), bs):
         mem = members[b0:b0 + bs]
         mp = {n: theta[b0:b0 + bs, j] for j, n in enumerate(names)}
-        res = run_ensemble(weather, sites, mp, cfg["spinup_years"], progress=bar, memory_mb=cfg["batch_memory_mb"])
+        res = run_ensemble(weather, sites, mp, cfg["spinup_years"], progress=bar, memory_mb=cfg["batch_memory_mb"],
+                           physics_options=cfg.get("physics"))
         for i, m in enumerate(mem):
             for y0 in range(0, ny, ypf):
                 sl = slice(365 * y0, 365 * min(ny, y0 + ypf))
@@ -259,7 +262,8 @@ def write_truth(cfg: dict, tcfg: dict, out: Path, sites: xr.Dataset, weather: xr
         enc.to_netcdf(tmp)
     theta = maps["theta"].values                      # (G, P)
     mp = {n: theta[None, :, j] for j, n in enumerate(tnames)}
-    res = run_ensemble(weather, sites, mp, cfg["spinup_years"], memory_mb=cfg["batch_memory_mb"])
+    res = run_ensemble(weather, sites, mp, cfg["spinup_years"], memory_mb=cfg["batch_memory_mb"],
+                       physics_options=cfg.get("physics"))
     sim = xr.Dataset(
         {k: (("gridcell", "time"), res[k][0], {"long_name": f"{k} of the truth run", "units": u})
          for k, u in (("QRUNOFF", "mm/s"), ("QOVER", "mm/s"), ("QDRAI", "mm/s"), ("EFLX_LH_TOT", "W/m^2"),
