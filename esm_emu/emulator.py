@@ -200,7 +200,14 @@ class TabularEmulator(nn.Module):
     @classmethod
     def build(cls, model_cfg, normalizer, param_names, response_names, **_):
         dims = dict(n_forcing=0, n_cond=len(param_names), n_param=len(param_names), n_response=len(response_names))
-        return cls(build_model(model_cfg, dims), normalizer, param_names, response_names, model_cfg)
+        k = int(model_cfg.get("pca_components") or 0)  # set by training when model.output_pca is on
+        if k:
+            from .models.tabular import PCACore
+
+            core = PCACore(build_model(model_cfg, {**dims, "n_response": k}), len(response_names), k)
+        else:
+            core = build_model(model_cfg, dims)
+        return cls(core, normalizer, param_names, response_names, model_cfg)
 
     def forward_normalized(self, thetan: torch.Tensor) -> torch.Tensor:
         return self.core(thetan)

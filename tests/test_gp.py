@@ -145,3 +145,34 @@ def test_boxcox_output_transform_round_trip_and_export(tmp_path):
     assert np.abs(m[:, 2].detach().numpy() / want_p - 1).max() < 0.01
     ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "gp.pt")))
     np.testing.assert_allclose(ts(xt).detach().numpy(), emu(xt).detach().numpy(), rtol=1e-4, atol=1e-9)
+
+
+def test_output_pca_many_outputs_fitted_on_few_components(tmp_path):
+    """40 outputs that are mixtures of two functions of theta plus small independent noise (like PFT x
+    biome means): with output_pca the GP fits the few components that carry the variance, predicts
+    every output, adds the truncation loss to its variance, and round-trips through the checkpoint
+    and the TorchScript export."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 1, (80, 3))
+    load = rng.normal(size=(2, 40))
+    clean = toy(x) @ load
+    y = clean + 0.01 * rng.normal(size=clean.shape)
+    xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y)},
+               coords={"member": [f"M{i:03d}" for i in range(80)], "param": ["a", "b", "c"],
+                       "output": [f"o{i}" for i in range(40)]}).to_netcdf(tmp_path / "store.nc")
+    cfg = write_config(tmp_path, output_pca=0.999)
+    r = run_cli(["train", cfg, "--quiet"])
+    assert r.returncode == 0, r.stderr
+    emu = load_emulator(tmp_path / "run")
+    k = emu.core.pca.basis.shape[1]
+    assert 2 <= k <= 6, k  # two functions carry the signal; the noise is left out
+    assert emu.core.inner.log_ls.shape[0] == k  # one GP per component, not per output
+    xt = np.random.default_rng(9).uniform(0.05, 0.95, (100, 3))
+    m, v = emu.predict(torch.tensor(xt, dtype=torch.float32))
+    want = toy(xt) @ load
+    r2 = 1 - ((want - m.numpy()) ** 2).sum(0) / ((want - want.mean(0)) ** 2).sum(0)
+    assert r2.min() > 0.97, r2.min()
+    assert (v > 0).all() and (emu.core.pca.resid_var > 0).all()
+    ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "pca.pt")))
+    x0 = torch.tensor(xt[:5], dtype=torch.float32)
+    np.testing.assert_allclose(ts(x0).detach().numpy(), emu(x0).detach().numpy(), rtol=1e-4, atol=1e-5)

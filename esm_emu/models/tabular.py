@@ -95,3 +95,86 @@ class OutputTransform(nn.Module):
         if prefix + "lam" not in state_dict:  # a checkpoint from before output transforms: identity
             return
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class OutputPCA(nn.Module):
+    """Standardised outputs (N,R) <-> their leading principal components (N,K).
+
+    Many outputs per member (148 PFT x biome means, 12 months) are strongly correlated: a core fitted
+    on the K components that hold a fraction `frac` of the variance costs K fits instead of R (the
+    PCA-GP of Higdon et al. 2008, JASA 103:570). The variance each output loses to truncation
+    (`resid_var`, over the training members) is added to the predictive variance.
+    """
+
+    def __init__(self, n_response: int, n_components: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_response))
+        self.register_buffer("basis", torch.zeros(n_response, n_components))
+        self.register_buffer("resid_var", torch.zeros(n_response))
+
+    @staticmethod
+    def n_components(y, frac: float) -> int:
+        """Fewest components holding `frac` of the variance of y (N,R)."""
+        import numpy as np
+
+        y = np.asarray(y, dtype=np.float64)
+        s = np.linalg.svd(y - y.mean(0), compute_uv=False) ** 2
+        share = np.cumsum(s) / max(float(s.sum()), 1e-300)
+        return int(min(np.searchsorted(share, frac) + 1, len(s)))
+
+    def fit(self, y) -> None:
+        import numpy as np
+
+        y = np.asarray(y, dtype=np.float64)
+        mu = y.mean(0)
+        _, _, vt = np.linalg.svd(y - mu, full_matrices=False)
+        v = vt[: self.basis.shape[1]].T
+        resid = (y - mu) - (y - mu) @ v @ v.T
+        self.mean.copy_(torch.as_tensor(mu))
+        self.basis.copy_(torch.as_tensor(v))
+        self.resid_var.copy_(torch.as_tensor(resid.var(0)))
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.mean.to(y.dtype)) @ self.basis.to(y.dtype)
+
+    def expand(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.basis.to(z.dtype).T + self.mean.to(z.dtype)
+
+    def expand_var(self, v: torch.Tensor) -> torch.Tensor:
+        b = self.basis.to(v.dtype)
+        return v @ (b * b).T + self.resid_var.to(v.dtype)
+
+
+class PCACore(nn.Module):
+    """A tabular core (gp, mlp_ensemble, tabular) fitted on output principal components; outputs R."""
+
+    tabular = True
+    __jit_unused_properties__ = ["seed"]
+
+    def __init__(self, inner: nn.Module, n_response: int, n_components: int):
+        super().__init__()
+        self.inner = inner
+        self.pca = OutputPCA(n_response, n_components)
+        self.fits = bool(getattr(inner, "fits", False))
+
+    @property
+    def seed(self):
+        return getattr(self.inner, "seed", 0)
+
+    @seed.setter
+    def seed(self, value):
+        self.inner.seed = value
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        return self.inner.fit(x, self.pca.project(y.to(self.pca.basis.dtype)))
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.inner, "predict"):
+            m, v = self.inner.predict(x)
+        else:
+            m = self.inner(x)
+            v = torch.zeros_like(m)
+        return self.pca.expand(m), self.pca.expand_var(v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pca.expand(self.inner(x))

@@ -21,6 +21,10 @@ MODEL = {
     "members": Field(int, 8, min=1, help="mlp_ensemble: number of MLPs"),
     "output_transform": Field(str, "none", choices=["none", "boxcox"],
                               help="tabular kinds: per-output Box-Cox before standardising (skewed outputs)"),
+    "output_pca": Field(float, 0.0, min=0.0, max=1.0,
+                        help="tabular kinds: fit the core on the principal components holding this fraction of "
+                             "the output variance (0: off; for many outputs per member, e.g. 0.999)"),
+    "pca_components": Field(int, 0, min=0, help="set by training from output_pca (do not set by hand)"),
     "runoff": Field(str, "direct", choices=["direct", "components"],
                     help="sequence kinds: predict QRUNOFF itself, or QOVER and QDRAI with QRUNOFF = their sum "
                          "(the store must hold both; the runoff partition then closes exactly)"),

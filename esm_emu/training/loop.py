@@ -214,8 +214,17 @@ def build_tabular(model_cfg, theta_train, y_train, param_names, response_names) 
     with torch.no_grad():
         y_t = tf(torch.as_tensor(y_train, dtype=torch.float32)).double().numpy()
     norm = Normalizer(Scaler([], [], [], 1e-6), Scaler([], [], [], 1e-6), sc(theta_train), sc(y_t))
+    frac = float(model_cfg.get("output_pca") or 0.0)
+    if frac > 0:  # the core learns the leading principal components of the standardised outputs
+        from ..models.tabular import OutputPCA
+
+        with torch.no_grad():
+            z = norm.response(torch.as_tensor(y_t, dtype=torch.float32)).double().numpy()
+        model_cfg = {**dict(model_cfg), "pca_components": OutputPCA.n_components(z, frac)}
     emu = TabularEmulator.build(model_cfg, norm, param_names, response_names)
     emu.out_tf.load_state_dict(tf.state_dict())
+    if frac > 0:
+        emu.core.pca.fit(z)
     return emu
 
 
