@@ -44,7 +44,8 @@ class _Stages:
             raise user_error_from_os(e) from None
         except ValueError:  # not JSON, or not text at all
             done = None
-        ok = isinstance(done, dict) and all(k in STAGES and isinstance(v, dict) for k, v in done.items())
+        ok = isinstance(done, dict) and all((k in STAGES or k.startswith("wave-")) and isinstance(v, dict)
+                                            for k, v in done.items())
         if not ok:
             raise UserError(f"{self.path}: not the record of finished stages this pipeline writes (corrupt?); "
                             "rerun with --restart to run every stage again (or remove the file)")
@@ -157,6 +158,14 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
         run_from_config(inv_cfg, progress=progress, spinup_years=early["simulate"].spinup_years)
         stages.record("invert", t0)
 
+    # 5b. PPE waves: members from the posterior region, simulated, appended, emulator fine-tuned, inverted again.
+    for k in range(1, inv_cfg.waves.count + 1):
+        t0 = stages.start(f"wave-{k}")
+        if t0 is not None:
+            info = run_wave(k, out, section, wiring, inv_cfg, progress)
+            stages.record(f"wave-{k}", t0, **info)
+    final_inv = out / "waves" / str(inv_cfg.waves.count) / "inverse" if inv_cfg.waves.count else inv_dir
+
     # 6. CTSM files from the inferred parameter map.
     t0 = stages.start("write-ctsm")
     if t0 is not None:
@@ -169,15 +178,82 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
         # inversion made clusters (inverse.clusters), else the median
         # user_nl: the PPE has none, so a new user_nl_clm takes the namelist parameters
         files = write_ctsm_files(ctsm_dir, fsurdat=fsurdat, paramfile=ppe / "paramfile_default.nc",
-                                 user_nl=ppe / "user_nl_clm", values=inv_dir / "parameter_map.nc", table=table,
+                                 user_nl=ppe / "user_nl_clm", values=final_inv / "parameter_map.nc", table=table,
                                  per_cluster_paramfiles=inv_cfg.clusters > 0)
         stages.record("write-ctsm", t0, files={k: [str(p) for p in v] for k, v in files.items()})
 
     # 7. The report a person looks at.
     t0 = time.perf_counter()
-    report = write_report(out, stages.done, inv_cfg)
+    report = write_report(out, stages.done, inv_cfg, final_inv)
     stages.record("report", t0)
     return report
+
+
+def simulate_members(sim_cfg, seed: int, wave_dir: Path, progress: bool = False) -> int:
+    """History files for the members of a wave (its design.csv), run by the built-in simulator on the
+    first PPE's gridcells and weather: what running them as CTSM cases gives (hist/ in the wave)."""
+    import pandas as pd
+
+    from ppe_ingest.ctsmio.history import hist_filename, write_history
+    from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
+    from ppe_ingest.simulator.ppe import SOURCE, make_forcing, make_sites, run_ensemble
+
+    design = pd.read_csv(wave_dir / "design.csv", index_col=0)
+    sites = make_sites(sim_cfg, seed)
+    weather = make_forcing(sim_cfg, sites, seed)
+    mp = {str(p): design[p].to_numpy(float) for p in design.columns}
+    res = run_ensemble(weather, sites, mp, sim_cfg["spinup_years"], memory_mb=sim_cfg["batch_memory_mb"])
+    ny, start, case = sim_cfg["n_years"], sim_cfg["start_year"], sim_cfg["case"]
+    (wave_dir / "hist").mkdir(exist_ok=True)
+    forcing = {k: weather[k].values for k in FORCING}
+    lat, lon = sites.grid1d_lat.values, sites.grid1d_lon.values
+    for i, m in enumerate(design.index):
+        for y0 in range(ny):
+            sl = slice(365 * y0, 365 * (y0 + 1))
+            data = {k: v[:, sl] for k, v in forcing.items()}
+            data.update({k: res[k][i, :, sl] for k in RESPONSES})
+            write_history(wave_dir / "hist" / hist_filename(case, str(m), 1, start + y0), data, lat, lon, start, case,
+                          SOURCE, paramfile=f"paramfiles/{m}.nc", day0=365 * y0, compress=sim_cfg["compress"],
+                          extra_attrs={"esm_emu_member": str(m)})
+    return len(design)
+
+
+def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) -> dict:
+    """Wave k: propose members from wave k-1's parameter map, simulate them, append them to the
+    store, fine-tune the emulator on the grown store, invert again; returns what stages.json keeps."""
+    import xarray as xr
+
+    from esm_emu.inverse.pipeline import run_from_config
+    from esm_emu.propose import propose_wave
+    from esm_emu.training.job import train_job
+    from ppe_ingest.ingest.append import append_wave
+
+    wdir = out / "waves" / str(k)
+    prev_inv = Path(inv_cfg.out) if k == 1 else out / "waves" / str(k - 1) / "inverse"
+    prev_emu = out / "emulator" if k == 1 else out / "waves" / str(k - 1) / "emulator"
+    ppe, store = wdir / "ppe", Path(wiring["ingest"]["out"])
+    sim = section("simulate")
+    seed = int(sim.seed) + 100 * k
+    if ppe.exists():  # a partial wave from a killed run: start it over (the store is appended only at its end)
+        shutil.rmtree(ppe)
+    with xr.open_dataset(store) as st:
+        have = [str(m) for m in st["member"].values]
+    prefix = "W" + "ABCDEFGHIJKLMNOPQRST"[k - 1]
+    if any(m.startswith(prefix) for m in have):  # appended before a kill: do not append twice
+        raise UserError(f"{store}: already holds wave {k} ({prefix}...); rerun with --restart")
+    propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
+                 base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
+    simulate_members(sim, seed, ppe, progress)
+    appended = append_wave(ppe, store, seed=seed, progress=progress)
+    emu = section("emulator").override({"run_dir": str(wdir / "emulator"),
+                                        "train.init_from": str(prev_emu / "best.pt"),
+                                        "train.max_steps": inv_cfg.waves.train_steps,
+                                        "train.warmup_steps": 0})
+    summary, _ = train_job(emu, resume=True, progress=progress, plots=False)
+    inv = section("inverse").override({"out": str(wdir / "inverse"), "ablation": inv_cfg.waves.ablation,
+                                       "forward.checkpoint": str(wdir / "emulator" / "best.pt")})
+    run_from_config(inv, progress=progress, spinup_years=sim.spinup_years)
+    return {"store_members": appended["members"], "train_steps": summary["steps"]}
 
 
 def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path | None = None,
@@ -226,12 +302,20 @@ def inversion_summary(inv_metrics: dict) -> dict:
     return out
 
 
-def write_report(out: Path, stages: dict, inv_cfg) -> dict:
-    """Gather the stages' metrics and plots into out/report (metrics.json + PNGs)."""
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_report(out: Path, stages: dict, inv_cfg, final_inv: Path | None = None) -> dict:
+    """Gather the stages' metrics and plots into out/report (metrics.json + PNGs).
+
+    With PPE waves, ``waves/<k>/...`` holds each wave's recovery and skill (0: the first PPE) and
+    the top level describes the final wave (``final_inv``, its emulator)."""
     rep_dir = out / "report"
     rep_dir.mkdir(exist_ok=True)
-    emu_eval = out / "emulator" / "eval"
-    inv_dir = Path(inv_cfg.out)
+    n_waves = inv_cfg.waves.count
+    emu_eval = (out / "waves" / str(n_waves) / "emulator" if n_waves else out / "emulator") / "eval"
+    inv_dir = Path(final_inv or inv_cfg.out)
     emu_metrics = json.loads((emu_eval / "metrics.json").read_text()) if (emu_eval / "metrics.json").exists() else {}
     inv_metrics = json.loads((inv_dir / "metrics.json").read_text()) if (inv_dir / "metrics.json").exists() else {}
     report = {
@@ -244,6 +328,14 @@ def write_report(out: Path, stages: dict, inv_cfg) -> dict:
         "wall_s": {k: v.get("wall_s") for k, v in stages.items()},
         "ctsm_files": (stages.get("write-ctsm") or {}).get("files"),
     }
+    if n_waves:
+        report["waves"] = {}
+        for k in range(n_waves + 1):
+            d = Path(inv_cfg.out) if k == 0 else out / "waves" / str(k) / "inverse"
+            e = (out / "emulator" if k == 0 else out / "waves" / str(k) / "emulator") / "eval" / "metrics.json"
+            report["waves"][str(k)] = {**inversion_summary(_read_json(d / "metrics.json")),
+                                       "emulator": _median_skill(_read_json(e)),
+                                       "ppe_members": (stages.get(f"wave-{k}") or {}).get("store_members")}
     report["wall_s"]["total"] = round(sum(v for v in report["wall_s"].values() if v), 2)
     copies = [(src, rep_dir / f"emulator_{src.name}") for src in sorted(emu_eval.glob("*.png"))]
     copies += [(src, rep_dir / src.name) for src in sorted(inv_dir.glob("*.png"))]

@@ -64,6 +64,13 @@ PER_SITE = {
     "block_days": Field(int, 30, min=1, max=3660, help="block length of the bootstrap of calibration days"),
 }
 
+WAVES = {
+    "count": Field(int, 0, min=0, max=20, help="run pipeline: PPE waves after the first inversion (0: none)"),
+    "members": Field(int, 16, min=1, max=100_000, help="members per wave, drawn from the posterior region"),
+    "train_steps": Field(int, 150, min=1, max=10_000_000, help="fine-tuning steps of the emulator per wave"),
+    "ablation": Field(bool, False, help="also run the ablation in each wave's inversion"),
+}
+
 SCHEMA = {
     "forward": Field(schema={
         "kind": Field(str, "emulator", choices=("emulator", "simulator")),
@@ -101,6 +108,7 @@ SCHEMA = {
     "uncertainty": Field(schema=UNCERTAINTY, default={}),
     "identifiability": Field(schema=IDENTIFIABILITY, default={}),
     "trust": Field(schema=TRUST, default={}),
+    "waves": Field(schema=WAVES, default={}),
 }
 
 

@@ -22,7 +22,10 @@ from ..forward import ForwardModel
 
 
 def spread_method(forward: ForwardModel):
-    """The forward model's ``(forcing, static, theta) -> (mean, std)`` method, or None when it has none."""
+    """The forward model's ``(forcing, static, theta) -> (mean, std)`` method, or None when it has none
+    (or says, through ``has_spread``, that its std is only zeros: a single emulator, the simulator)."""
+    if not getattr(forward, "has_spread", True):
+        return None
     for name in ("predict_with_spread", "spread"):
         fn = getattr(forward, name, None)
         if callable(fn):

@@ -71,6 +71,9 @@ TRAIN = {
                       help="sequence kinds: train this many members (seeds seed..seed+K-1); the emulator "
                            "returns their mean and spread"),
     "bootstrap": Field(bool, False, help="ensemble: each member trains on a bootstrap sample of the gridcells"),
+    "init_from": Field(str, None, nullable=True, path=True,
+                       help="fine-tune: start from this checkpoint's emulator weights (e.g. RUN_DIR/best.pt of the "
+                            "previous wave; same architecture and store normalisation), fresh optimiser and steps"),
 }
 
 EVALUATE = {

@@ -387,6 +387,10 @@ def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, confi
         start, best_val, bad_vals, history = ck["step"], ck["best_val"], ck["bad_vals"], list(ck["history"])
         if dist.is_root:
             print(f"resuming {ckpt_path} at step {start}", flush=True)
+    elif t.get("init_from"):  # fine-tuning (e.g. on a store grown by a PPE wave): weights only
+        emu.load_state_dict(load_checkpoint(Path(t["init_from"]))["emulator"]["state_dict"])
+        if dist.is_root:
+            print(f"fine-tuning from {t['init_from']}", flush=True)
     if dist.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         if config_text is not None:
