@@ -97,10 +97,14 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     def section(name: str, check_files: bool = True):
         return loaders[name](cfg_path, sets_of[name], wiring[name], check_files=check_files)
 
+    # Real basins (grid camels, no truth set): observed USGS streamflow instead of a twin's truth.
+    real = _real_basin_wiring(section("simulate", check_files=False), wiring,
+                              loaders["inverse"](cfg_path, sets_of["inverse"], {}, check_files=False))
     # Every key of every section is checked before any work starts; input files once they exist.
     early = {name: section(name, check_files=False) for name in SECTIONS}
-    if not early["simulate"].truth:
+    if not early["simulate"].truth and not real:
         raise UserError(f"{cfg_path.name}: simulate.truth: the run pipeline needs the truth set (observations)")
+    check_periods_in_run(early["simulate"], early["inverse"], cfg_path.name)
 
     output_folder(out)
     stages = _Stages(out, restart)
@@ -146,7 +150,14 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
         from ppe_ingest.obs.io import write_obs
         from ppe_ingest.simulator.truth import read_observations
 
-        write_obs(read_observations(ppe / "truth", early["inverse"].variables), obs_path)
+        if real:  # the basins' USGS streamflow (QRUNOFF, mm/s over the basin area)
+            from ppe_ingest.obs.camels import read_camels_streamflow
+
+            sim = early["simulate"]
+            write_obs(read_camels_streamflow(Path(sim.camels_attributes).parent / "usgs_streamflow",
+                                             list(sim.basins)), obs_path)
+        else:
+            write_obs(read_observations(ppe / "truth", early["inverse"].variables), obs_path)
         stages.record("observations", t0)
     inv_cfg = section("inverse")
 
@@ -184,7 +195,7 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
 
     # 7. The report a person looks at.
     t0 = time.perf_counter()
-    report = write_report(out, stages.done, inv_cfg, final_inv)
+    report = write_report(out, stages.done, inv_cfg, final_inv, real_basins=early["simulate"] if real else None)
     stages.record("report", t0)
     return report
 
@@ -243,7 +254,7 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
         raise UserError(f"{store}: already holds wave {k} ({prefix}...); rerun with --restart")
     propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
                  base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
-    simulate_members(sim, seed, ppe, progress)
+    simulate_members(sim, int(sim.seed), ppe, progress)  # the first PPE's seed: its gridcells and weather
     appended = append_wave(ppe, store, seed=seed, progress=progress)
     emu = section("emulator").override({"run_dir": str(wdir / "emulator"),
                                         "train.init_from": str(prev_emu / "best.pt"),
@@ -306,7 +317,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_report(out: Path, stages: dict, inv_cfg, final_inv: Path | None = None) -> dict:
+def write_report(out: Path, stages: dict, inv_cfg, final_inv: Path | None = None, real_basins=None) -> dict:
     """Gather the stages' metrics and plots into out/report (metrics.json + PNGs).
 
     With PPE waves, ``waves/<k>/...`` holds each wave's recovery and skill (0: the first PPE) and
@@ -336,6 +347,7 @@ def write_report(out: Path, stages: dict, inv_cfg, final_inv: Path | None = None
             report["waves"][str(k)] = {**inversion_summary(_read_json(d / "metrics.json")),
                                        "emulator": _median_skill(_read_json(e)),
                                        "ppe_members": (stages.get(f"wave-{k}") or {}).get("store_members")}
+    report.update(_per_site_report(out, inv_dir, inv_metrics, real_basins))
     report["wall_s"]["total"] = round(sum(v for v in report["wall_s"].values() if v), 2)
     copies = [(src, rep_dir / f"emulator_{src.name}") for src in sorted(emu_eval.glob("*.png"))]
     copies += [(src, rep_dir / src.name) for src in sorted(inv_dir.glob("*.png"))]
@@ -376,3 +388,82 @@ def summary_lines(report: dict) -> list[str]:
                                                      if tru is not None else ""))
     lines.append(f"  wall time {report['wall_s']['total']:.0f} s")
     return lines
+
+
+def _real_basin_wiring(sim, wiring: dict, inv) -> bool:
+    """For real basins (simulate.grid camels, no truth set, simulate.basins listed) fill in the
+    CAMELS paths the config leaves out (from $ESM_EMU_SHARED_DATA or ../shared/data), take no truth,
+    and pass inverse.forward.kind simulator and the simulator's physics options through. True for real basins."""
+    if sim.grid != "camels" or sim.truth is not None:
+        return False
+    if not sim.basins:
+        raise UserError("simulate.basins: list the CAMELS gauge ids to simulate and calibrate (no truth set: "
+                        "the observations are their USGS streamflow)")
+    from ppe_ingest.obs.camels import camels_data_root
+
+    root = None
+    if not sim.camels_attributes or not sim.forcing_dir:
+        root = camels_data_root()
+    if not sim.camels_attributes:
+        wiring["simulate"]["camels_attributes"] = str(root / "camels_attributes_v2.0")
+    if not sim.forcing_dir:
+        wiring["simulate"]["forcing_dir"] = str(root / "basin_mean_forcing" / "daymet")
+    wiring["simulate"]["forcing"] = "camels"
+    wiring["inverse"].pop("truth", None)
+    if inv.forward.kind == "simulator":  # calibrate through the simulator itself (a few basins: affordable)
+        wiring["inverse"]["forward.kind"] = "simulator"
+        wiring["inverse"].pop("forward.checkpoint", None)
+        for k, v in sim.physics.items():
+            wiring["inverse"][f"forward.physics.{k}"] = bool(v)
+    return True
+
+
+def check_periods_in_run(sim, inv, name: str) -> None:
+    """inverse.train_period and inverse.test_period lie inside the simulated years: one line naming the
+    key otherwise, before any stage runs."""
+    from esm_emu.inverse.config import period_keys
+
+    first, last = sim.start_year * 10000 + 101, (sim.start_year + sim.n_years - 1) * 10000 + 1231
+    for key in ("train_period", "test_period"):
+        start, end = period_keys(inv[key], f"inverse.{key}")
+        if (start is not None and not first <= start <= last) or (end is not None and not first <= end <= last):
+            raise UserError(f"{name}: inverse.{key}: {inv[key].get('start')}..{inv[key].get('end')} is outside the "
+                            f"simulated years {sim.start_year}-{sim.start_year + sim.n_years - 1} "
+                            "(simulate.start_year, simulate.n_years)")
+
+
+def _per_site_report(out: Path, inv_dir: Path, inv_metrics: dict, real_basins=None) -> dict:
+    """per_site/<site>/<default|inferred>/<variable>/{nse, kge, bias} in the held-out period; for real
+    CAMELS basins (`real_basins`: their simulate section) also the inferred soil properties against
+    the CAMELS soil attributes and the calibrated routing."""
+    import xarray as xr
+
+    from esm_emu.inverse.per_site import per_site_skill, site_names
+
+    pmap_path, obs_path = inv_dir / "parameter_map.nc", out / "observations" / "observations.nc"
+    if not pmap_path.exists():
+        return {}
+    with xr.open_dataset(pmap_path) as ds:
+        pmap = ds.load()
+    obs = None
+    if obs_path.exists():
+        with xr.open_dataset(obs_path) as ds:
+            obs = ds.load()
+    names = site_names(pmap, obs)
+    rep = {"per_site": per_site_skill(inv_metrics, names)}
+    if real_basins is not None:
+        from ppe_ingest.simulator.sites import camels_soil_comparison
+
+        rep["what"] = ("real CAMELS basins: the esm-emu built-in land simulator (a CTSM stand-in, not CTSM) "
+                       "calibrated against USGS streamflow")
+        dim = pmap["theta"].dims[0]
+        ids = [names.get(str(e), str(e)) for e in pmap[dim].values]
+        params = [str(p) for p in pmap["param"].values]
+        sf = {p: pmap["theta"].sel(param=p).values for p in ("hksat_sf", "watsat_sf", "bsw_sf", "sucsat_sf")
+              if p in params}
+        soil = camels_soil_comparison(real_basins.camels_attributes, ids, sf)
+        rep["soil_vs_camels"] = {d.pop("basin"): d for d in soil}
+        rep["calibrated_parameters"] = {i: {p: {"value": float(pmap["theta"].values[k, j]),
+                                                "std": float(pmap["theta_std"].values[k, j])}
+                                            for j, p in enumerate(params)} for k, i in enumerate(ids)}
+    return rep

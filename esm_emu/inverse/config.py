@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppe_ingest.base.config import Field, load_config, section_type, validate
+from ppe_ingest.simulator.config import PHYSICS as SIM_PHYSICS
 
 PERIOD = {"start": Field((str, int), None, nullable=True, help="first day (YYYY-MM-DD or year)"),
           "end": Field((str, int), None, nullable=True, help="last day (YYYY-MM-DD or year)")}
@@ -62,6 +63,8 @@ PER_SITE = {
     "lr": Field(float, 0.05, gt=0, help="Adam step on the parameters' logits"),
     "prior_sd": Field(float, 2.0, gt=0, help="sd (logit units) of the prior around the table default"),
     "block_days": Field(int, 30, min=1, max=3660, help="block length of the bootstrap of calibration days"),
+    "screen": Field(int, 256, min=0, max=1_000_000,
+                    help="Latin-hypercube candidates per site run first; members start from the best (0: default)"),
 }
 
 WAVES = {
@@ -75,6 +78,7 @@ SCHEMA = {
     "forward": Field(schema={
         "kind": Field(str, "emulator", choices=("emulator", "simulator")),
         "checkpoint": Field(str, None, nullable=True, path=True, help="emulator checkpoint (.pt) or run folder"),
+        "physics": Field(schema=SIM_PHYSICS, default={}, help="simulator physics options (forward.kind simulator)"),
     }, default={}),
     "param_table": Field(str, None, nullable=True, path=True,
                          help="parameter table CSV (default: the shipped params_hydrology.csv)"),

@@ -162,6 +162,9 @@ def skill(problem: InverseProblem, forward: ForwardModel, theta: torch.Tensor, i
         out[v] = {"nse_median": float(np.nanmedian(n_)) if ok.any() else float("nan"),
                   "kge_median": float(np.nanmedian(k_)) if ok.any() else float("nan"),
                   "nse": [float(x) for x in n_], "kge": [float(x) for x in k_],
+                  # relative volume bias: mean(sim - obs) / mean(obs) over the observed days
+                  "bias": [float(np.nanmean(np.where(np.isfinite(oo), ss - oo, np.nan)) / np.nanmean(oo))
+                           for ss, oo in zip(s[ok], o[ok])],
                   "entity": [str(x) for x in problem.entity[idx][ok]]}
     return out
 
@@ -225,7 +228,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     elif s.method == "per_site":  # each observed site's own parameters (esm_emu.inverse.per_site)
         ps = cfg["per_site"]
         theta, theta_std, dpl_hist = fit_per_site(problem, forward, ps["steps"], ps["lr"], s.uncertainty.ensemble,
-                                                  s.dpl.warmup_days, s.seed, ps["prior_sd"], ps["block_days"])
+                                                  s.dpl.warmup_days, s.seed, ps["prior_sd"], ps["block_days"],
+                                                  screen=ps["screen"])
     else:
         fit = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble, s.uncertainty.mc_samples,
                       s.method, progress, trust=trust, holdout=s.uncertainty.holdout)

@@ -13,8 +13,12 @@ Parameters are held as logits z per (member, site, param); theta = from_unit(sig
 value stays inside its bounds. The loss is 1 - NSE per site and variable on the scored calibration
 days plus a weak Gaussian prior on z centred on the table default (PRIOR_SD in logit units), which
 keeps a parameter the data cannot pin down near its default instead of drifting onto a bound.
-Uncertainty: each ensemble member starts from its own draw around the default and fits its own
-block bootstrap of the calibration days (BLOCK_DAYS-day blocks resampled with replacement; member 0
+Multi-start: before the gradient steps, `screen` Latin-hypercube candidates per site (and the default)
+are run through the forward model without gradients (cheap: one batched run) and each ensemble
+member starts from one of the best of them, so the descent starts in the right basin of attraction
+rather than wherever the default happens to lie.
+Uncertainty: each ensemble member starts from its own good candidate and fits its own block
+bootstrap of the calibration days (BLOCK_DAYS-day blocks resampled with replacement; member 0
 fits the days as they are), so the spread of the members is the spread the calibration data allow.
 Sites without observations keep the table default, with the prior's spread as their std.
 """
@@ -72,9 +76,33 @@ def weighted_nse_loss(sim: torch.Tensor, obs: torch.Tensor, w: torch.Tensor) -> 
     return torch.where(good, num / torch.where(good, den, torch.ones_like(den)), torch.zeros_like(den)).sum(-1)
 
 
+def screen_candidates(problem: InverseProblem, forward: ForwardModel, obs_idx: np.ndarray, last: int,
+                      weights: torch.Tensor, n: int, keep: int, gen: torch.Generator,
+                      batch: int = 1024) -> torch.Tensor:
+    """(keep, S, P) unit-space starting points: the best of `n` Latin-hypercube candidates (plus the
+    default) per observed site by 1 - NSE on the weighted days, run without gradients in batches."""
+    P, S = problem.n_params, len(obs_idx)
+    u = (torch.stack([torch.randperm(n, generator=gen) for _ in range(P)], 1) + torch.rand(n, P, generator=gen)) / n
+    u = torch.cat([problem.to_unit(problem.default)[None].clamp(0, 1), u])           # (K, P)
+    K = u.shape[0]
+    t = torch.as_tensor(obs_idx)
+    loss = torch.empty(K, S)
+    cand = torch.arange(K).repeat_interleave(S)
+    site = torch.arange(S).repeat(K)
+    with torch.no_grad():
+        for i in range(0, K * S, batch):
+            c, st = cand[i:i + batch], site[i:i + batch]
+            y = forward(problem.forcing[t[st], :last], problem.static[t[st]],
+                        problem.full_theta(problem.from_unit(u[c])))[..., problem.response_index]
+            loss[c, st] = weighted_nse_loss(y[None], problem.obs[t[st], :last][None], weights)[0]
+    loss = torch.nan_to_num(loss, nan=float("inf"))
+    best = loss.argsort(0)[:keep]                                                    # (keep, S)
+    return u[best]
+
+
 def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 300, lr: float = 0.05,
                  n_members: int = 3, warmup_days: int = 180, seed: int = 0, prior_sd: float = PRIOR_SD,
-                 block_days: int = BLOCK_DAYS, progress=None):
+                 block_days: int = BLOCK_DAYS, progress=None, screen: int = 0):
     """Calibrate every observed site's parameters; returns (theta (N, P), theta_std (N, P), loss history per member).
 
     All members and sites run as one batch through the forward model, only up to the last
@@ -102,8 +130,11 @@ def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 30
     obs = problem.obs[t, :last].expand(M, -1, -1, -1)                       # (M, S, T, R)
     w = bootstrap_weights(last, M, block_days, gen) * train[:last].float()[None]
     w = w[:, None, :, None]
-    z = (z0.expand(M, S, P) + torch.cat([torch.zeros(1, S, P), 0.5 * torch.randn(M - 1, S, P, generator=gen)])
-         ).clone().requires_grad_(True)
+    if screen:
+        z = _logit(screen_candidates(problem, forward, obs_idx, last, w[:1], screen, M, gen)).clone()
+    else:
+        z = z0.expand(M, S, P) + torch.cat([torch.zeros(1, S, P), 0.5 * torch.randn(M - 1, S, P, generator=gen)])
+    z = z.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.1)
     hist = [[] for _ in range(M)]
@@ -139,3 +170,34 @@ def _unit_std_to_physical(problem: InverseProblem, u: torch.Tensor, sd: torch.Te
     hi = problem.from_unit((u + sd).clamp(0, 1))
     lo = problem.from_unit((u - sd).clamp(0, 1))
     return (hi - lo) / 2
+
+
+def per_site_skill(inv_metrics: dict, names: dict | None = None) -> dict:
+    """``{site: {default|inferred: {variable: {nse, kge, bias}}}}`` from an inversion's metrics
+    (`skill_test_period`, the held-out period); `names` maps an entity id to the site's own name
+    (a gauge id) where they differ."""
+    names = names or {}
+    out: dict = {}
+    for which, by_var in (inv_metrics.get("skill_test_period") or {}).items():
+        for v, d in (by_var or {}).items():
+            bias = d.get("bias") or [None] * len(d.get("entity", []))
+            for i, e in enumerate(d.get("entity", [])):
+                site = names.get(str(e), str(e))
+                out.setdefault(site, {}).setdefault(which, {})[v] = {"nse": d["nse"][i], "kge": d["kge"][i],
+                                                                    "bias": bias[i]}
+    return out
+
+
+def site_names(pmap, obs) -> dict:
+    """Entity id -> observation site id, by nearest location (the entities of a store are numbered)."""
+    from ppe_ingest.base.geometry import nearest_gridcell
+
+    la, lo = next(((a, b) for a, b in (("grid1d_lat", "grid1d_lon"), ("site_lat", "site_lon")) if a in pmap),
+                  (None, None))
+    if obs is None or "site_lat" not in obs or la is None:
+        return {}
+    dim = pmap[la].dims[0]
+    loc, _ = nearest_gridcell(obs["site_lat"].values, obs["site_lon"].values, pmap[la].values,
+                              pmap[lo].values, max_deg=0.5)
+    ids = pmap[dim].values
+    return {str(ids[j]): str(s) for s, j in zip(obs["site"].values, loc) if j >= 0}

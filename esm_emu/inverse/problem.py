@@ -370,6 +370,8 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
     test_time = _period_mask(time, test_period, "inverse.test_period")
     if test_period is None:
         test_time = ~train_time if (~train_time).any() else train_time
+    elif (train_time & ~test_time).any():  # held-out days are never calibration days (a test year inside it)
+        train_time = train_time & ~test_time
     observed = np.isfinite(obs[:, train_time]).any(axis=(1, 2))
     lat, lon = _latlon(entities, dim)
     ids = entities[dim].values if dim in entities.coords else np.arange(N)

@@ -104,8 +104,10 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             axs[0][j].set_title(name, fontsize=9)
         paths["parameter_maps"] = save(fig, "parameter_maps.png")
 
-    idx = np.flatnonzero(problem.observed)[:3]
+    idx = np.flatnonzero(problem.observed)[:6]  # a few basins: each one
     if len(idx):
+        from esm_emu.metrics import kge, nse
+
         t = torch.as_tensor(idx)
         period = problem.test_time
         with torch.no_grad():
@@ -122,8 +124,14 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
             a.plot(tt, problem.obs[idx[i], period, 0].numpy(), "k", lw=0.8, label="observed")
             a.plot(tt, dflt[i, period, 0].numpy(), lw=0.8, label="default")
             a.plot(tt, inf[i, period, 0].numpy(), lw=0.8, label="inferred")
+            o = problem.obs[idx[i], period, 0].numpy().astype(float)
+            sc = {k: (float(nse(y[i, period, 0].numpy(), o)), float(kge(y[i, period, 0].numpy(), o)),
+                      float(np.nanmean(y[i, period, 0].numpy() - o) / np.nanmean(o))) for k, y in
+                  (("default", dflt), ("inferred", inf))}
             a.set_title(f"{problem.entity_dim} {problem.entity[idx[i]]}: "
-                        f"{problem.variables[0]} (test period, day index)", fontsize=9)
+                        f"{problem.variables[0]} (test period, day index); NSE/KGE/bias default "
+                        "{:.2f}/{:.2f}/{:+.0%}, inferred {:.2f}/{:.2f}/{:+.0%}".format(*sc["default"], *sc["inferred"]),
+                        fontsize=8)
         axs[0][0].legend(fontsize=7)
         paths["hydrographs"] = save(fig, "hydrographs.png")
     return paths

@@ -348,3 +348,30 @@ def read_camels_streamflow(path_or_dir: os.PathLike | str, basin_id, area_km2=No
                   site_coords={"area_source": np.array(area_src, dtype=object),
                                "input_file": np.array(files, dtype=object)})
     return ds
+
+
+# Where the shared CAMELS sample lives below the shared-data root ($ESM_EMU_SHARED_DATA or ../shared/data).
+CAMELS_SAMPLE = ("camels_us", "neuralhydrology_test_data", "camels_us")
+
+
+def camels_data_root(root: os.PathLike | str | None = None) -> Path:
+    """The CAMELS-US folder (camels_attributes_v2.0/, basin_mean_forcing/, usgs_streamflow/).
+
+    `root` if given; else ``$ESM_EMU_SHARED_DATA/camels_us/neuralhydrology_test_data/camels_us``
+    when that variable is set; else the same below ``../shared/data`` from the working directory
+    or from this source tree. One line naming where it looked when none holds the data.
+    """
+    if root is not None:
+        cands = [Path(root)]
+    elif os.environ.get("ESM_EMU_SHARED_DATA"):
+        cands = [Path(os.environ["ESM_EMU_SHARED_DATA"]).joinpath(*CAMELS_SAMPLE)]
+    else:
+        here = Path(__file__).resolve().parents[2]
+        cands = [Path.cwd().parent.joinpath("shared", "data", *CAMELS_SAMPLE),
+                 here.parent.joinpath("shared", "data", *CAMELS_SAMPLE)]
+    for c in cands:
+        if (c / "camels_attributes_v2.0").is_dir() and (c / "usgs_streamflow").is_dir():
+            return c
+    where = "ESM_EMU_SHARED_DATA" if root is None and os.environ.get("ESM_EMU_SHARED_DATA") else "looked in"
+    raise UserError(f"CAMELS data not found ({where} {cands[0]}): set ESM_EMU_SHARED_DATA to the shared data "
+                    "folder (holding camels_us/) or give simulate.camels_attributes and simulate.forcing_dir")

@@ -257,3 +257,36 @@ def static_tensors(sites: xr.Dataset):
     import torch
 
     return {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in ALL_STATIC_FIELDS if k in sites}
+
+
+def camels_soil_comparison(attributes: str | Path, basins, scale_factors: dict) -> list[dict]:
+    """Per basin: effective soil properties with the inferred scale factors beside the CAMELS soil
+    attributes. `scale_factors`: name (hksat_sf, watsat_sf, bsw_sf, sucsat_sf) -> (basin,) values;
+    a factor not given is 1 (default).
+
+    ksat: Cosby (1984) hksat of the basin's sand fraction (CTSM's pedotransfer function) in cm/h,
+    against CAMELS soil_conductivity (cm/h, STATSGO); porosity: watsat against soil_porosity.
+    """
+    import torch
+
+    from ..obs.camels import read_camels_attributes
+    from .physics import soil_properties
+
+    sites = camels_sites(attributes, basins=list(basins))
+    attrs = read_camels_attributes(attributes, basins=list(basins))
+    st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC")}
+    n = len(sites["gridcell"])
+    one = torch.ones(n, dtype=torch.float64)
+    base = soil_properties(st, {k: one for k in ("watsat_sf", "bsw_sf", "sucsat_sf", "hksat_sf")})
+    inf = soil_properties(st, {k: torch.as_tensor(np.asarray(scale_factors.get(k, np.ones(n)), dtype=float))
+                               for k in ("watsat_sf", "bsw_sf", "sucsat_sf", "hksat_sf")})
+    out = []
+    for i, b in enumerate(sites["site_id"].values):
+        # hksat mm/s -> cm/h: * 0.1 cm/mm * 3600 s/h
+        out.append({"basin": str(b),
+                    "ksat_cm_per_h": {"camels": float(attrs.loc[b, "soil_conductivity"]),
+                                      "default": float(base["hksat"][i]) * 360.0,
+                                      "inferred": float(inf["hksat"][i]) * 360.0},
+                    "porosity": {"camels": float(attrs.loc[b, "soil_porosity"]),
+                                 "default": float(base["watsat"][i]), "inferred": float(inf["watsat"][i])}})
+    return out
