@@ -146,6 +146,9 @@ def ftorch_module(emu: nn.Module) -> torch.jit.ScriptModule:
     if getattr(emu, "kind", "sequence") != "sequence":
         raise UserError("--ftorch: this is a tabular (summary) emulator; the FTorch export steps a sequence "
                         "emulator through time (train an lstm or transformer)")
+    if not isinstance(getattr(emu, "core", None), nn.Module):
+        raise UserError(f"--ftorch: a {type(emu).__name__} has no single sequence core to export for Fortran "
+                        "(the FTorch export takes one lstm or transformer emulator)")
     wrapper = FtorchEmulator(emu.cpu().eval()).float().eval()
     with warnings.catch_warnings():
         # torch marks TorchScript deprecated, but it is the format FTorch loads from Fortran
