@@ -39,12 +39,16 @@ def cluster():
 @pytest.fixture(scope="module")
 def ppe(tmp_path_factory, shared_data):
     """7 members x 6 gridcells x 3 years (netCDF-4 files: the locked netCDF4 path on the workers);
-    member LHC0004 holds a NaN in QRUNOFF (bad), so the store keeps 6 of 7."""
+    LHC0004 holds a NaN in QRUNOFF and LHC0005 one in TBOT (a forcing): both are bad, the store keeps 5
+    of 7 and its forcing stays shared (a bad forcing is reported, not taken for a different one)."""
     root = tmp_path_factory.mktemp("dask") / "ppe"
     make_ppe(root, shared_data("ppe", "paramfiles", "OAAT0000.nc"), members=MEMBERS, years=3)
     (f,) = sorted((root / "hist").glob("*_LHC0004.clm2.h1.2001-*.nc"))
     with netCDF4.Dataset(f, "a") as ds:
         ds["QRUNOFF"][40, 2] = np.nan
+    (f,) = sorted((root / "hist").glob("*_LHC0005.clm2.h1.2002-*.nc"))
+    with netCDF4.Dataset(f, "a") as ds:
+        ds["TBOT"][7, 0] = np.nan
     return root
 
 
@@ -88,10 +92,12 @@ def one(ppe, tmp_path_factory):
 def test_two_workers_write_the_one_process_store(cluster, ppe, one, tmp_path):
     """Same values (bitwise, norm statistics included), attributes, split, member order and skip report."""
     skipped_2 = _ingest(ppe, tmp_path / "two.nc", Pool(cluster, 2))
-    assert one[1] == skipped_2 and len(skipped_2) == 1 and "LHC0004" in skipped_2[0] and "NaN" in skipped_2[0]
+    assert one[1] == skipped_2 and len(skipped_2) == 2
+    assert "LHC0004" in skipped_2[0] and "QRUNOFF has 1 NaN" in skipped_2[0]
+    assert "LHC0005" in skipped_2[1] and "TBOT has 1 NaN" in skipped_2[1]
     _assert_same(one[0], tmp_path / "two.nc")
     with netCDF4.Dataset(tmp_path / "two.nc") as ds:
-        assert list(ds["member"][:]) == [m for m in MEMBERS if m != "LHC0004"]
+        assert list(ds["member"][:]) == [m for m in MEMBERS if m not in ("LHC0004", "LHC0005")]
         assert ds.forcing_shared_across_members == 1 and ds["RAIN"].dimensions == ("gridcell", "time")
         assert set(ds["split_member"][:]) == {0, 1, 2}
 
@@ -131,7 +137,7 @@ def test_command_joins_a_running_cluster(cluster, ppe, one, tmp_path):
                  "--set", "split.test_members=1", "--out", out, "--scheduler", cluster.scheduler_info()["address"]])
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines() == [f"skipped: {line}" for line in one[1]] + [
-        f"wrote {out}: 6 members, 1 problem(s) skipped (see the store's 'skipped' attribute)"]
+        f"wrote {out}: 5 members, 2 problem(s) skipped (see the store's 'skipped' attribute)"]
     assert r.stderr.strip() == ""
     _assert_same(one[0], out)
 

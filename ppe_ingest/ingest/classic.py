@@ -5,8 +5,8 @@ record per time step. netCDF-C reads such a variable with one ``read()`` system 
 (8-16 KiB each), so a 10-year daily history file costs 3650 system calls per variable and the
 throughput is set by system calls, not by bytes. Here the header is parsed once (the format is
 specified in the NetCDF Users Guide, "File Format Specification") and the record section is read
-in blocks of whole records with ``os.preadv`` into one reusable buffer, from which each requested
-variable is gathered: a few dozen system calls per file, memory bounded by the block.
+in windows of whole records mapped into memory, from which each requested variable is gathered:
+a few system calls per file, memory bounded by the window.
 
 Pure Python + numpy, no netCDF-C or HDF5 call: nothing here needs ``NC_LOCK``. Files it does not
 handle (netCDF-4/HDF5, CDF-5, streaming ``numrecs``) raise ``NotClassic`` and the caller reads them
@@ -14,6 +14,7 @@ with netCDF4-python instead.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -24,7 +25,12 @@ import numpy as np
 # nc_type -> big-endian numpy dtype (CDF-1/2 types only)
 _TYPES = {1: ">i1", 2: "S1", 3: ">i2", 4: ">i4", 5: ">f4", 6: ">f8"}
 _DIMENSION, _VARIABLE, _ATTRIBUTE = 10, 11, 12
-BLOCK_BYTES = 1 << 20  # records per system call: as many as fit in 1 MiB (at least one); 4-16 MiB measured slower
+# Records are read through memory maps of whole records, MAP_BYTES at a time (at least one record):
+# only the requested variables' bytes are touched, where read()/preadv() copied every variable of
+# every record (a 10-year daily file of 19 fields: 111 MB copied for 35 MB used). 16 MiB windows
+# read 6 of 19 variables ~1.4x faster than 1 MiB preadv blocks (48.6 vs 70.1 ms per file, loaded
+# 2-core machine); the resident set grows by at most one window, unmapped after use.
+MAP_BYTES = 16 << 20
 
 
 class NotClassic(Exception):
@@ -204,21 +210,33 @@ def read_record_vars(path: str | Path, names, out: dict[str, np.ndarray] | None 
             o = v.begin - lo
             out[v.name][...] = raw[:, o:o + nbytes[v.name]].view(v.dtype).reshape(n, *v.shape)
         return out
-    per = max(1, BLOCK_BYTES // max(h.recsize, 1))
-    buf = np.empty(per * h.recsize, np.uint8)
+    per = max(1, MAP_BYTES // max(h.recsize, 1))
+    buf = None
     fd = os.open(path, os.O_RDONLY)
     try:
         for r0 in range(0, n, per):
             k = min(per, n - r0)
             want = k * h.recsize
-            got = os.preadv(fd, [memoryview(buf)[:want]], first + r0 * h.recsize)
-            if got < want:  # the last record may stop after the last variable's bytes
-                buf[got:want] = 0
-            recs = buf[:want].reshape(k, h.recsize)
-            for v in vs:
-                o = v.begin - first
-                block = recs[:, o:o + nbytes[v.name]].view(v.dtype).reshape(k, *v.shape)
-                out[v.name][r0:r0 + k] = block
+            start = first + r0 * h.recsize
+            if start + want <= h.size:  # a window of whole records: mapped, only the wanted bytes touched
+                base = start - start % mmap.ALLOCATIONGRANULARITY
+                with mmap.mmap(fd, start - base + want, access=mmap.ACCESS_READ, offset=base) as m:
+                    recs = np.frombuffer(m, np.uint8, count=want, offset=start - base).reshape(k, h.recsize)
+                    _gather(recs, vs, first, nbytes, out, r0, k)
+                    del recs
+                continue
+            # the last window, whose last record may stop after the last variable's bytes
+            buf = np.zeros(want, np.uint8)
+            got = os.preadv(fd, [memoryview(buf)], start)
+            buf[got:] = 0
+            _gather(buf.reshape(k, h.recsize), vs, first, nbytes, out, r0, k)
     finally:
         os.close(fd)
     return out
+
+
+def _gather(recs: np.ndarray, vs, first: int, nbytes: dict, out: dict, r0: int, k: int) -> None:
+    """Copy (and byte-swap) each variable's bytes of the (k, recsize) records into out[name][r0:r0 + k]."""
+    for v in vs:
+        o = v.begin - first
+        out[v.name][r0:r0 + k] = recs[:, o:o + nbytes[v.name]].view(v.dtype).reshape(k, *v.shape)

@@ -372,9 +372,29 @@ def _member_buffers(variables, G: int, T: int) -> dict[str, np.ndarray]:
     return {v: np.empty((G, T), dtype="f4") for v in variables}
 
 
-def _read_member(files: dict[str, list[HistFile]], by_tape: dict[str, list[str]], bufs: dict[str, np.ndarray]) -> None:
+class _Same:
+    """A read destination that compares instead of storing: ``flag[0]`` stays True while every block
+    written into it equals (by value) the same block of `ref`, the reference member's forcing."""
+
+    def __init__(self, ref: np.ndarray, flag: list):
+        self.ref, self.flag = ref, flag
+
+    shape = property(lambda self: self.ref.shape)
+    dtype = property(lambda self: self.ref.dtype)
+    T = property(lambda self: _Same(self.ref.T, self.flag))
+
+    def __getitem__(self, idx) -> _Same:
+        return _Same(self.ref[idx], self.flag)
+
+    def __setitem__(self, idx, block) -> None:
+        if self.flag[0]:
+            self.flag[0] = bool(np.array_equal(self.ref[idx], block))
+
+
+def _read_member(files: dict[str, list[HistFile]], by_tape: dict[str, list[str]], bufs: dict) -> None:
     """Fill `bufs` with one member's values from its `files` (tape -> history files in time order):
-    each history file opened once, every variable read once.
+    each history file opened once, every variable read once. A `_Same` in `bufs` compares the
+    variable with a reference instead (nothing stored, no fill values converted).
 
     netCDF-3 files with 1-D (gridcell) output go through `classic.read_record_vars` (block reads,
     no netCDF-C, no lock); anything else through netCDF4-python under ``NC_LOCK``. Fill values
@@ -394,7 +414,7 @@ def _read_member(files: dict[str, list[HistFile]], by_tape: dict[str, list[str]]
                 raise UserError(f"{h.path}: cannot read data ({type(e).__name__}: {e}); "
                                 "the file is truncated or corrupt") from None
             for v in vs:
-                for f in fills[v]:
+                for f in fills[v] if isinstance(dst[v], np.ndarray) else ():
                     hit = dst[v] == f
                     if hit.any():
                         np.putmask(dst[v], hit, np.inf)
@@ -652,8 +672,8 @@ def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars:
                 res = _process_member(*task(members[i], None))
                 i += 1
                 take(res)
-                if kept:  # copied out of the reused buffers (a worker's are its own)
-                    ref = {v: res.data[v] if bufs is None else res.data[v].copy() for v in plan.forcing}
+                if kept:  # the reference member's forcing buffers: later members compare, never write, them
+                    ref = {v: res.data[v] for v in plan.forcing}
         shared = pool.share(ref)
         for res in pool.map(_process_member, (task(m, shared) for m in members[i:])):
             take(res)
@@ -704,23 +724,32 @@ def _process_member(files: dict[str, list[HistFile]], member: str, plan: _Member
     forcing with `ref` (the reference member's; None: this is the reference) and add up the train
     moments. Runs in the writer's process (`bufs`: buffers reused member after member) or on a
     dask worker (bufs None: fresh arrays, returned to the writer)."""
+    compare = plan.shared_forcing and ref is not None
     if bufs is None:
-        bufs = _member_buffers(plan.variables, plan.G, plan.T)
-    _read_member(files, plan.by_tape, bufs)
+        bufs = _member_buffers([v for v in plan.variables if not (compare and v in plan.forcing)], plan.G, plan.T)
+    res = _MemberResult(member)
+    if compare:
+        # The forcing is compared with the reference member's block by block as it is read, never
+        # stored: cheaper than fingerprinting it (SHA-1 cost half as much as reading it) and no
+        # memory beyond the one reference. The reference passed the checks, so equal forcing does too.
+        same = [True]
+        work = {v: _Same(ref[v], same) if v in plan.forcing else bufs[v] for v in plan.variables}
+        _read_member(files, plan.by_tape, work)
+        res.forcing_same = same[0]
+        if not same[0]:
+            # bad forcing (reported) or forcing that differs (the writer starts again, forcing per member)
+            forcing = _member_buffers(plan.forcing, plan.G, plan.T)
+            _read_member(files, {t: [v for v in vs if v in forcing] for t, vs in plan.by_tape.items()}, forcing)
+            problem = _check_member(files, plan, {**bufs, **forcing})
+            return _MemberResult(member, problem) if problem is not None else res
+        bufs = {v: bufs[v] for v in plan.variables if v not in plan.forcing}
+    else:
+        _read_member(files, plan.by_tape, bufs)
     problem = _check_member(files, plan, bufs)
     if problem is not None:
         return _MemberResult(member, problem)
-    res = _MemberResult(member)
-    if plan.shared_forcing and ref is not None:
-        # exact comparison (bit patterns) with the reference forcing, which is held once; cheaper than
-        # fingerprinting every member (SHA-1 of the forcing cost half as much as reading it)
-        res.forcing_same = all(np.array_equal(bufs[v].view("u4"), ref[v].view("u4")) for v in plan.forcing)
-        if not res.forcing_same:
-            return res
-    for v in plan.variables:
+    for v in bufs:
         shared = plan.shared_forcing and v in plan.forcing
-        if shared and ref is not None:
-            continue  # the same as the reference, which is written once
         res.data[v] = bufs[v]
         if shared or is_train:  # shared forcing: its train part once (the reference member's)
             res.moments[v] = _train_moments(bufs[v], plan.train_rows, plan.train_cols,
@@ -733,8 +762,8 @@ def _check_member(files: dict[str, list[HistFile]], plan: _MemberPlan,
     """The first problem (file, reason) of a member: a variable holding NaN, a forcing holding fill
     values. Fill values (+inf) of responses become NaN (missing) in place."""
     for v in plan.variables:
-        a = bufs[v]
-        if a.size == 0:
+        a = bufs.get(v)
+        if a is None or a.size == 0:  # None: forcing equal to the reference's (checked there)
             continue
         amin, amax = a.min(), a.max()  # two fast passes: NaN shows in both, fill (+inf) in amax
         if np.isnan(amax):
