@@ -8,10 +8,11 @@ training loss and the best validation loss (train << val: data-limited; both hig
 falling: optimisation; both high and flat: capacity).
 
 The smallest set that tells the three apart (see RUNS): the baseline; the loss and structure
-changes at the baseline budget; then from the best of those one axis at a time: 2x steps
+changes at the baseline budget; then from the components model one axis at a time: 2x steps
 (optimisation), 2x width and 2 layers (capacity), half and a quarter of the training members
-(data: the curve's slope says what 2x or 4x members would give), window sampling, and the other
-kinds (EA-LSTM, transformer) at the same budget.
+(data: the curve's slope says what 2x or 4x members would give), an ensemble of two at the same
+total steps, window sampling, and the other kinds (EA-LSTM, transformer) at the same budget.
+Every run spends its whole step budget (no early stopping), so runs compare at equal cost.
 
     nice -n 5 python bench/emulator_study.py --store DIR/store.nc [--runs base,nse,...] [--seed 1]
     python bench/emulator_study.py --store DIR/store.nc --threads   # 1 vs 2 intra-op threads
@@ -29,28 +30,30 @@ sys.path.insert(0, str(REPO))
 from bench._record import record
 
 VARS = ["QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM"]
-COMP_NSE = {"model.runoff": "components", "train.loss": "nse"}
-RUNS = {  # name -> overrides of the quickstart emulator section
+COMP = {"model.runoff": "components"}
+RUNS = {  # name -> overrides of the quickstart emulator section (1000 steps, LSTM 64, loss both)
     "base": {},
+    "comp": COMP,
     "nse": {"train.loss": "nse"},
-    "comp": {"model.runoff": "components"},
-    "comp_nse": COMP_NSE,
-    "comp_nse_log": {**COMP_NSE, "train.runoff_space": "log"},
-    "steps2x": {**COMP_NSE, "train.max_steps": 2000},
-    "wide": {**COMP_NSE, "model.hidden": 128},
-    "deep": {**COMP_NSE, "model.layers": 2},
-    "members_half": {**COMP_NSE, "data.max_train_members": 26},
-    "members_quarter": {**COMP_NSE, "data.max_train_members": 13},
-    "window180": {**COMP_NSE, "data.window": 180, "data.batch_size": 64},
-    "ealstm": {**COMP_NSE, "model.ea_gate": True},
-    "transformer": {**COMP_NSE, "model.name": "transformer", "model.context": 365},
+    "comp_nse": {**COMP, "train.loss": "nse"},
+    "steps2x": {**COMP, "train.max_steps": 2000},
+    "wide": {**COMP, "model.hidden": 128},
+    "deep": {**COMP, "model.layers": 2},
+    "members_half": {**COMP, "data.max_train_members": 26},
+    "members_quarter": {**COMP, "data.max_train_members": 13},
+    "ens2": {**COMP, "train.ensemble": 2, "train.max_steps": 500},
+    "window180": {**COMP, "data.window": 180, "data.batch_size": 64},
+    "ealstm": {**COMP, "model.ea_gate": True},
+    "transformer": {**COMP, "model.name": "transformer", "model.context": 365},
 }
 
 
 def base_section(config: Path, store: str, run_dir: str, sets: dict):
     from esm_emu.training.config import load_emulator_config
 
-    s = {"store": store, "run_dir": run_dir, "evaluate.at_end": False, "train.threads": 1, **sets}
+    # no early stopping: every run spends its whole step budget (best.pt still keeps the best validation)
+    s = {"store": store, "run_dir": run_dir, "evaluate.at_end": False, "train.threads": 1, "train.patience": 10**6,
+         **sets}
     return load_emulator_config(config, sets=[f"{k}={v}" for k, v in s.items()])
 
 
@@ -97,7 +100,7 @@ def threads(args) -> list[str]:
     from esm_emu.distributed import Distributed
     from esm_emu.training.loop import SequenceTask
 
-    cfg = base_section(args.config, args.store, "/nonexistent-not-written", COMP_NSE)
+    cfg = base_section(args.config, args.store, "/nonexistent-not-written", COMP)
     task = SequenceTask(cfg, Distributed())
     opt = torch.optim.AdamW(task.emu.parameters(), lr=1e-3)
     out = []

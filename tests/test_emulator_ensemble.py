@@ -147,3 +147,15 @@ def test_evaluation_reports_the_spread(run):
             assert d["spread_median"] > 0 and 0 <= d["coverage_2sd"] <= 1
     log = (run_dir / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + 2 * 12  # both members' steps
+
+
+def test_components_on_a_store_without_them_is_one_line(tmp_path, capsys):
+    store = make_store(tmp_path / "plain.nc", n_member=6, n_grid=4, n_years=2)  # QRUNOFF only
+    cfg = write_config(tmp_path, store, model={"runoff": "components"})
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "QOVER" in err and "runoff: components" in err
+    assert not (tmp_path / "run" / "best.pt").exists()
+    cfg = write_config(tmp_path, store, train={"ensemble": 0})
+    assert main(["train", str(cfg)]) == 2
+    assert "train.ensemble" in capsys.readouterr().err
