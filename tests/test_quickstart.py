@@ -37,6 +37,7 @@ inverse:
   kgssl: {steps: 5, hidden: 8, embedding: 4, window_days: 200}
   dpl: {steps: 5, warmup_days: 60}
   uncertainty: {ensemble: 2, mc_samples: 2}
+  waves: {count: 1, members: 3, train_steps: 4}
 """
 
 
@@ -70,16 +71,34 @@ def test_report_has_every_figure_the_issue_names(quick):
     for where in ("observed", "unobserved"):
         for p in ("fff", "FMAX", "hksat_sf"):
             assert {"r", "rmse", "coverage"} <= set(on_disk["parameter_recovery"][where][p])
-    assert set(on_disk["skill_held_out_years"]) == {"default", "inferred"}
+    assert set(on_disk["skill_held_out_years"]) >= {"default", "inferred", "truth"}
+    assert np.isfinite(on_disk["skill_held_out_years"]["truth"]["QRUNOFF"]["nse_median"])
+    assert set(on_disk["skill_held_out_years_true_model"]) >= {"default", "inferred", "truth", "reachable_gain_share"}
+    for p in ("fff", "FMAX", "hksat_sf"):
+        assert isinstance(on_disk["identifiability"][p]["identified"], bool)
     assert np.isfinite(on_disk["skill_held_out_years"]["inferred"]["QRUNOFF"]["nse_median"])
     assert set(on_disk["wall_s"]) >= set(STAGES[:-1]) and on_disk["wall_s"]["total"] > 0
     assert on_disk["emulator"], "emulator skill on held-out splits is missing"
     assert list((out / "report").glob("*.png")), "no plots in the report folder"
 
 
+def test_waves_grow_the_store_and_report_each_wave(quick):
+    out, _, report = quick
+    with xr.open_dataset(out / "store.nc") as st:
+        assert st.sizes["member"] == 6 + 3 and [str(m) for m in st["member"].values[-3:]] == [
+            "WA0001", "WA0002", "WA0003"]
+    assert (out / "waves" / "1" / "ppe" / "RUN_WAVE.md").is_file()
+    for k in ("0", "1"):
+        w = report["waves"][k]
+        assert np.isfinite(w["skill_held_out_years"]["inferred"]["QRUNOFF"]["nse_median"])
+        assert {"r", "coverage"} <= set(w["parameter_recovery"]["unobserved"]["fff"])
+    # the top level describes the final wave
+    assert report["parameter_recovery"] == report["waves"]["1"]["parameter_recovery"]
+
+
 def test_ctsm_files_carry_the_inferred_map(quick):
     out, _, report = quick
-    pmap = xr.load_dataset(out / "inverse" / "parameter_map.nc")
+    pmap = xr.load_dataset(out / "waves" / "1" / "inverse" / "parameter_map.nc")  # the final wave's
     fs = xr.load_dataset(next((out / "ctsm").glob("surfdata_*.nc")))
     np.testing.assert_allclose(fs["FMAX"].values, pmap["theta"].sel(param="FMAX").values, rtol=1e-6)
     clusters = sorted((out / "ctsm").glob("paramfile_default_cluster*.nc"))
@@ -94,6 +113,6 @@ def test_rerun_continues_after_the_last_finished_stage(quick, capsys):
     stamp = (out / "inverse" / "parameter_map.nc").stat().st_mtime_ns
     run_quickstart(out, config=cfg, progress=False)
     printed = capsys.readouterr().out
-    for name in STAGES[:-1]:
+    for name in (*STAGES[:-1], "wave-1"):
         assert f"[{name}] already done" in printed
     assert (out / "inverse" / "parameter_map.nc").stat().st_mtime_ns == stamp
