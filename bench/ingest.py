@@ -50,20 +50,80 @@ def status_mb(key):
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith(key + ":")) / 1024
 
+from ppe_ingest.ingest.parallel import pool
+
 ppe_dir, out, variables, complevel = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
+workers = int(sys.argv[5]) or None
 base = status_mb("VmRSS")
-t0 = time.perf_counter()
-ppe = discover(ppe_dir, variables=variables)
-t1 = time.perf_counter()
-table = ppe_table(ppe)
-theta = member_theta(ppe, table=table)
-if ppe.design is not None:
-    check_design(theta[0], read_design(ppe.design), str(ppe.design), ppe.report, theta[2])
-t2 = time.perf_counter()
-write_store(ppe, out, variables=variables, table=table, theta=theta, progress=False, complevel=complevel)
-t3 = time.perf_counter()
+with pool(workers) as workers_pool:  # a LocalCluster of N workers is started (and timed apart) here
+    t0 = time.perf_counter()
+    ppe = discover(ppe_dir, variables=variables, pool=workers_pool)
+    t1 = time.perf_counter()
+    table = ppe_table(ppe)
+    theta = member_theta(ppe, table=table)
+    if ppe.design is not None:
+        check_design(theta[0], read_design(ppe.design), str(ppe.design), ppe.report, theta[2])
+    t2 = time.perf_counter()
+    write_store(ppe, out, variables=variables, table=table, theta=theta, progress=False, complevel=complevel,
+                pool=workers_pool)
+    t3 = time.perf_counter()
 print(json.dumps({"discover": t1 - t0, "theta": t2 - t1, "store": t3 - t2, "wall": t3 - t0, "base_mb": base,
                   "peak_mb": status_mb("VmHWM"), "end_mb": status_mb("VmRSS")}))
+"""
+
+PHASES = r"""
+import json, sys, time
+import netCDF4, numpy as np
+from ppe_ingest.ingest import writer as W
+from ppe_ingest.ingest.discover import discover
+from ppe_ingest.ingest.theta import member_theta, ppe_table
+
+ppe_dir, out, variables, n = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4])
+ppe = discover(ppe_dir, variables=variables)
+table = ppe_table(ppe)
+lay = W._plan(ppe, variables, table, member_theta(ppe, table=table)[0], W.WriteOptions())
+plan = W._MemberPlan.of(lay, W.DEFAULT_LOG_EPS)
+bufs = W._member_buffers(variables, lay.G, lay.T)
+cost = dict.fromkeys(("raw netCDF4 read", "read + convert + forcing compare (classic)", "-", "check (NaN, fill)",
+                      "train statistics", "store write"), 0.0)
+nc = netCDF4.Dataset(out, "w")
+W._define_coordinates(nc, lay)
+dv = W._define_variables(nc, lay, 0, 64, 365)
+ref = None
+for k, m in enumerate(ppe.members[:n]):
+    files = {t: ppe.files(m, t) for t in plan.by_tape}
+    t = time.perf_counter()
+    for h in files[next(iter(files))]:
+        with netCDF4.Dataset(h.path) as ds:
+            ds.set_auto_maskandscale(False)
+            for v in variables:
+                ds.variables[v][...]
+    cost["raw netCDF4 read"] += time.perf_counter() - t
+    work = dict(bufs)
+    same = [True]
+    if ref is not None:
+        work.update({v: W._Same(ref[v], same) for v in plan.forcing})
+    t = time.perf_counter()
+    W._read_member(files, plan.by_tape, work)  # one pass over each file, as the ingest reads it
+    t1 = t2 = time.perf_counter()
+    resp = {v: a for v, a in bufs.items() if ref is None or v not in plan.forcing}
+    W._check_member(files, plan, resp)
+    t3 = time.perf_counter()
+    for v, a in resp.items():
+        W._train_moments(a, plan.train_rows, plan.train_cols, plan.log_eps if v in plan.log_vars else None)
+    t4 = time.perf_counter()
+    for v, a in resp.items():
+        if lay.shared(v):
+            dv[v][:, :] = a
+        else:
+            dv[v][k, :, :] = a
+    t5 = time.perf_counter()
+    for key, a, b in zip(list(cost)[1:], (t, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+        cost[key] += b - a
+    if ref is None:
+        ref = {v: bufs[v].copy() for v in plan.forcing}
+nc.close()
+print(json.dumps({k: v / n for k, v in cost.items() if k != "-"}))
 """
 
 
@@ -140,6 +200,13 @@ def warm(files) -> None:
                 pass
 
 
+def _child(code: str, *args) -> dict:
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"ingest failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--members", type=int, default=64)
@@ -149,8 +216,14 @@ def main() -> None:
                     help="how the benchmark PPE's values are made (layout identical)")
     ap.add_argument("--workdir", help="keep the PPE (built once per size and source) and the store here")
     ap.add_argument("--complevel", type=int, default=0, help="zlib level of the store (0: uncompressed)")
+    ap.add_argument("--workers", default="0", metavar="N[,N...]",
+                    help="also ingest on dask LocalClusters of these sizes (0: in this process, the default "
+                         "one-worker path), e.g. 0,1,2")
+    ap.add_argument("--phase-members", type=int, default=16,
+                    help="members timed phase by phase (read, compare, check, statistics, write; 0: none)")
     ap.add_argument("--no-record", action="store_true", help="print only (trial runs); do not append to RESULTS.md")
     args = ap.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -167,17 +240,19 @@ def main() -> None:
         warm(files)
         raw1, nbytes = raw_read(files, VARS)
         out = work / "store.nc"
-        out.unlink(missing_ok=True)
-        r = subprocess.run([sys.executable, "-c", CHILD, str(ppe), str(out), " ".join(VARS), str(args.complevel)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"ingest failed:\n{r.stderr}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
+        runs = {}
+        for w in worker_counts:
+            out.unlink(missing_ok=True)
+            runs[w] = _child(CHILD, ppe, out, " ".join(VARS), args.complevel, w)
         raw2, _ = raw_read(files, VARS)
+        phases = (_child(PHASES, ppe, work / "phases.nc", " ".join(VARS), args.phase_members)
+                  if args.phase_members else None)
+        (work / "phases.nc").unlink(missing_ok=True)
         load1 = os.getloadavg()
         raw_s = min(raw1, raw2)
         mb = nbytes / 1e6
         member_mb = nbytes / args.members / 2**20
+        res = runs[worker_counts[0]]
         peak = res["peak_mb"] - res["base_mb"]
         store_mb = out.stat().st_size / 1e6
         lines = [
@@ -185,13 +260,23 @@ def main() -> None:
             f"daily, {len(files)} NETCDF3_64BIT_OFFSET history files ({disk_mb:.0f} MB on disk); ingested "
             f"{len(VARS)} variables = {mb:.0f} MB",
             f"raw netCDF4 read of those variables (no masking): {raw_s:.2f} s, {mb / raw_s:.0f} MB/s "
-            f"(before/after ingest: {raw1:.2f} / {raw2:.2f} s)",
-            f"ingest: {res['wall']:.2f} s, {mb / res['wall']:.0f} MB/s (discover {res['discover']:.2f} s, "
-            f"member parameters {res['theta']:.2f} s, store {res['store']:.2f} s)",
-            f"ingest / raw throughput: {raw_s / res['wall']:.2f} (goal >= 0.5)",
-            f"peak memory above post-import RSS (max RSS): {peak:.0f} MiB = {peak / member_mb:.2f} x one member's "
-            f"data ({member_mb:.1f} MiB = {len(VARS)} vars x {args.gridcells} x {args.years * 365} x 4 B) "
-            f"(goal < 2); post-import RSS {res['base_mb']:.0f} MiB, max RSS {res['peak_mb']:.0f} MiB",
+            f"(before/after the ingests: {raw1:.2f} / {raw2:.2f} s)",
+        ]
+        for w, r in runs.items():
+            how = ("in this process (default)" if w == 0
+                   else f"dask LocalCluster of {w} worker(s), cluster start not counted")
+            lines += [f"ingest, {how}: {r['wall']:.2f} s, {mb / r['wall']:.0f} MB/s (discover {r['discover']:.2f} s, "
+                      f"member parameters {r['theta']:.2f} s, store {r['store']:.2f} s); "
+                      f"ingest / raw throughput {raw_s / r['wall']:.2f} (goal >= 0.8 in this process, quiet machine)"]
+        if phases:
+            tot = sum(v for k, v in phases.items() if k != "raw netCDF4 read")
+            each = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items())
+            lines.append(f"where one member's time goes (first {args.phase_members} members, in this process, ms per "
+                         f"member; ingest phases sum to {tot * 1e3:.0f} ms): {each}")
+        lines += [
+            f"peak memory above post-import RSS (max RSS, first run): {peak:.0f} MiB = {peak / member_mb:.2f} x one "
+            f"member's data ({member_mb:.1f} MiB = {len(VARS)} vars x {args.gridcells} x {args.years * 365} x 4 B); "
+            f"post-import RSS {res['base_mb']:.0f} MiB, max RSS {res['peak_mb']:.0f} MiB",
             f"store: {store_mb:.0f} MB, zlib level {args.complevel}",
             *(["values: synthetic responses written by the simulator's own PPE writer (same files, names, "
                "layout); the benchmark measures the ingest, not the simulator"] if args.source == "synthetic" else []),
