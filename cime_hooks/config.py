@@ -23,6 +23,11 @@ OBS_SCHEMA = {
     "variable": Field(str, "QRUNOFF", help="response variable, CTSM name and units"),
     "mask": Field(str, None, nullable=True, help="quality-mask variable in the obs file (1 = good)"),
     "max_distance_deg": Field(float, 0.5, gt=0, help="farthest gridcell centre matched to a site"),
+    # streamflow at a gauge: runoff routed through a gamma unit hydrograph (esm_emu.routing; the bounds
+    # and defaults are its ROUTING_BOUNDS; take the values `esm-emu invert` put in the parameter map)
+    "routing": Field(str, "none", choices=("gamma", "none"), help="gamma: route QRUNOFF before comparing"),
+    "uh_shape": Field(float, 1.0, min=0.1, max=3.0, help="gamma unit hydrograph shape (UH_SHAPE)"),
+    "uh_scale": Field(float, 1.5, min=0.5, max=7.0, help="gamma unit hydrograph scale, days (UH_SCALE)"),
 }
 
 FORWARD_SCHEMA = {

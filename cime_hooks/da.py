@@ -70,6 +70,8 @@ def run_da(caseroot, cycle: int) -> dict | None:
     if (cell < 0).all():
         raise UserError(f"{obs_cfg['file']}: no observation site lies within "
                         f"{obs_cfg['max_distance_deg']} deg of a gridcell in the history files")
+    if obs_cfg["routing"] == "gamma":  # gauge streamflow: CTSM's runoff and the forward model's, routed alike
+        fwd, y_model = _routed(fwd, y_model, var, obs_cfg)
     n_obs = int(np.isfinite(y_obs).sum())
     objective = 1.0 - pooled_nse(y_model, y_obs)
     n = len(state["cycles"])
@@ -109,3 +111,18 @@ def run_da(caseroot, cycle: int) -> dict | None:
 
 def _num(x: float):
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _routed(fwd, y_model: np.ndarray, var: str, obs_cfg):
+    """The forward model with fixed gamma routing and CTSM's paired runoff (site, day) routed the same
+    way (esm_emu.routing; the anchored update stays exact: routing is linear)."""
+    import torch
+
+    from esm_emu.routing import ROUTED_VARIABLES, FixedRouting, route
+
+    if var not in ROUTED_VARIABLES:
+        raise UserError(f"observations.routing: gamma routes {', '.join(ROUTED_VARIABLES)}, not {var}")
+    ok = np.isfinite(y_model)
+    q = torch.as_tensor(np.where(ok, y_model, 0.0), dtype=torch.float64)
+    routed = route(q, torch.tensor(obs_cfg["uh_shape"]), torch.tensor(obs_cfg["uh_scale"])).numpy()
+    return FixedRouting(fwd, obs_cfg["uh_shape"], obs_cfg["uh_scale"]), np.where(ok, routed, np.nan)

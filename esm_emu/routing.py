@@ -166,3 +166,19 @@ def with_routing(forward: ForwardModel, routing: Mapping | None, variables: Sequ
     if params is None:
         return fwd, None
     return fwd, list(params) + [p for p in ROUTING_PARAMS if p not in params]
+
+
+class FixedRouting(ForwardModel):
+    """A forward model whose runoff is routed with fixed unit-hydrograph parameters (same theta as the
+    inner model): the DA hook's forward when its observations are streamflow at a gauge."""
+
+    def __init__(self, inner: ForwardModel, shape: float, scale: float, routed: Sequence[str] = ROUTED_VARIABLES):
+        super().__init__(inner.forcing_names, inner.static_names, inner.param_names, inner.response_names)
+        self.routed = RoutedForward(inner, routed)
+        self.kind = self.routed.kind
+        self.checkpoint_sha256 = inner.checkpoint_sha256
+        self.shape, self.scale = float(shape), float(scale)
+
+    def forward(self, forcing, static, theta, state=None, return_state: bool = False):
+        uh = torch.tensor([self.shape, self.scale], dtype=theta.dtype).expand(theta.shape[0], 2)
+        return self.routed(forcing, static, torch.cat([theta, uh], 1), state=state, return_state=return_state)

@@ -80,3 +80,21 @@ def test_routing_config_names_the_key():
     with pytest.raises(UserError, match="inverse.routing.QRUNOFF"):
         check_routing({"QRUNOFF": "gamma"}, ["EFLX_LH_TOT"])
     assert UH_DAYS > 1 and np.isfinite(UH_DAYS)
+
+
+def test_da_hook_routes_ctsm_runoff_and_the_forward_model_alike():
+    """cime_hooks.da with observations.routing gamma: CTSM's paired runoff is routed (volume kept,
+    peak delayed) and the forward model routes its own runoff with the same fixed parameters."""
+    from cime_hooks.da import _routed
+
+    y = np.zeros((2, 40))
+    y[:, 3] = 4.0
+    cfg = {"routing": "gamma", "uh_shape": 2.0, "uh_scale": 2.0}
+    fwd, routed = _routed(_Toy(), y, "QRUNOFF", cfg)
+    assert np.allclose(routed.sum(1), y.sum(1)) and routed[0].argmax() > 3
+    x = torch.zeros(1, 40, 1, dtype=torch.float64)
+    x[0, 3, 0] = 4.0
+    out = fwd(x, torch.zeros(1, 1), torch.tensor([[1.0]], dtype=torch.float64))
+    assert fwd.param_names == ["a"] and np.allclose(out[0, :, 0].numpy(), routed[0])
+    with pytest.raises(UserError, match="observations.routing"):
+        _routed(_Toy(), y, "EFLX_LH_TOT", cfg)

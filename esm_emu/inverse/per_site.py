@@ -79,25 +79,37 @@ def weighted_nse_loss(sim: torch.Tensor, obs: torch.Tensor, w: torch.Tensor) -> 
 def screen_candidates(problem: InverseProblem, forward: ForwardModel, obs_idx: np.ndarray, last: int,
                       weights: torch.Tensor, n: int, keep: int, gen: torch.Generator,
                       batch: int = 1024) -> torch.Tensor:
-    """(keep, S, P) unit-space starting points: the best of `n` Latin-hypercube candidates (plus the
-    default) per observed site by 1 - NSE on the weighted days, run without gradients in batches."""
+    """(keep, S, P) unit-space starting points per observed site by 1 - NSE on the weighted days: the
+    best of the default, `n` Latin-hypercube candidates and `n/2` more around each site's best of
+    those, all run without gradients in batches."""
     P, S = problem.n_params, len(obs_idx)
-    u = (torch.stack([torch.randperm(n, generator=gen) for _ in range(P)], 1) + torch.rand(n, P, generator=gen)) / n
-    u = torch.cat([problem.to_unit(problem.default)[None].clamp(0, 1), u])           # (K, P)
-    K = u.shape[0]
     t = torch.as_tensor(obs_idx)
-    loss = torch.empty(K, S)
-    cand = torch.arange(K).repeat_interleave(S)
-    site = torch.arange(S).repeat(K)
-    with torch.no_grad():
-        for i in range(0, K * S, batch):
-            c, st = cand[i:i + batch], site[i:i + batch]
-            y = forward(problem.forcing[t[st], :last], problem.static[t[st]],
-                        problem.full_theta(problem.from_unit(u[c])))[..., problem.response_index]
-            loss[c, st] = weighted_nse_loss(y[None], problem.obs[t[st], :last][None], weights)[0]
-    loss = torch.nan_to_num(loss, nan=float("inf"))
-    best = loss.argsort(0)[:keep]                                                    # (keep, S)
-    return u[best]
+
+    def lhs(k):
+        strata = torch.stack([torch.randperm(k, generator=gen) for _ in range(P)], 1)
+        return (strata + torch.rand(k, P, generator=gen)) / k
+
+    def losses(u):  # u (K, S, P) -> (K, S) 1 - NSE of each candidate at each site
+        K = u.shape[0]
+        flat_u, site = u.reshape(K * S, P), torch.arange(S).repeat(K)
+        out = torch.empty(K * S)
+        with torch.no_grad():
+            for i in range(0, K * S, batch):
+                st = site[i:i + batch]
+                y = forward(problem.forcing[t[st], :last], problem.static[t[st]],
+                            problem.full_theta(problem.from_unit(flat_u[i:i + batch])))[..., problem.response_index]
+                out[i:i + batch] = weighted_nse_loss(y[None], problem.obs[t[st], :last][None], weights)[0]
+        return torch.nan_to_num(out.reshape(K, S), nan=float("inf"))
+
+    # round 1: the default and a Latin hypercube over the whole box, the same candidates at every site
+    u = torch.cat([problem.to_unit(problem.default)[None].clamp(0, 1), lhs(n)])[:, None].expand(-1, S, -1)
+    loss = losses(u)
+    # round 2: half as many around each site's best (a box of +-0.1 in unit space)
+    best = u[loss.argmin(0), torch.arange(S)]                                          # (S, P)
+    u2 = (best[None] + 0.2 * (lhs(max(n // 2, 1))[:, None] - 0.5)).clamp(0, 1)       # (n/2, S, P)
+    u, loss = torch.cat([u, u2]), torch.cat([loss, losses(u2)])
+    order = loss.argsort(0)[:keep]                                                   # (keep, S)
+    return u[order, torch.arange(S)[None]]
 
 
 def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 300, lr: float = 0.05,
