@@ -48,7 +48,15 @@ def test_invert_writes_map_metrics_and_plots(tmp_path, capsys):
     assert len(pm.attrs["emulator_checkpoint_sha256"]) == 64
     assert "obs.nc" in pm.attrs["observation_sources"]
     assert (out / "metrics.json").is_file() and (out / "hydrographs.png").is_file()
-    assert "median NSE" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "median NSE" in printed and "identifiability" in printed
+    # which parameters the data identify: printed, in the map (with the figures) and its intervals
+    assert set(np.unique(pm["identified"].values)) <= {0, 1} and pm["posterior_correlation"].shape == (4, 4)
+    for j, p in enumerate(PARAMS):
+        word = "identified" if pm["identified"].values[j] else "NOT identified"
+        assert any(line.split()[:1] == [p] and word in line for line in printed.splitlines()), printed
+    assert (pm["theta_lower"] <= pm["theta"] + 1e-9).all() and (pm["theta"] <= pm["theta_upper"] + 1e-9).all()
+    assert ((pm["theta_lower"] >= pm["param_min"] - 1e-9) & (pm["theta_upper"] <= pm["param_max"] + 1e-9)).all()
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
