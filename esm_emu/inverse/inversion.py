@@ -307,8 +307,9 @@ def _physical_spread(problem: InverseProblem, post, level: float):
         (u + h).clamp(max=1) - (u - h).clamp(min=0))
     std = slope.abs() * torch.as_tensor(post.sd, dtype=torch.float32)
     lo, hi = unit_interval(post.u, post.sd, level)
-    lower = problem.from_unit(torch.as_tensor(lo, dtype=torch.float32)).numpy()
-    upper = problem.from_unit(torch.as_tensor(hi, dtype=torch.float32)).numpy()
+    bounds = problem.lo.double().numpy(), problem.hi.double().numpy()
+    lower = np.clip(problem.from_unit(torch.as_tensor(lo, dtype=torch.float32)).double().numpy(), *bounds)
+    upper = np.clip(problem.from_unit(torch.as_tensor(hi, dtype=torch.float32)).double().numpy(), *bounds)
     return std, (lower, upper)
 
 
