@@ -169,9 +169,43 @@ def history_match(run_dir, targets_path, out_dir=None, n_samples: int = 100_000,
         Path(t).write_text("\n".join(lines) + "\n")
     with atomic_path(out_dir / "history_match.json") as t:
         Path(t).write_text(json.dumps(result, indent=1))
+    try:
+        _plot(out_dir / "nroy.png", result, imax)
+    except ImportError:  # matplotlib is optional
+        pass
     result["out_dir"] = str(out_dir)
     result["_imp"] = imp
     return result
+
+
+def _plot(path: Path, result: dict, imax: np.ndarray) -> None:
+    """NROY ranges per parameter on the unit cube (full range, 5-95% of NROY) and the implausibility."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranges = {p: r for p, r in result["param_ranges"].items() if r is not None}
+    order = sorted(ranges, key=lambda p: ranges[p]["s_q95"] - ranges[p]["s_q05"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.25 * len(order) + 2.0),
+                               gridspec_kw={"width_ratios": [2, 1]})
+    for i, p in enumerate(order):
+        r = ranges[p]
+        a.plot([r["s_min"], r["s_max"]], [i, i], color="0.7", lw=2)
+        a.plot([r["s_q05"], r["s_q95"]], [i, i], color="C0", lw=5)
+    a.set_yticks(range(len(order)), order, fontsize=7)
+    a.set_xlim(0, 1)
+    a.set_xlabel("position in the design range (0 = min, 1 = max)")
+    a.set_title(f"NROY: {result['nroy_fraction']:.3g} of {result['samples']} samples "
+                "(grey: full range, blue: 5-95%)", fontsize=9)
+    b.hist(np.minimum(imax, 10), bins=50, color="0.5")
+    b.axvline(result["cutoff"], color="C3", label=f"cutoff {result['cutoff']:g}")
+    b.set_xlabel("max implausibility over targets (clipped at 10)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as t:
+        fig.savefig(t, format="png", dpi=90)
+    plt.close(fig)
 
 
 def _table_of(run_dir: Path):
