@@ -11,6 +11,7 @@ same global batch and a resumed run the same sequence of batches.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -69,7 +70,7 @@ class StoreArray:
         self.path, self.names, self.dims = Path(path), list(names), tuple(dims)
         self.shape = (*shape, len(self.names))
         self.dtype = np.dtype(np.float32)
-        self._nc, self._pid, self._vars = None, None, None
+        self._nc, self._pid, self._vars, self._key = None, None, None, None
 
     @property
     def nbytes(self) -> int:
@@ -81,7 +82,11 @@ class StoreArray:
         import netCDF4
 
         if self._nc is None or self._pid != os.getpid():  # a forked DataLoader worker opens its own
-            self._nc = netCDF4.Dataset(self.path)
+            st = os.stat(self.path)
+            key = (str(self.path.resolve()), os.getpid(), st.st_ino, st.st_mtime_ns)
+            if key not in _OPEN:
+                _OPEN[key] = netCDF4.Dataset(self.path)
+            self._nc, self._key = _OPEN[key], key
             self._pid = os.getpid()
             self._vars = []
             for n in self.names:
@@ -109,9 +114,7 @@ class StoreArray:
 
     def window(self, index: dict, out: np.ndarray) -> None:
         """out (..., V) <- the values at `index` (dim name -> int or slice), variable by variable."""
-        from ppe_ingest.base.netcdf import NC_LOCK
-
-        with NC_LOCK:
+        with _locks():
             for j in range(len(self.names)):
                 x = self._read(j, index)
                 sliced = [d for d in self._variables()[j][0].dimensions if not isinstance(index[d], (int, np.integer))]
@@ -160,12 +163,32 @@ class StoreArray:
                 yield m, g, (x if days is None else x[:, days])
 
     def close(self) -> None:
+        """Close the file (every StoreArray of this file in this process shares the handle)."""
         if self._nc is not None:
-            try:
-                self._nc.close()
-            except Exception:  # already closed or its process gone
-                pass
+            with _locks():
+                if _OPEN.pop(self._key, None) is not None:
+                    try:
+                        self._nc.close()
+                    except Exception:  # already closed
+                        pass
         self._nc = self._vars = None
+
+
+# Open store files, one handle per (file, process), closed only by StoreArray.close: a netCDF4
+# handle left to the garbage collector would be closed in whatever thread (or inside whatever
+# HDF5 call) the collection happens, which HDF5 does not survive.
+_OPEN: dict = {}
+
+
+@contextmanager
+def _locks():
+    """The project's netCDF lock and xarray's (dask reads the same library from its threads)."""
+    from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
+
+    from ppe_ingest.base.netcdf import NC_LOCK
+
+    with NC_LOCK, NETCDF4_PYTHON_LOCK:
+        yield
 
 
 def _read_stack(ds, names, order, shape) -> np.ndarray:
@@ -320,7 +343,9 @@ class WindowSampler:
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.step = 0
-        self.prefetch = int(prefetch)  # batches read ahead by a thread (esm_emu.loader); 0: in the loop
+        # batches read ahead by a thread (esm_emu.loader) from a streamed store; in memory a batch is a
+        # few array copies (~1 ms), and a thread would only compete with the ranks for the cores
+        self.prefetch = 0 if store.in_memory else int(prefetch)
         self._loader = None
         if len(pairs) == 0:
             raise UserError(f"{store.path}: no member x gridcell pairs in the training split")
