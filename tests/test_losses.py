@@ -87,3 +87,21 @@ def test_runoff_is_scored_in_a_blend_of_physical_and_log_space():
     blend, _ = SequenceLoss(emu, "nse", phys_std=std, runoff_space="blend")(*args, low, mask)
     phys, _ = SequenceLoss(emu, "nse", phys_std=std, runoff_space="physical")(*args, low, mask)
     assert phys[0] < 1e-3 and abs(blend[0].item() - 0.5 * np.log(10) ** 2) < 0.01
+
+
+def test_runoff_components_share_one_response_weight():
+    n = Normalizer(Scaler(np.zeros(1), np.ones(1), [False], 1e-6), Scaler(np.zeros(1), np.ones(1), [False], 1e-6),
+                   Scaler(np.zeros(1), np.ones(1), [False], 1e-6),
+                   Scaler([-12.0, -11.0, 0.0], [2.0, 1.0, 1.0], [True, True, False], 1e-8))
+    emu = Emulator.build(validate({"name": "lstm", "hidden": 4, "embed": 2, "runoff": "components"}, MODEL), n,
+                         ["RAIN"], ["PCT_SAND"], ["fff"], ["QRUNOFF", "EFLX_LH_TOT"])
+    sc = Scaler([-11.5], [1.5], [True], 1e-8)
+    loss = SequenceLoss(emu, "both", phys_std=np.ones(4), score_scaler=sc)
+    assert loss.scored_names == ["QOVER", "QDRAI", "EFLX_LH_TOT", "QRUNOFF"]
+    w = loss.var_weight.numpy()
+    np.testing.assert_allclose(w / w[2], [0.5, 0.5, 1.0, 1.0])  # QOVER + QDRAI weigh one response
+    target = torch.rand(2, 6, 3) * torch.tensor([1e-5, 1e-5, 50.0])
+    mask = torch.ones(2, 6, 3, dtype=torch.bool)
+    mask[0, :3, 0] = False  # a QOVER gap: the QRUNOFF sum is not scored there either
+    sse, cnt = loss(torch.rand(2, 6, 1), torch.rand(2, 1), torch.rand(2, 1), target, mask)
+    assert cnt.tolist() == [9, 12, 12, 9] and torch.isfinite(sse).all()

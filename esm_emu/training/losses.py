@@ -32,6 +32,7 @@ from torch import nn
 LOSSES = ("normalized", "physical", "both", "nse")
 RUNOFF_SPACES = ("blend", "physical", "log")
 NSE_EPS = 0.1  # NeuralHydrology's eps, in units of the variable's global std
+COMPONENT_WEIGHT = 1.0  # the components of a summed response (QOVER + QDRAI) together weigh one response
 
 
 class SequenceLoss(nn.Module):
@@ -67,6 +68,16 @@ class SequenceLoss(nn.Module):
             log = np.concatenate([log, np.ones(len(extra), bool)])
         self.register_buffer("is_log", torch.as_tensor(log, dtype=torch.bool))
         self.score_scaler = score_scaler
+        # every response the user asked for weighs 1; the components of a summed response share
+        # COMPONENT_WEIGHT (the sum itself is scored too), so adding QOVER and QDRAI does not
+        # take weight from EFLX_LH_TOT and SOILWATER_10CM. Scaled so the weights average to 1.
+        vw = np.array([1.0 if nm in emu.response_names else COMPONENT_WEIGHT / max(1, self._n_components(emu))
+                       for nm in self.scored_names])
+        self.register_buffer("var_weight", torch.as_tensor(vw * len(vw) / vw.sum(), dtype=torch.float32))
+
+    @staticmethod
+    def _n_components(emu) -> int:
+        return sum(1 for nm in emu.core_names if nm not in emu.response_names)
 
     def spaces(self) -> torch.Tensor:
         """(2, V) weights of the physical and the normalised error of each scored variable."""
@@ -110,7 +121,7 @@ class SequenceLoss(nn.Module):
             nerr = (zp - zt) ** 2
             err = err + w[1] * (nerr if weight is None else nerr * weight[:, 1, None, :])
         se = torch.where(mask, err, torch.zeros_like(err))
-        return se.sum((0, 1)), mask.sum((0, 1)).to(se.dtype)
+        return se.sum((0, 1)) * self.var_weight, mask.sum((0, 1)).to(se.dtype)
 
 
 def series_scales(values: np.ndarray, scaler, phys_std: np.ndarray, days: np.ndarray,
