@@ -37,3 +37,20 @@ def test_camels_basins_become_an_inverse_problem_with_real_streamflow(shared_dat
     assert 0 < float(np.nanmean(p.obs.numpy())) * 86400 < 10
     sk = skill(p, sim, p.default.expand(4, -1), np.arange(4), p.test_time)["QRUNOFF"]
     assert len(sk["nse"]) == 4 and np.isfinite(sk["nse"]).all()
+
+
+def test_soil_comparison_and_data_root(shared_data, monkeypatch):
+    from ppe_ingest.obs.camels import camels_data_root
+    from ppe_ingest.simulator.sites import camels_soil_comparison
+
+    root = shared_data("camels_us", "neuralhydrology_test_data", "camels_us")
+    monkeypatch.setenv("ESM_EMU_SHARED_DATA", str(root.parents[2]))
+    assert camels_data_root() == root
+    rows = camels_soil_comparison(root / "camels_attributes_v2.0", BASINS,
+                                  {"hksat_sf": np.array([1.0, 2.0, 1.0, 1.0])})
+    assert [r["basin"] for r in rows] == BASINS
+    k = [r["ksat_cm_per_h"] for r in rows]
+    assert abs(k[1]["inferred"] - 2 * k[1]["default"]) < 1e-9 and k[0]["inferred"] == k[0]["default"]
+    # the CAMELS attribute beside it (cm/h, STATSGO) and a Cosby default of the same order
+    assert all(0.1 < r["ksat_cm_per_h"]["camels"] < 20 and 0.1 < r["ksat_cm_per_h"]["default"] < 20 for r in rows)
+    assert all(0.3 < r["porosity"]["camels"] < 0.6 for r in rows)
