@@ -280,6 +280,10 @@ class _Planner:
         for j, name in enumerate(str(p) for p in values["param"].values):
             if name in settings:
                 raise UserError(f"{name}: given both by --set and in the parameter map")
+            if name in ("UH_SHAPE", "UH_SCALE") and name not in self.table:  # esm_emu.routing: not CTSM's
+                self.notes.append(f"note: {name} (routing from runoff to the gauge, not a CTSM parameter) "
+                                  "from the parameter map not written")
+                continue
             kind = self._kind(name)
             if {"fsurdat": self.fs, "paramfile": self.pf, "namelist": self.user_nl}[kind] is None:
                 # a map usually holds every inferred parameter; write those whose file was given
