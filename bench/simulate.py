@@ -24,8 +24,49 @@ from ppe_ingest.simulator.sites import builtin_sites, static_tensors
 from ppe_ingest.simulator.weather import forcing_tensors, generate_weather
 
 
+def memory(args) -> None:
+    """Peak resident memory of `esm-emu simulate` (the quickstart config) at several member counts,
+    measured by /usr/bin/time -v, with the batch size simulate.batch_memory_mb gives."""
+    import re
+    import subprocess
+    import tempfile
+
+    from ppe_ingest.simulator.config import load_simulate_config
+    from ppe_ingest.simulator.ppe import batch_members
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    exe = Path(sys.executable).parent / "esm-emu"
+    lines = []
+    for m in args.members_list:
+        sets = [f"n_members={m}", *args.set]
+        cfg = load_simulate_config(config, sets)
+        bs = batch_members(m, cfg["n_gridcells"], 365 * cfg["n_years"], cfg["batch_memory_mb"],
+                           cfg["members_per_batch"])
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = ["/usr/bin/time", "-v", str(exe), "simulate", str(config), "--out", f"{tmp}/ppe", "--quiet"]
+            for x in sets:
+                cmd += ["--set", x]
+            load = os.getloadavg()[0]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"esm-emu simulate failed:\n{r.stderr[-2000:]}")
+        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time .*: (\S+)", r.stderr).group(1)
+        lines.append(f"{m} members x {cfg['n_gridcells']} gridcells x {cfg['n_years']} years "
+                     f"(+{cfg['spinup_years']} spin-up), batch_memory_mb {cfg['batch_memory_mb']:g} -> "
+                     f"{bs} members per batch: peak RSS {rss / 1024:.0f} MiB, wall {wall} "
+                     f"(load average {load:.1f} at start)")
+    lines.append("/usr/bin/time -v of the whole command (the truth set included); 2 CPU cores shared with other "
+                 "agents' jobs (wall times noisy, memory not)")
+    record("simulate: peak memory against the member count", lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--memory", action="store_true",
+                    help="peak RSS of `esm-emu simulate configs/quickstart.yaml` for each --members-list value")
+    ap.add_argument("--members-list", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--set", action="append", default=[], help="simulate: overrides for --memory, KEY=VALUE")
     ap.add_argument("--members", type=int, default=64)
     ap.add_argument("--gridcells", type=int, default=200)
     ap.add_argument("--years", type=int, default=5)
@@ -34,6 +75,8 @@ def main(argv=None):
                     help="torch threads (default: as esm-emu simulate, physics.simulation_threads())")
     ap.add_argument("--eager", action="store_true", help="do not compile the daily step (ESM_EMU_SIM_COMPILE=0)")
     a = ap.parse_args(argv)
+    if a.memory:
+        return memory(a)
     os.environ["ESM_EMU_SIM_COMPILE"] = "0" if a.eager else "1"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     a.threads = a.threads or physics.simulation_threads()

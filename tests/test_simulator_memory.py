@@ -59,9 +59,9 @@ def test_batch_size_follows_the_budget_not_the_member_count():
 
     per = member_bytes(200, 5 * 365)
     for n in (64, 500, 9999):
-        bs = batch_members(n, 200, 5 * 365, 1024)
-        assert bs == batch_members(64, 200, 5 * 365, 1024)  # the quickstart's batch, whatever the members
-        assert bs * per <= 1024 * 2**20 < (bs + 1) * per
+        bs = batch_members(n, 200, 5 * 365, 768)
+        assert bs == batch_members(64, 200, 5 * 365, 768)  # the quickstart's batch, whatever the members
+        assert bs * per <= 768 * 2**20 < (bs + 1) * per
     assert batch_members(3, 200, 1825, 1024) == 3
     assert batch_members(100, 200, 1825, 1024, cap=2) == 2
     assert batch_members(100, 10**5, 1825, 16) == 1  # never zero: run_ensemble then slices the gridcells

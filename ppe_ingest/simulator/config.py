@@ -24,7 +24,8 @@ TRUTH = {
 }
 
 # Physics options of the built-in simulator (physics.PHYSICS_OPTIONS), all off (the quickstart twin).
-PHYSICS = {"frozen_soil": Field(bool, False, help="CLM5 ice impedance of infiltration in frozen topsoil")}
+PHYSICS = {"frozen_soil": Field(bool, False, help="CLM5 ice impedance of infiltration in frozen topsoil"),
+           "aquifer": Field(bool, False, help="groundwater store below bedrock (CLM4.5 unconfined aquifer)")}
 
 SCHEMA = {
     "case": Field(str, "esmemu_sim", help="case name in history file names"),
@@ -46,7 +47,7 @@ SCHEMA = {
     "n_years": Field(int, 5, min=1, max=200),
     "spinup_years": Field(int, 2, min=0, max=100),
     "years_per_file": Field(int, None, min=1, max=200, nullable=True, help="default: all years in one file"),
-    "batch_memory_mb": Field(float, 1024.0, min=16, max=1_000_000,
+    "batch_memory_mb": Field(float, 768.0, min=16, max=1_000_000,
                              help="memory the members run together may take (MB); the batch is sized from "
                                   "gridcells x days x variables (ppe.batch_members), so a run's peak stays "
                                   "bounded whatever the member count"),

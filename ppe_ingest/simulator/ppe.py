@@ -103,11 +103,12 @@ def write_surfdata(path: Path, sites: xr.Dataset, weather: xr.Dataset) -> Path:
 
 
 # Resident bytes a batch takes per member, measured with /usr/bin/time -v on `esm-emu simulate`
-# (peak RSS against batch size and years, 200 gridcells; bench/simulate.py --memory repeats it):
-# one simulated year works on ~400 B per gridcell-day (the float64 forcing and its time-major copy,
-# the daily outputs and their stack, the daily step's temporaries), and the batch's float32
-# responses over the whole run are held twice (the batch result and the pieces cut from it).
-YEAR_BYTES_PER_GRIDCELL_DAY = 400
+# (peak RSS against batch size and years, 200 gridcells): one simulated year works on ~400 B per
+# gridcell-day (the float64 forcing and its time-major copy, the daily outputs and their stack,
+# the daily step's temporaries; 480 with the allocator's slack seen at 16-member batches), and
+# the batch's float32 responses over the whole run take twice their size. The process itself
+# (torch, the compiled step) takes ~0.5 GB more: quickstart peak = 0.5 GB + ~batch_memory_mb.
+YEAR_BYTES_PER_GRIDCELL_DAY = 480
 RUN_BYTES_PER_GRIDCELL_DAY = 2 * 4 * len(RESPONSES)
 
 
