@@ -167,3 +167,102 @@ def shrink_to_prior(u: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     data cannot tell (ratio near 1) returns to the middle of its range instead of staying wherever the
     optimiser left it."""
     return (1 - ratio) * u + ratio * PRIOR_MEAN
+
+
+def _weights(obs: np.ndarray, res: np.ndarray, extra_var) -> np.ndarray:
+    """(n, V) inverse error variance per entity and variable: pooled residual variance (+ extra),
+    inflated by the entity's lag-1 residual autocorrelation."""
+    sigma2 = np.nanmean(res ** 2, axis=(0, 1))
+    sigma2 = np.where(np.isfinite(sigma2) & (sigma2 > 0), sigma2, np.nanvar(obs, axis=(0, 1)) * 1e-6 + 1e-24)
+    var = sigma2 + (0 if extra_var is None else np.asarray(extra_var, np.float64))
+    n, _, V = obs.shape
+    w = np.zeros((n, V))
+    for i in range(n):
+        for v in range(V):
+            rho = _lag1(res[i, :, v])
+            w[i, v] = (1 - rho) / ((1 + rho) * var[v])
+    return w
+
+
+def local_update(problem: InverseProblem, forward: ForwardModel, u_all: np.ndarray, idx, time_mask,
+                 prior_mean: np.ndarray, prior_var: np.ndarray, extra_var=None, iters: int = 3,
+                 max_step: float = 0.25, eps: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """Each observed entity's own posterior mode, by damped Gauss-Newton in unit space, under a
+    Gaussian prior (``prior_mean``, ``prior_var`` (n, P): what the regional parameter network says
+    there, with its uncertainty). Returns (u (n, P), posterior covariance (n, P, P)).
+
+    The network fits all sites with one function of their attributes; this step lets each observed
+    site's data correct it where they can (an identified parameter) and leaves it where they cannot.
+    A step is kept only where it lowers the site's objective (data misfit + prior)."""
+    idx = np.asarray(idx)
+    tm = np.asarray(time_mask, bool)
+    obs = problem.obs[torch.as_tensor(idx)].numpy()[:, tm].astype(np.float64)
+    u = np.clip(np.asarray(u_all, np.float64)[idx], 0, 1)
+    pm, pp = np.asarray(prior_mean, np.float64), 1 / np.maximum(np.asarray(prior_var, np.float64), 1e-6)
+    full = np.asarray(u_all, np.float64).copy()
+    n, P = u.shape
+
+    def run(uu):
+        full[idx] = uu
+        th = problem.from_unit(torch.as_tensor(full, dtype=torch.float32))
+        return th
+
+    def objective(y, uu, w):
+        r = np.where(np.isfinite(obs), obs - y, 0.0)
+        return 0.5 * ((r ** 2).sum(1) * w).sum(1) + 0.5 * (pp * (uu - pm) ** 2).sum(1)
+
+    cov = np.zeros((n, P, P))
+    for _ in range(iters + 1):
+        y0, J = jacobian(problem, forward, run(u), idx, eps)
+        y0, J = y0.numpy()[:, tm].astype(np.float64), J.numpy()[:, tm].astype(np.float64)
+        res = obs - y0
+        w = _weights(obs, res, extra_var)
+        ok = np.isfinite(obs)
+        r0 = np.where(ok, res, 0.0)
+        Jm = np.where(ok[..., None], J, 0.0)
+        H = np.einsum("ntvp,ntvq,nv->npq", Jm, Jm, w) + np.einsum("np,pq->npq", pp, np.eye(P))
+        cov = np.linalg.inv(H)
+        if _ == iters:
+            break
+        g = np.einsum("ntvp,ntv,nv->np", Jm, r0, w) - pp * (u - pm)
+        du = np.einsum("npq,nq->np", cov, g)
+        du *= np.minimum(1.0, max_step / np.maximum(np.abs(du).max(1, keepdims=True), 1e-12))
+        u_new = np.clip(u + du, 0, 1)
+        y1 = forward.chunked(problem.forcing[torch.as_tensor(idx)], problem.static[torch.as_tensor(idx)],
+                             problem.full_theta(run(u_new)[torch.as_tensor(idx)]))[..., problem.response_index]
+        y1 = y1.numpy()[:, tm].astype(np.float64)
+        better = objective(y1, u_new, w) < objective(y0, u, w)
+        u = np.where(better[:, None], u_new, u)
+    return u, cov
+
+
+def krige(lat, lon, values: np.ndarray, lat_new, lon_new, lengths=(1.0, 2.0, 4.0, 8.0, 16.0)):
+    """Simple kriging of (n,) values at points to new points on the sphere: exponential covariance
+    of great-circle distance, length scale and nugget share by maximum marginal likelihood.
+    Returns (mean (m,), variance (m,)); zero mean (the values are residuals of a regression)."""
+    from ppe_ingest.base.geometry import great_circle_deg
+
+    v = np.asarray(values, np.float64)
+    s2 = float(np.mean(v ** 2))
+    if len(v) < 3 or s2 <= 0:
+        return np.zeros(len(lat_new)), np.full(len(lat_new), s2)
+    d = great_circle_deg(lat[:, None], lon[:, None], lat[None], lon[None])
+    dn = great_circle_deg(np.asarray(lat_new)[:, None], np.asarray(lon_new)[:, None], lat[None], lon[None])
+    best = None
+    for L in lengths:
+        for nug in (0.05, 0.2, 0.5):
+            K = s2 * ((1 - nug) * np.exp(-d / L) + nug * np.eye(len(v)))
+            try:
+                c = np.linalg.cholesky(K)
+            except np.linalg.LinAlgError:
+                continue
+            a = np.linalg.solve(c, v)
+            nll = 0.5 * a @ a + np.log(np.diag(c)).sum()
+            if best is None or nll < best[0]:
+                best = (nll, L, nug, K)
+    _, L, nug, K = best
+    k = s2 * (1 - nug) * np.exp(-dn / L)
+    Ki = np.linalg.inv(K)
+    mean = k @ Ki @ v
+    var = np.maximum(s2 - np.einsum("mi,ij,mj->m", k, Ki, k), 0.0)
+    return mean, var

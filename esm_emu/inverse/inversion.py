@@ -19,7 +19,7 @@ from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
 from .param_map import build_param_map, cluster_param_map, param_values_at
 from .problem import InverseProblem, build_problem
 from .report import write_outputs
-from .uncertainty import UncertaintyConfig, combine, coverage, interval_inside, posterior, unit_interval
+from .uncertainty import UncertaintyConfig, combine, coverage, interval_inside, unit_interval
 
 IDENTIFIABLE_MIN = 0.05  # one-at-a-time sensitivity reported beside the linearised identifiability
 
@@ -240,7 +240,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     ident, post = _identify(problem, forward, s, theta, fit, emulator_error)
     interval = None
     if post is not None:  # the estimate and its interval: data, ensemble and regionalisation together
-        theta = problem.from_unit(torch.as_tensor(post.u, dtype=torch.float32))
+        theta = torch.clamp(problem.from_unit(torch.as_tensor(post.u, dtype=torch.float32)), problem.lo, problem.hi)
         theta_std, interval = _physical_spread(problem, post, s.uncertainty.level)
     metrics = evaluate(problem, forward, s, theta, dpl_hist, pre)
     metrics["identifiability"] = ident.to_dict()
@@ -293,10 +293,27 @@ def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettin
     if emulator_error:
         extra = np.array([float(emulator_error.get(v, 0.0)) ** 2 for v in problem.variables])
     th = torch.where(torch.isfinite(theta), theta, problem.default.expand_as(theta))
-    ident = assess(problem, forward, th, tm, max_variance_ratio=ic.get("max_variance_ratio", 0.1), extra_var=extra)
+    ratio_max = ic.get("max_variance_ratio", 0.1)
     if fit is None:
-        return ident, None
-    return ident, posterior(fit.u_members, problem.observed, ident.ratio, fit.regional_var)
+        return assess(problem, forward, th, tm, max_variance_ratio=ratio_max, extra_var=extra), None
+    from .identifiability import local_update
+    from .uncertainty import posterior_refined
+
+    draws = [d if d.ndim == 3 else d[None] for d in fit.u_members]
+    means = np.stack([d.mean(0) for d in draws])
+    u_hat = means.mean(0)
+    ens_var = np.stack([d.var(0) for d in draws]).mean(0) + means.var(0)
+    obs_idx = np.flatnonzero(problem.observed)
+    regional = fit.regional_var if fit.regional_var is not None else np.full(problem.n_params, 1 / 48)
+    prior_var = ens_var[obs_idx] + regional[None]
+    u_loc, cov = local_update(problem, forward, u_hat, obs_idx, tm, u_hat[obs_idx], prior_var, extra)
+    full = u_hat.copy()
+    full[obs_idx] = u_loc
+    ident = assess(problem, forward, problem.from_unit(torch.as_tensor(full, dtype=torch.float32)), tm,
+                   max_variance_ratio=ratio_max, extra_var=extra)
+    post = posterior_refined(u_hat, ens_var, fit.u_blind, problem.observed, u_loc, cov, ident.ratio,
+                             ident.identified, problem.lat, problem.lon)
+    return ident, post
 
 
 def _physical_spread(problem: InverseProblem, post, level: float):
@@ -359,9 +376,10 @@ class DPLFit:
     """An inverse ensemble: unpacks as (theta mean, theta std, loss histories); also holds each
     member's unit-space draws and the regionalisation variance from its held-out observed sites."""
 
-    def __init__(self, mean, std, hists, u_members, regional_var):
+    def __init__(self, mean, std, hists, u_members, regional_var, u_blind=None):
         self.mean, self.std, self.hists = mean, std, hists
         self.u_members, self.regional_var = u_members, regional_var
+        self.u_blind = u_blind  # (N, P) members' mean without the embedding: what an unobserved entity gets
 
     def __iter__(self):
         return iter((self.mean, self.std, self.hists))
@@ -380,7 +398,7 @@ def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings
     embedding), is compared with the other members' (which saw the site's data): the mean square
     difference is the regionalisation variance that intervals at unobserved gridcells carry.
     """
-    samples, hists, u_members = [], [], []
+    samples, hists, u_members, blinds = [], [], [], []
     zin, hin = (pre.z, pre.has_z) if kind == "g_z" else (None, None)
     obs_idx = np.flatnonzero(problem.observed)
     folds = [np.array([], int)] * n_members
@@ -398,6 +416,8 @@ def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings
             draw = _dpl.predict(net, problem, zin, hin, n_mc)
             samples.append(draw)
             u_members.append(problem.to_unit(draw).clamp(0, 1).numpy())
+            no_z = None if hin is None else torch.zeros_like(hin)
+            blinds.append(problem.to_unit(_dpl.predict(net, problem, zin, no_z)).clamp(0, 1).numpy())
             if len(folds[m]):
                 blind = None if hin is None else hin & torch.as_tensor(~np.isin(np.arange(len(hin)), folds[m]))
                 u_oob = problem.to_unit(_dpl.predict(net, problem, zin, blind)).clamp(0, 1).numpy()
@@ -412,7 +432,7 @@ def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings
             ref = np.mean([o.mean(0) if o.ndim == 3 else o for o in others], axis=0)[idx]
             diffs.append(u - ref)
         regional = np.mean(np.concatenate(diffs) ** 2, axis=0)
-    return DPLFit(mean, std, hists, u_members, regional)
+    return DPLFit(mean, std, hists, u_members, regional, np.mean(blinds, axis=0))
 
 
 def evaluate(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,

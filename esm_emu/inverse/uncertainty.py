@@ -98,3 +98,45 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
     """The central ``level`` interval u +- z sd clipped to [0, 1] (unit space)."""
     z = norm.ppf(0.5 + level / 2)
     return np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)
+
+
+def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarray, observed: np.ndarray,
+                      u_loc: np.ndarray, cov_loc: np.ndarray, ratio_obs: np.ndarray, identified: np.ndarray,
+                      lat=None, lon=None) -> Posterior:
+    """The estimate and its spread everywhere, in unit space.
+
+    Observed entities: their own posterior (``u_loc``, ``cov_loc``: the data on top of the regional
+    network's value and spread, esm_emu.inverse.identifiability.local_update). Unobserved: the
+    network's value without an embedding (``u_blind``) plus the kriged (lat/lon) residual of the
+    observed entities' posteriors from it, with the ensemble and kriging variances. A parameter
+    the data do not identify is pulled toward the prior mean by its posterior/prior variance ratio
+    and keeps at least that share of the prior's variance: near the middle, prior-wide.
+    """
+    from .identifiability import PRIOR_PRECISION, krige, shrink_to_prior
+
+    N, P = u_hat.shape
+    obs = np.asarray(observed, bool)
+    u, var = u_hat.astype(np.float64).copy(), np.zeros((N, P))
+    data_var, reg = np.zeros((N, P)), np.zeros((N, P))
+    u[obs] = u_loc
+    data_var[obs] = np.einsum("npp->np", cov_loc)
+    resid = u_loc - u_blind[obs]
+    unobs = ~obs
+    for j in range(P):
+        if not unobs.any():
+            break
+        if lat is not None and lon is not None:
+            m, v = krige(lat[obs], lon[obs], resid[:, j], lat[unobs], lon[unobs])
+        else:
+            m, v = np.zeros(unobs.sum()), np.full(unobs.sum(), np.mean(resid[:, j] ** 2))
+        u[unobs, j] = u_blind[unobs, j] + m
+        reg[unobs, j] = v
+    var = data_var + reg + ens_var  # the ensemble's spread also where the data spoke (a local fit's error)
+    ratio = np.broadcast_to(np.nanmedian(ratio_obs, axis=0), (N, P)).copy()
+    ratio[obs] = ratio_obs
+    ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, 1.0)
+    weak = ~np.asarray(identified, bool)[None, :] & np.ones((N, 1), bool)
+    u = np.clip(np.where(weak, shrink_to_prior(u, ratio), u), 0, 1)
+    var = np.where(weak, var * (1 - ratio) ** 2 + ratio / PRIOR_PRECISION, var)
+    var = np.minimum(var, 1 / PRIOR_PRECISION)
+    return Posterior(u, np.sqrt(var), {"data": data_var, "ensemble": ens_var, "regionalisation": reg})
