@@ -139,6 +139,45 @@ class Distributed:
         if self.is_distributed and tdist.is_initialized():
             tdist.destroy_process_group()
 
+    # --- work split by rows (inversion sites) with one loss over all of them ------------------
+    def shard(self, n: int):
+        """This rank's share of `n` items: the indices rank, rank + world_size, ... (all on one process)."""
+        import numpy as np
+
+        return np.arange(self.rank, n, self.world_size)
+
+    def gather_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The (n, ...) tensor whose rows ``shard(n)`` are each rank's `x`, the same on every rank.
+
+        Differentiable: every rank computes the same loss from the whole, and each rank's rows get
+        the gradient summed over ranks (world_size times the loss's), which `average_gradients`
+        divides back, so the parameters move as in one process.
+        """
+        if not self.is_distributed:
+            return x
+        return _GatherRows.apply(x, n, self)
+
+    def average_gradients(self, params) -> None:
+        """Gradients of `params` (those that have one) averaged over ranks, in one flat all-reduce."""
+        if not self.is_distributed:
+            return
+        ps = [p for p in params if p.grad is not None]
+        if not ps:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        flat /= self.world_size
+        k = 0
+        for p in ps:
+            p.grad.copy_(flat[k:k + p.numel()].view_as(p.grad))
+            k += p.numel()
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """`module`'s parameters and buffers as rank 0 has them, on every rank."""
+        if self.is_distributed:
+            for t in [*module.parameters(), *module.buffers()]:
+                tdist.broadcast(t.data, src=0)
+
     # --- failure handling -------------------------------------------------------------------
     def abort(self, exc: BaseException, prog: str = "esm-emu") -> None:
         """Print the error with this rank's number and end every rank of the job with exit code 1."""
@@ -162,3 +201,40 @@ class Distributed:
             if not self.is_distributed or isinstance(e, SystemExit) and not e.code:
                 raise
             self.abort(e, prog)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of each rank's rows (strided shards, padded to one size); backward: the gradient
+    all-reduced (summed) over ranks, this rank's rows taken (gloo has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, n, dist):
+        world = dist.world_size
+        per = -(-n // world)
+        pad = x.new_zeros((per, *x.shape[1:]))
+        pad[:x.shape[0]] = x.detach()
+        parts = [torch.empty_like(pad) for _ in range(world)]
+        tdist.all_gather(parts, pad)
+        out = x.new_empty((n, *x.shape[1:]))
+        for r in range(world):
+            out[r::world] = parts[r][:len(range(r, n, world))]
+        ctx.dist, ctx.rows = dist, x.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.contiguous().clone()
+        tdist.all_reduce(g, op=tdist.ReduceOp.SUM)
+        return g[ctx.dist.rank::ctx.dist.world_size][:ctx.rows], None, None
+
+
+_ACTIVE: Distributed | None = None
+
+
+def active() -> Distributed:
+    """The process's Distributed for commands that do not build their own (``esm-emu invert``): made
+    on first use, so an MPI or torchrun job sets up its process group once."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        _ACTIVE = Distributed()
+    return _ACTIVE

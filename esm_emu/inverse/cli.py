@@ -12,7 +12,14 @@ def _handler(args) -> int:
     from .pipeline import check_inputs, run_from_config  # torch only after the config and its files pass
 
     check_inputs(cfg)
-    _, metrics = run_from_config(cfg, progress=not args.quiet)
+    from ..distributed import active
+
+    dist = active()  # under mpiexec -n N / torchrun: dPL's sites split over the ranks, rank 0 writes and reports
+    with dist.guard():
+        _, metrics = run_from_config(cfg, progress=not args.quiet and dist.is_root)
+        dist.shutdown()
+    if not dist.is_root:
+        return 0
     out = Path(cfg.out)
     print(f"parameter map: {out / 'parameter_map.nc'}")
     print(f"metrics: {out / 'metrics.json'}")

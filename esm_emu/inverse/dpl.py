@@ -88,16 +88,28 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
     ``trust`` (esm_emu.inverse.trust.TrustRegion) adds its design-coverage penalty on the network's
     output at every entity and, where the forward model gives an ensemble spread, its disagreement
     penalty. ``sites`` restricts training to those observed entities (the rest held out).
+
+    Under ``mpiexec -n N`` (or torchrun) each rank runs the forward model on its share of each step's
+    sites (`Distributed.shard`); the simulations are gathered so every rank computes the one loss,
+    and the gradients are averaged over ranks: the same steps as one process, to rounding.
     """
+    from ..distributed import active
     from .trust import spread_method
 
+    dist = active()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     obs_idx = np.flatnonzero(problem.observed) if sites is None else np.asarray(sites)
     spread = spread_method(forward) if trust is not None and trust.spread_weight else None
     if len(obs_idx) == 0:
         raise ValueError("no observed entity has data in the training period")
+    if dist.world_size > min(len(obs_idx), cfg.batch or len(obs_idx)):
+        from ppe_ingest.base.errors import UserError
+
+        raise UserError(f"inverse.dpl: {min(len(obs_idx), cfg.batch or len(obs_idx))} observed sites per step "
+                        f"cannot be shared by {dist.world_size} ranks (run fewer ranks)")
     net = ParamNet(problem.attrs.shape[1], problem.n_params, 0 if z is None else z.shape[1], cfg.hidden, cfg.dropout)
+    dist.broadcast_parameters(net)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.05)
     tmask = score_mask(problem, problem.train_time, cfg.warmup_days)
@@ -114,16 +126,20 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
             keep = has_z[t] & (torch.rand(len(idx)) >= cfg.z_dropout)
             u = net(problem.attrs[t], z[t], keep)
         std = None
+        mine = dist.shard(len(idx))  # this rank's sites (all of them on one process)
         if spread is not None:
-            sim, std = simulate(problem, forward, idx, problem.from_unit(u), spread)
+            sim, std = simulate(problem, forward, idx[mine], problem.from_unit(u[mine]), spread)
+            std = dist.gather_rows(std, len(idx))
         else:
-            sim = simulate(problem, forward, idx, problem.from_unit(u))
+            sim = simulate(problem, forward, idx[mine], problem.from_unit(u[mine]))
+        sim = dist.gather_rows(sim, len(idx))
         loss = masked_loss(sim, problem.obs[t], tmask, cfg.loss, scale)
         if trust is not None:
             u_all = net(problem.attrs) if z is None else net(problem.attrs, z, has_z)
             loss = loss + trust.design_penalty(u_all) + trust.spread_penalty(std, scale, tmask)
         opt.zero_grad()
         loss.backward()
+        dist.average_gradients(net.parameters())
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         sched.step()

@@ -12,6 +12,7 @@ import xarray as xr
 
 from ppe_ingest.base.errors import UserError
 
+from ..distributed import active as _active
 from ..forward import ForwardModel
 from . import dpl as _dpl
 from .config import inverse_config
@@ -262,7 +263,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     metrics["wall_s"] = walls
 
     pmap = _parameter_map(problem, forward, s, theta, theta_std, cfg, sources, ident, interval)
-    if out_dir is not None:
+    if out_dir is not None and _active().is_root:  # under mpiexec every rank has the result; rank 0 writes
         write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth)
     return pmap, metrics
 

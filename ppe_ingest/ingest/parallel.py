@@ -83,6 +83,22 @@ def _result(future):
         raise
 
 
+def _worker_environ() -> dict:
+    """The environment dask gives the worker processes it starts, without MALLOC_TRIM_THRESHOLD_.
+
+    distributed sets it (64 KiB) so that workers hand freed memory back to the OS; setting it also
+    turns off glibc's adaptive mmap threshold, so every temporary over 128 KiB (a block of the train
+    statistics, a member's buffers) is a fresh mmap, page-faulted and zeroed again: the statistics
+    ran 8x slower on a worker than in this process (0.28 vs 0.036 s per member). Memory stays bounded
+    without it: a worker holds the members in flight, which are released once the writer has them.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
 def _silence() -> None:
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -97,7 +113,7 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
         yield Pool()
         return
     try:
-        import dask  # noqa: F401
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise UserError("ingest --workers/--scheduler: dask.distributed is not installed "
@@ -108,8 +124,10 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
             raise UserError(f"ingest --workers: {workers} (give 1 or more)")
         # processes, one thread each: the reads hold the GIL between system calls and
         # netCDF-C/HDF5 calls are serialised by one lock per process
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client:
             yield Pool(client, workers)
         return
     try:
