@@ -48,18 +48,20 @@ class Pool:
             return obj
         return self.client.scatter([obj], broadcast=True, hash=False)[0]
 
-    def map(self, fn: Callable, items: Iterable[tuple]) -> Iterator:
-        """``fn(*item)`` for each item, in order; at most `window` in flight on a cluster."""
+    def map(self, fn: Callable, items: Iterable[tuple], window: int | None = None) -> Iterator:
+        """``fn(*item)`` for each item, in order; at most `window` (default ``self.window``) in flight
+        on a cluster: the results not yet taken are what the client and workers hold."""
         if self.client is None:
             for item in items:
                 yield fn(*item)
             return
+        window = max(1, min(self.window, window or self.window))
         inflight: deque = deque()
         it = iter(items)
         try:
             for item in it:
                 inflight.append(self.client.submit(fn, *item, pure=False))
-                if len(inflight) >= self.window:
+                if len(inflight) >= window:
                     yield _result(inflight.popleft())
             while inflight:
                 yield _result(inflight.popleft())

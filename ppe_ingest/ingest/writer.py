@@ -1,13 +1,23 @@
 """Write the training store: a whole PPE streamed into the layout `ppe_ingest.store` defines.
 
-How it is written: `write_store` streams members through one set of float32 (gridcell, time)
-buffers (one per variable, reused): each member's history files are read once, checked (NaN, fill
-values), fingerprinted (forcing identity, SHA-1), added to the train-split statistics (Chan
-streaming mean/variance in float64, in 64-gridcell blocks) and written as one (1, G, T) slab with
-netCDF4-python into the pre-created store. No dask: the graph cost more than the reads at PPE
-sizes. Peak memory is one member's data plus small fixed costs (1 MiB read block, 1 MiB HDF5
-chunk cache per variable: netCDF's default 64 MiB per variable kept ~11 full-size members of every
-variable resident). `open_ensemble` still gives the lazy dask view of a PPE for interactive use.
+How it is written: `write_store` streams members through float32 (gridcell, time) buffers (one
+per variable): each member's history files are read once, checked (NaN, fill values), added to the
+train-split statistics (Chan streaming mean/variance in float64, in 64-gridcell blocks, one
+accumulator per member merged in member order) and written as one (1, G, T) slab with netCDF4-python
+into the pre-created store. Shared forcing: the first good member's forcing is the reference,
+written once; every later member's forcing is compared with it block by block as it is read (by
+value, never stored; SHA-1 fingerprints of the forcing had cost half as much as reading it), and a
+difference that is not a bad value starts the store again with forcing per member.
+
+Where (`parallel.pool`): in this process by default (buffers reused member after member), or on
+dask.distributed workers (`esm-emu ingest --workers N`, `--scheduler`): workers read, convert,
+check and add up the statistics of whole members and return them; this process stays the one
+writer and takes the members in order, so the store (values, statistics, split, skip report) is
+the same bit for bit. At most `IN_FLIGHT_BYTES` of members are read ahead of the writer. No dask
+array graph: per member tasks are enough and the graph cost more than the reads at PPE sizes.
+Peak memory in this process is one member's data plus fixed costs (a 16 MiB mapped read window,
+1 MiB HDF5 chunk cache per variable: netCDF's default 64 MiB per variable kept ~11 full-size
+members of every variable resident). `open_ensemble` still gives the lazy dask view of a PPE.
 
 Storage: chunks (member=1, gridcell<=chunk_gridcell, time<=chunk_time), balanced so the last
 chunk is not mostly empty (400 gridcells -> 7 x 58, not 7 x 64 = 12% padding). Uncompressed by
@@ -16,8 +26,8 @@ shuffle made the store 28% smaller (34.7 vs 48.1 MB) but its write 5x slower (2.
 0.5-0.7 s), far below the read rate; pass ``complevel`` when disk matters more than time.
 
 Reads and thread safety: netCDF-3 history files (CTSM's usual NETCDF3_64BIT_OFFSET, and what
-`esm-emu simulate` writes uncompressed) are read by `classic`, in blocks of whole records, without
-netCDF-C: netCDF-C issues one read() per time step per variable on such files, which made it the
+`esm-emu simulate` writes uncompressed) are read by `classic`, in mapped windows of whole records,
+without netCDF-C: netCDF-C issues one read() per time step per variable on such files, which made it the
 bottleneck (about 3x slower). That path makes no netCDF-C/HDF5 call and needs no lock. Every other
 file (netCDF-4/HDF5, CDF-5, lat/lon output) goes through netCDF4-python with the global lock
 ``NC_LOCK`` held for every netCDF4 call: HDF5 and netCDF-C are not thread-safe (concurrent opens
@@ -99,6 +109,7 @@ from .discover import HistFile, Ppe
 
 DEFAULT_LOG_VARS = LOG_RESPONSES
 WARMUP_DAYS = 365  # at most the first year is warm-up (never a held-out year, see make_split)
+IN_FLIGHT_BYTES = 4 << 30  # a parallel ingest holds at most this much of members read but not yet written (>= 2)
 
 
 # ---------------------------------------------------------------- reading
@@ -675,7 +686,12 @@ def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars:
                 if kept:  # the reference member's forcing buffers: later members compare, never write, them
                     ref = {v: res.data[v] for v in plan.forcing}
         shared = pool.share(ref)
-        for res in pool.map(_process_member, (task(m, shared) for m in members[i:])):
+        # members in flight bounded by memory as well as by workers: a 20,000-gridcell decade of 3
+        # responses is 0.9 GB per member
+        n_sent = len(lay.variables) - (len(plan.forcing) if plan.shared_forcing else 0)
+        member_bytes = 4 * lay.G * lay.T * max(1, n_sent)
+        window = max(2, IN_FLIGHT_BYTES // member_bytes)
+        for res in pool.map(_process_member, (task(m, shared) for m in members[i:]), window=window):
             take(res)
     finally:
         bar.close()
