@@ -83,10 +83,17 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
         for j, name in enumerate(problem.param_names):
             a = axs[j // cols][j % cols]
             for sel, lab, c in ((problem.observed, "observed", "C0"), (~problem.observed, "unobserved", "C1")):
+                if "theta_lower" in pmap and "theta_upper" in pmap:  # the level interval of each estimate
+                    lw = pmap["theta_lower"].values[sel, j]
+                    up = pmap["theta_upper"].values[sel, j]
+                    a.errorbar(true[sel, j], th[sel, j], yerr=[th[sel, j] - lw, up - th[sel, j]], fmt="none",
+                               ecolor=c, alpha=0.25, lw=0.6)
                 a.scatter(true[sel, j], th[sel, j], s=6, label=lab, c=c)
             lo, hi = float(problem.lo[j]), float(problem.hi[j])
             a.plot([lo, hi], [lo, hi], "k--", lw=0.6)
-            a.set_title(name, fontsize=9)
+            ident = (metrics.get("identifiability") or {}).get(name)
+            tag = "" if ident is None else (" (identified)" if ident["identified"] else " (not identified)")
+            a.set_title(name + tag, fontsize=9)
         axs[0][0].legend(fontsize=7)
         axs[0][0].set(xlabel="true", ylabel="inferred")
         for j in range(P, rows * cols):
