@@ -66,14 +66,20 @@ NLEV = 1 + len(LOWER_FRACTIONS)
 
 ALB_SNOW, ALB_GROUND = 0.75, 0.15
 SMPSO, SMPSC = -66000.0, -255000.0  # mm, soil water potential at full stomatal opening / closure
-STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30", "TSOI")
+STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30", "TSOI", "WA")
 
 # Physics options (all off by default, so the quickstart twin is unchanged; `simulate: physics:` and
 # SimulatorForward(physics=...) turn them on; configs/camels_basins.yaml does for real basins).
 #   frozen_soil: CLM5 ice impedance of infiltration (SoilHydrologyMod: qinmax = (1 - fsat) *
 #     min(10**(-e_ice * icefrac) * hksat) over the top layers; Swenson, Lawrence & Lee 2012, JGR 117,
 #     D21107), with the top layers' ice fraction from a daily soil temperature (see _soil_temperature).
-PHYSICS_OPTIONS = ("frozen_soil",)
+#   aquifer: a groundwater store below the soil column, as CLM4.5's unconfined aquifer (Niu et al.
+#     2007, JGR 112, D07103; CLM4.5 Tech Note section 7.6): the bottom layer drains through bedrock
+#     into it by gravity (the layers' own k(s) = hksat s**(2b+3), integrated exactly over the day), and
+#     it empties into the stream as a linear reservoir with an e-folding time of AQUIFER_TAU_DAYS
+#     (CLM4.5 drains it by water-table depth; a linear store is this stand-in's daily simplification).
+PHYSICS_OPTIONS = ("frozen_soil", "aquifer")
+AQUIFER_TAU_DAYS = 45.0
 # Top-soil temperature: relaxes to the air temperature with an e-folding time of TSOI_TAU_DAYS,
 # slowed under snow by exp(-H2OSNO / SNOW_INSULATION_MM) (a snowpack insulates the soil); the
 # ice fraction ramps from 0 at TFRZ to 1 at TFRZ - ICE_RAMP_K.
@@ -200,6 +206,7 @@ def _prepare(static: Mapping, params: Mapping, B: int, physics: Mapping | None =
         slope_tan=torch.tan(st["SLOPE"] * math.pi / 180.0),
         # ln(10) * e_ice where frozen_soil is on, 0 (no impedance, bit-identical results) where off
         ice_coef=p["e_ice"] * (math.log(10.0) * float(check_physics(physics)["frozen_soil"])),
+        aq_on=torch.full((B,), float(check_physics(physics)["aquifer"]), dtype=torch.float64),
     )
 
 
@@ -212,7 +219,8 @@ def initial_state(static: Mapping, params: Mapping | None = None, B: int | None 
     z = torch.zeros(B, dtype=torch.float64)
     t30 = _t(tbot0).reshape(-1) if tbot0 is not None else torch.full((B,), 283.15, dtype=torch.float64)
     return {"H2OCAN": z.clone(), "H2OSNO": z.clone(), "FSNO": z.clone(), "INT_SNOW": z.clone(),
-            "H2OSOI_LIQ": torch.stack(c["w_fc"], 1).detach().clone(), "T30": t30.clone(), "TSOI": t30.clone()}
+            "H2OSOI_LIQ": torch.stack(c["w_fc"], 1).detach().clone(), "T30": t30.clone(), "TSOI": t30.clone(),
+            "WA": z.clone()}
 
 
 # ---- The daily step --------------------------------------------------------------------------
@@ -297,6 +305,8 @@ class DayConstants(NamedTuple):
     one_minus_s_fc: torch.Tensor
     dz: torch.Tensor                     # (L, B) layer thickness, m
     ice_coef: torch.Tensor               # ln(10) * e_ice with frozen_soil, else 0
+    aq_on: torch.Tensor                  # 1 with the aquifer option, else 0
+    drain_coef_bot: torch.Tensor         # -e1 ksat dt / wsat of the bottom layer (drainage into the aquifer)
 
 
 class DayState(NamedTuple):
@@ -309,6 +319,7 @@ class DayState(NamedTuple):
     h2osoi_liq: torch.Tensor             # (L, B) mm
     hsat: torch.Tensor                   # saturated thickness above bedrock, m
     tsoi: torch.Tensor                   # top-soil temperature, K
+    wa: torch.Tensor                     # aquifer water, mm (0 without the aquifer option)
 
 
 def _term_constants(c: dict) -> TermConstants:
@@ -394,7 +405,8 @@ def _day_constants(c: dict) -> DayConstants:
         infil_capacity=c["ksat_d"].clamp_min(1e-9), w_air_top=c["w_air"][0], w_wilt=L("w_wilt"), neg_e1=-e1,
         inv_e1=1.0 / e1, drain_coef=torch.stack([-e1 * c["ksat_d"] / x for x in c["wsat"][:-1]]), w_fc=L("w_fc"),
         baseflow_coef=p["baseflow_scalar"] * c["slope_tan"], n_baseflow=p["n_baseflow"], s_fc=c["s_fc"],
-        one_minus_s_fc=1.0 - c["s_fc"], dz=L("dz"), ice_coef=c["ice_coef"])
+        one_minus_s_fc=1.0 - c["s_fc"], dz=L("dz"), ice_coef=c["ice_coef"], aq_on=c["aq_on"],
+        drain_coef_bot=-e1 * c["ksat_d"] / c["wsat"][-1])
 
 
 def _saturated_thickness(W: torch.Tensor, k: DayConstants) -> torch.Tensor:
@@ -576,13 +588,26 @@ def _soil_temperature(tsoi, swe, x: DayTerms, k: DayConstants) -> tuple[torch.Te
     return tsoi, torch.exp(-k.ice_coef * icefrac)
 
 
+def _aquifer(w: list, wa, ws: list, k: DayConstants) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """The aquifer option: the bottom layer drains into the aquifer (exact nonlinear reservoir, as
+    _drainage), the aquifer empties as a linear reservoir. Returns (w, wa, its discharge mm); with
+    the option off (aq_on = 0) nothing moves and the results are those without the aquifer."""
+    s0 = (w[-1] / ws[-1]).clamp(1e-3, 1.0)
+    u = k.drain_coef_bot * _pow(s0, k.neg_e1)
+    q = torch.minimum((-s0 * torch.expm1(torch.log1p(u) * k.inv_e1)) * ws[-1], w[-1]).clamp_min(0.0) * k.aq_on
+    w[-1] = w[-1] - q
+    wa = wa + q
+    out = wa * (-math.expm1(-1.0 / AQUIFER_TAU_DAYS))
+    return w, wa - out, out
+
+
 def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch.Tensor]:
     """One day for the whole batch.
 
     state: DayState; x: the day's terms (_terms); k: _day_constants. Returns the new state and the
     responses (len(RESPONSES), B) in RESPONSES order and units.
     """
-    wcan, swe, fsno, int_snow, W, hsat, tsoi = state
+    wcan, swe, fsno, int_snow, W, hsat, tsoi, wa = state
     dt = SECSPDAY
     fsat = _saturated_fraction(hsat, k)
     wcan, drip = _intercept(wcan, x)
@@ -598,14 +623,17 @@ def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch
     W, esoil, qvegt = _soil_evapotranspiration(w, esoil, et_tr, rw, k)
     w = _drainage(W, ws, k)
     qdrai = _baseflow(w, hsat, k)
+    w, wa, qaq = _aquifer(w, wa, ws, k)
+    qdrai = qdrai + qaq
 
     W = torch.stack(w)
     hsat = _saturated_thickness(W, k)
     qover, qdrai = qover / dt, qdrai / dt                      # mm/day -> mm/s
     swe = sn.swe
     out = torch.stack([qover + qdrai, qover, qdrai, (HVAP * (esoil + qvegt + qvege) + HSUB * sn.sub) / dt,
-                       (esoil + sn.sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0), k.zbed - hsat])
-    return DayState(wcan, swe, sn.fsno_next, sn.int_snow, W, hsat, tsoi), out
+                       (esoil + sn.sub) / dt, qvegt / dt, qvege / dt, w[0], swe, wcan + swe + W.sum(0) + wa,
+                       k.zbed - hsat])
+    return DayState(wcan, swe, sn.fsno_next, sn.int_snow, W, hsat, tsoi, wa), out
 
 
 # The per-layer (L, B) fields of DayConstants (drain_coef has L - 1 rows), packed apart.
@@ -726,8 +754,9 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
     W = _t(state["H2OSOI_LIQ"]).t().contiguous()
     t30 = _t(state["T30"])
     tsoi = _t(state["TSOI"]) if "TSOI" in state else t30.clone()   # a state saved before TSOI existed
+    wa = _t(state["WA"]) if "WA" in state else torch.zeros_like(t30)   # a state saved before WA existed
     st = DayState(*(_t(state[n]) for n in ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW")), W, _saturated_thickness(W, k),
-                  tsoi)
+                  tsoi, wa)
     grad = torch.is_grad_enabled() and any(v.requires_grad for v in (*kt, *k, *st, t30, *f.values()))
     ftm = [f[n].t().contiguous() for n in FORCING]          # time-major (T, B)
     run = None
@@ -750,9 +779,9 @@ def _simulate(forcing, static, params, state, block_days: int = 73, outputs: boo
             res = {n: torch.zeros(B, 0, dtype=torch.float64) for n in RESPONSES}
         else:
             res = dict(zip(RESPONSES, torch.stack(outs, 2).unbind(0)))   # (n_vars, B, T), contiguous
-    wcan, swe, fsno, int_snow, W, _, tsoi = st
+    wcan, swe, fsno, int_snow, W, _, tsoi, wa = st
     return res, {"H2OCAN": wcan, "H2OSNO": swe, "FSNO": fsno, "INT_SNOW": int_snow,
-                 "H2OSOI_LIQ": W.t().contiguous(), "T30": t30, "TSOI": tsoi}
+                 "H2OSOI_LIQ": W.t().contiguous(), "T30": t30, "TSOI": tsoi, "WA": wa}
 
 
 def _run_compiled(step, ftm: list, st: DayState, t30: torch.Tensor, packed: tuple, outputs: bool):
