@@ -141,6 +141,10 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
     with client:
         n = len(client.nthreads())
         if n == 0:
-            client.wait_for_workers(1, timeout=300)
+            try:
+                client.wait_for_workers(1, timeout=300)
+            except (TimeoutError, OSError) as e:
+                raise UserError(f"ingest: no dask worker joined the scheduler in 5 minutes "
+                                f"({type(e).__name__})") from None
             n = len(client.nthreads())
         yield Pool(client, n)
