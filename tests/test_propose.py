@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -14,7 +15,7 @@ from _ingest_ppe import CASE, hist_values, write_hist
 
 from esm_emu.inverse.param_map import build_param_map, write_param_map
 from ppe_ingest.ctsmio.paramfile import create_paramfile
-from tests.hostile import run_cli
+from tests.hostile import Case, check_refused, run_cli
 
 PARAMS = ["fff", "FMAX", "hksat_sf", "baseflow_scalar"]  # paramfile, fsurdat, paramfile, namelist
 LO, HI = np.array([0.02, 0.05, 0.1, 0.0005]), np.array([5.0, 0.8, 10.0, 0.1])
@@ -87,3 +88,25 @@ def test_propose_members_read_back_by_ingest_and_appended_to_a_store(tmp_path):
     r = run_cli(["ingest", wave2, "--append-to", tmp_path / "store.nc", "--no-progress"])
     assert r.returncode == 2 and "NEXT0001" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "store.nc").read_bytes() == before
+
+
+def _propose(tmp: Path, *extra, pmap=True):
+    if pmap:
+        _map(tmp)
+    create_paramfile(tmp / "base.nc", {"fff": 0.5, "hksat_sf": 1.0})
+    return ["propose", "--parameter-map", tmp / "parameter_map.nc", "--n", "4", "--out", tmp / "wave",
+            "--base-paramfile", tmp / "base.nc", *extra]
+
+
+@pytest.mark.parametrize("case", [
+    Case("no parameter map", lambda t: _propose(t, pmap=False), mentions=["parameter_map.nc"], outputs=["wave"]),
+    Case("zero members", lambda t: [*_propose(t)[:4], "0", *_propose(t)[5:]], mentions=["--n", "0"],
+         inputs=["parameter_map.nc", "base.nc"], outputs=["wave"]),
+    Case("prefix with digits", lambda t: _propose(t, "--prefix", "W1"), mentions=["--prefix", "W1"],
+         inputs=["parameter_map.nc"], outputs=["wave"]),
+    Case("append to a store that is not netCDF", lambda t: [
+        "ingest", (t / "w").mkdir() or t / "w", "--append-to", (t / "s.nc").write_text("x") and t / "s.nc"],
+        mentions=["s.nc"], inputs=["s.nc"]),
+], ids=str)
+def test_bad_inputs_refused(case, tmp_path):
+    check_refused(case, tmp_path)
