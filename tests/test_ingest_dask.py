@@ -159,12 +159,19 @@ def test_bad_member_on_a_local_cluster_is_one_line(ppe, tmp_path):
 
 @pytest.mark.parametrize("args, mention", [
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler"),
+    (["--workers", "100000"], "ingest.workers: 100000"),
+    (["--workers", "1000"], "--workers: 1000 worker processes"),
+    (["--scheduler", "no-port"], "no-port"),
     (["--scheduler-file", "nowhere.json"], "nowhere.json"),
+    (["--scheduler-file", "garbage.json"], "garbage.json: not a dask scheduler file"),
+    (["--scheduler-file", "noaddress.json"], "noaddress.json: not a dask scheduler file"),
 ])
 def test_bad_cluster_options_are_refused(ppe, tmp_path, args, mention):
-    case = Case(" ".join(args), lambda tmp: ["ingest", ppe, "--out", tmp / "store.nc", *args],
-                mentions=(mention,), outputs=("store.nc",))
-    check_refused(case, tmp_path)
+    def make(tmp):
+        (tmp / "garbage.json").write_bytes(b"\x00\xff not json")
+        (tmp / "noaddress.json").write_text('{"id": "Scheduler-1", "services": {}}')
+        return ["ingest", ppe, "--out", tmp / "store.nc", *args]
+    check_refused(Case(" ".join(args), make, mentions=(mention,), outputs=("store.nc",)), tmp_path)
 
 
 def test_pool_runs_in_process_without_options():

@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.errors import UserError, shown
 
 # distributed logs worker starts, stops and lost connections at INFO/WARNING: the command's
 # contract is one line on error, so only errors of the engine itself are shown.
@@ -101,6 +101,25 @@ def _worker_environ() -> dict:
     return env
 
 
+def _address_in(scheduler_file: str) -> str:
+    """The scheduler address a dask scheduler file (JSON, ``{"address": "tcp://...", ...}``) holds."""
+    import json
+
+    where = f"ingest --scheduler-file {shown(scheduler_file, quote=False)}"
+    try:
+        with open(scheduler_file, "rb") as f:
+            text = f.read(1 << 20)
+        info = json.loads(text)
+    except OSError as e:
+        raise UserError(f"{where}: cannot read it ({e.strerror or type(e).__name__})") from None
+    except ValueError:
+        raise UserError(f"{where}: not a dask scheduler file (not JSON)") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise UserError(f"{where}: not a dask scheduler file (no 'address' like tcp://HOST:PORT)")
+    return address
+
+
 def _silence() -> None:
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -122,8 +141,12 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
                         "(pip install 'dask[distributed]')") from None
     _silence()
     if workers is not None:
-        if workers < 1:
-            raise UserError(f"ingest --workers: {workers} (give 1 or more)")
+        import os
+
+        most = 4 * (os.cpu_count() or 1)
+        if not 1 <= workers <= most:
+            raise UserError(f"ingest --workers: {workers} worker processes on a machine with {os.cpu_count()} CPUs "
+                            f"(give 1 to {most}; for more, start a cluster and use --scheduler)")
         # processes, one thread each: the reads hold the GIL between system calls and
         # netCDF-C/HDF5 calls are serialised by one lock per process
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}), \
@@ -132,11 +155,12 @@ def pool(workers: int | None = None, scheduler: str | None = None, scheduler_fil
                 Client(cluster) as client:
             yield Pool(client, workers)
         return
+    if scheduler_file is not None:
+        scheduler = _address_in(scheduler_file)
     try:
-        client = (Client(scheduler_file=scheduler_file, timeout="60s") if scheduler_file
-                  else Client(scheduler, timeout="60s"))
-    except (OSError, TimeoutError, ValueError) as e:
-        where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"--scheduler {scheduler}"
+        client = Client(scheduler, timeout="30s")
+    except (OSError, TimeoutError, ValueError, KeyError, TypeError) as e:
+        where = f"--scheduler-file {shown(scheduler_file)}" if scheduler_file else f"--scheduler {shown(scheduler)}"
         raise UserError(f"ingest {where}: cannot reach the dask scheduler ({type(e).__name__}: {e})") from None
     with client:
         n = len(client.nthreads())
