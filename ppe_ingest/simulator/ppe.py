@@ -161,6 +161,19 @@ def run_ensemble(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str
     return out
 
 
+def run_batches(weather: xr.Dataset, sites: xr.Dataset, member_params: dict[str, np.ndarray], spinup_years: int,
+                memory_mb: float, cap: int | None = None, progress=None, physics_options=None):
+    """`run_ensemble` over members in batches sized by `memory_mb` (batch_members): yields
+    (slice of the members, their responses (m, G, T)); hold one batch at a time to keep memory bounded."""
+    params = {k: np.asarray(v, float) for k, v in member_params.items()}
+    M = len(next(iter(params.values()))) if params else 1
+    bs = batch_members(M, sites.sizes["gridcell"], weather.sizes["time"], memory_mb, cap)
+    for b0 in range(0, M, bs):
+        sl = slice(b0, min(M, b0 + bs))
+        yield sl, run_ensemble(weather, sites, {k: v[sl] for k, v in params.items()}, spinup_years,
+                               progress=progress, memory_mb=memory_mb, physics_options=physics_options)
+
+
 def _run_years(weather, static, params, spinup_years, out, M, G, years, progress, physics_options=None) -> None:
     with torch.no_grad():
         first = weather_mod.forcing_tensors(weather.isel(time=slice(0, 365)), repeat=M)
@@ -216,12 +229,10 @@ def simulate(cfg: dict, out_dir: str | Path, seed: int | None = None, quiet: boo
     n_hist = 0
     bar = progress(total=len(members) * len(range(0, ny * 365, 365)), desc="simulate (member-years)",
                    unit="member-yr", enabled=not quiet)
-    for b0 in range(0, len(members), bs):
-        mem = members[b0:b0 + bs]
-        mp = {n: theta[b0:b0 + bs, j] for j, n in enumerate(names)}
-        res = run_ensemble(weather, sites, mp, cfg["spinup_years"], progress=bar, memory_mb=cfg["batch_memory_mb"],
-                           physics_options=cfg.get("physics"))
-        for i, m in enumerate(mem):
+    mp = {n: theta[:, j] for j, n in enumerate(names)}
+    for sl, res in run_batches(weather, sites, mp, cfg["spinup_years"], cfg["batch_memory_mb"],
+                               cfg["members_per_batch"], progress=bar, physics_options=cfg.get("physics")):
+        for i, m in enumerate(members[sl]):
             for y0 in range(0, ny, ypf):
                 sl = slice(365 * y0, 365 * min(ny, y0 + ypf))
                 data = {k: v[:, sl] for k, v in forcing_np.items()}
