@@ -185,7 +185,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
                   table, out_dir=None, truth: xr.Dataset | None = None, progress: bool = True,
                   sources: Sequence[str] = (), design: Mapping | None = None,
                   emulator_error: Mapping | None = None,
-                  reference: ForwardModel | None = None) -> tuple[xr.Dataset, dict]:
+                  reference: ForwardModel | None = None, held_out: Mapping | None = None) -> tuple[xr.Dataset, dict]:
     """Infer theta at every entity from observations at some of them.
 
     ``cfg`` is the ``inverse:`` section (see ``esm_emu.inverse.config``; validated here, so an
@@ -195,7 +195,9 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     ``metrics.json``) with plots.
 
     ``design`` (param name -> PPE member values) bounds the trust region; ``emulator_error``
-    (variable -> held-out RMSE of the forward model) widens the intervals; ``reference``, in a twin
+    (variable -> held-out RMSE of the forward model) widens the intervals, as does the parameter error
+    of inverting ``held_out`` PPE series (forcing, static, theta, response of test members) through
+    the forward model, where the answer is known; ``reference``, in a twin
     experiment, is the true model (the built-in simulator): the truth's and the estimates' skill
     through it is reported beside the forward model's own.
     """
@@ -238,7 +240,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     walls["dpl_s"] = _time.perf_counter() - t2
 
     t3 = _time.perf_counter()
-    ident, post = _identify(problem, forward, s, theta, fit, emulator_error)
+    ident, post = _identify(problem, forward, s, theta, fit, emulator_error, held_out)
     interval = None
     if post is not None:  # the estimate and its interval: data, ensemble and regionalisation together
         theta = torch.clamp(problem.from_unit(torch.as_tensor(post.u, dtype=torch.float32)), problem.lo, problem.hi)
@@ -283,8 +285,29 @@ def trust_region(problem: InverseProblem, s: InversionSettings, design: Mapping 
                                    tc.get("quantile", 0.9), seed=s.seed)
 
 
+def forward_parameter_error(problem: InverseProblem, forward: ForwardModel, held_out: Mapping, time_mask,
+                            extra_var=None) -> np.ndarray:
+    """(P,) mean squared unit-space error of each parameter when held-out PPE series (the simulator's
+    output at known parameters, no observation noise) are inverted through the forward model by the
+    same local update the observed sites get, from the middle of the range: the part of the
+    parameter error the emulator's own error causes."""
+    import dataclasses
+
+    from .identifiability import local_update
+
+    n = held_out["forcing"].shape[0]
+    P = problem.n_params
+    hp = dataclasses.replace(problem, entity=np.arange(n), forcing=held_out["forcing"], static=held_out["static"],
+                             attrs=torch.zeros(n, 1), obs=held_out["response"], observed=np.ones(n, bool),
+                             lat=None, lon=None)
+    u_true = problem.to_unit(held_out["theta"][:, problem.forward_index]).clamp(0, 1).numpy()
+    u0 = np.full((n, P), 0.5)
+    u, _ = local_update(hp, forward, u0, np.arange(n), time_mask, u0, np.full((n, P), 1 / 12), extra_var)
+    return np.mean((u - u_true) ** 2, axis=0)
+
+
 def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
-              fit, emulator_error: Mapping | None):
+              fit, emulator_error: Mapping | None, held_out: Mapping | None = None):
     """Identifiability at the solution and, for dPL, the posterior (None for KGSSL alone)."""
     from .identifiability import assess
 
@@ -312,8 +335,11 @@ def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettin
     full[obs_idx] = u_loc
     ident = assess(problem, forward, problem.from_unit(torch.as_tensor(full, dtype=torch.float32)), tm,
                    max_variance_ratio=ratio_max, extra_var=extra)
+    emu_var = None
+    if held_out is not None:
+        emu_var = forward_parameter_error(problem, forward, held_out, tm)
     post = posterior_refined(u_hat, ens_var, fit.u_blind, problem.observed, u_loc, cov, ident.ratio,
-                             ident.identified, problem.lat, problem.lon)
+                             ident.identified, problem.lat, problem.lon, emu_var)
     return ident, post
 
 

@@ -139,6 +139,38 @@ def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max
     return {v: float(np.sqrt(sq[k] / n[k])) for k, v in enumerate(variables) if n[k]}
 
 
+def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0) -> dict | None:
+    """``n_series`` (member, gridcell) series of the store's held-out (test) members: forcing, static
+    fields, the parameters the member ran with and its responses, for measuring what inverting
+    through the emulator gets wrong where the answer is known (None without a store or test members)."""
+    if not path or forward.kind != "emulator":
+        return None
+    import numpy as np
+    import torch
+
+    from ppe_ingest.base.netcdf import open_xarray
+    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, SPLIT_MEMBER, TEST, THETA, entities_view, static_values
+
+    ds = open_xarray(path, "inverse.store")
+    test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
+    if not len(test) or any(v not in ds.data_vars for v in variables):
+        return None
+    rng = np.random.default_rng([seed, 41])
+    G = ds.sizes[GRIDCELL]
+    pairs = sorted({(int(rng.choice(test)), int(rng.integers(G))) for _ in range(n_series)})
+    cells = np.array([g for _, g in pairs])
+    ent = entities_view(ds)
+    forcing = np.stack([ent[n].transpose(GRIDCELL, "time").values[cells] for n in forward.forcing_names], -1)
+    static = static_values(ds, forward.static_names)[cells]
+    theta = ds[THETA].transpose(MEMBER, PARAM).sel({PARAM: forward.param_names}).values[[m for m, _ in pairs]]
+    resp = np.stack([np.stack([ds[v].isel({MEMBER: m, GRIDCELL: g}).values for m, g in pairs]) for v in variables], -1)
+
+    def t32(a):
+        return torch.as_tensor(np.asarray(a, np.float32))
+
+    return {"forcing": t32(forcing), "static": t32(static), "theta": t32(theta), "response": t32(resp)}
+
+
 def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int = 0):
     """Load everything a validated ``inverse:`` section names, invert, write outputs; return (map, metrics).
 
@@ -185,4 +217,5 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
                          progress=progress, sources=list(cfg.observations), design=store_design(cfg.store),
                          emulator_error=forward_held_out_error(cfg.store, forward, cfg.variables,
                                                                cfg.dpl.warmup_days),
+                         held_out=held_out_series(cfg.store, forward, cfg.variables, seed=cfg.seed),
                          reference=reference)

@@ -102,7 +102,7 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
 
 def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarray, observed: np.ndarray,
                       u_loc: np.ndarray, cov_loc: np.ndarray, ratio_obs: np.ndarray, identified: np.ndarray,
-                      lat=None, lon=None) -> Posterior:
+                      lat=None, lon=None, emulator_var: np.ndarray | None = None) -> Posterior:
     """The estimate and its spread everywhere, in unit space.
 
     Observed entities: their own posterior (``u_loc``, ``cov_loc``: the data on top of the regional
@@ -111,6 +111,8 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     observed entities' posteriors from it, with the ensemble and kriging variances. A parameter
     the data do not identify is pulled toward the prior mean by its posterior/prior variance ratio
     and keeps at least that share of the prior's variance: near the middle, prior-wide.
+    ``emulator_var`` (P,): the parameter error inverting through the emulator causes where the
+    answer is known (held-out PPE members), added everywhere.
     """
     from .identifiability import PRIOR_PRECISION, krige, shrink_to_prior
 
@@ -132,6 +134,8 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
         u[unobs, j] = u_blind[unobs, j] + m
         reg[unobs, j] = v
     var = data_var + reg + ens_var  # the ensemble's spread also where the data spoke (a local fit's error)
+    emu = np.zeros((N, P)) if emulator_var is None else np.broadcast_to(np.asarray(emulator_var, np.float64), (N, P))
+    var = var + emu
     ratio = np.broadcast_to(np.nanmedian(ratio_obs, axis=0), (N, P)).copy()
     ratio[obs] = ratio_obs
     ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, 1.0)
@@ -139,4 +143,5 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     u = np.clip(np.where(weak, shrink_to_prior(u, ratio), u), 0, 1)
     var = np.where(weak, var * (1 - ratio) ** 2 + ratio / PRIOR_PRECISION, var)
     var = np.minimum(var, 1 / PRIOR_PRECISION)
-    return Posterior(u, np.sqrt(var), {"data": data_var, "ensemble": ens_var, "regionalisation": reg})
+    return Posterior(u, np.sqrt(var), {"data": data_var, "ensemble": ens_var, "regionalisation": reg,
+                                       "emulator": np.array(emu)})
