@@ -169,6 +169,39 @@ def diagnose(root: Path, physics_variants: list[str]) -> list[str]:
     return lines
 
 
+def summarize_runs(dirs: list[str]) -> list[str]:
+    """Per basin default -> calibrated held-out NSE/KGE/bias, the medians, the pinned parameters and the
+    wall times of `esm-emu run configs/camels_basins.yaml` output folders (their report/metrics.json)."""
+    import json
+
+    lines = []
+    for d in dirs:
+        rep = json.loads((Path(d) / "report" / "metrics.json").read_text())
+        stages = json.loads((Path(d) / "stages.json").read_text())
+        cfg = ""
+        log = Path(d).with_suffix(".log")
+        sk = rep["skill_held_out_years"]
+        lines.append(f"{Path(d).name}: held-out median NSE {sk['default']['QRUNOFF']['nse_median']:.3f} -> "
+                     f"{sk['inferred']['QRUNOFF']['nse_median']:.3f}, KGE {sk['default']['QRUNOFF']['kge_median']:.3f}"
+                     f" -> {sk['inferred']['QRUNOFF']['kge_median']:.3f}; wall "
+                     + ", ".join(f"{k} {v.get('wall_s', 0):.0f} s" for k, v in stages.items()) + cfg
+                     + (f" ({log.name})" if log.exists() else ""))
+        beats = True
+        for b, v in rep["per_site"].items():
+            dq, iq = v["default"]["QRUNOFF"], v["inferred"]["QRUNOFF"]
+            beats &= iq["nse"] > dq["nse"]
+            lines.append(f"  {b}: NSE {dq['nse']:.3f} -> {iq['nse']:.3f}, KGE {dq['kge']:.3f} -> {iq['kge']:.3f}, "
+                         f"bias {dq['bias']:+.2f} -> {iq['bias']:+.2f}")
+        pinned = []
+        for b, ps in (rep.get("calibrated_parameters") or {}).items():
+            for name, pv in ps.items():
+                if pv["std"] == 0 or pv["std"] < 1e-6 * max(abs(pv["value"]), 1e-12):
+                    pinned.append(f"{name}@{b}")
+        lines.append(f"  calibrated beats default on every basin: {beats}; parameters with (near) zero std: "
+                     f"{', '.join(pinned) or 'none'}")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-basin", type=int, default=48, help="simulator PPE runs per basin")
@@ -190,12 +223,18 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--diagnose", default=None,
                     help="only the default-parameter diagnosis, for ';'-separated physics variants ('' = none)")
+    ap.add_argument("--summarize", nargs="+", default=None,
+                    help="only summarise these esm-emu run output folders (configs/camels_basins.yaml)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     root = camels_root()
     if not root.is_dir():
         print(f"CAMELS data not found at {root}; set ESM_EMU_SHARED_DATA")
         return 1
+    if a.summarize:
+        record("Real data: CAMELS basins, esm-emu run configs/camels_basins.yaml (per test year and variant)",
+               summarize_runs(a.summarize))
+        return 0
     if a.diagnose is not None:
         lines = diagnose(root, a.diagnose.split(";"))
         if a.dry:
