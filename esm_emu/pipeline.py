@@ -245,17 +245,18 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     ppe, store = wdir / "ppe", Path(wiring["ingest"]["out"])
     sim = section("simulate")
     seed = int(sim.seed) + 100 * k
-    if ppe.exists():  # a partial wave from a killed run: start it over (the store is appended only at its end)
-        shutil.rmtree(ppe)
     with xr.open_dataset(store) as st:
         have = [str(m) for m in st["member"].values]
     prefix = "W" + "ABCDEFGHIJKLMNOPQRST"[k - 1]
-    if any(m.startswith(prefix) for m in have):  # appended before a kill: do not append twice
-        raise UserError(f"{store}: already holds wave {k} ({prefix}...); rerun with --restart")
-    propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
-                 base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
-    simulate_members(sim, int(sim.seed), ppe, progress)  # the first PPE's seed: its gridcells and weather
-    appended = append_wave(ppe, store, seed=seed, progress=progress)
+    if not any(m.startswith(prefix) for m in have):  # else appended before a kill: fine-tune and invert again
+        if ppe.exists():  # a partial wave from a killed run: start it over (the store is appended at its end)
+            shutil.rmtree(ppe)
+        propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
+                     base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
+        simulate_members(sim, int(sim.seed), ppe, progress)  # the first PPE's seed: its gridcells and weather
+        append_wave(ppe, store, seed=seed, progress=progress)
+    with xr.open_dataset(store) as st:
+        appended = {"members": st.sizes["member"]}
     emu = section("emulator").override({"run_dir": str(wdir / "emulator"),
                                         "train.init_from": str(prev_emu / "best.pt"),
                                         "train.max_steps": inv_cfg.waves.train_steps,

@@ -26,7 +26,7 @@ emulator:
   store: unused.nc
   model: {name: lstm, hidden: 16, embed: 8}
   data: {window: 200, batch_size: 8}
-  train: {max_steps: 12, val_every: 6, checkpoint_every: 6, warmup_steps: 2}
+  train: {max_steps: 12, val_every: 6, checkpoint_every: 6, warmup_steps: 2, ensemble: 2}
   evaluate: {plots: false}
 inverse:
   params: [fff, FMAX, hksat_sf]

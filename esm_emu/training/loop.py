@@ -321,8 +321,12 @@ def _train_ensemble(cfg, dist: Distributed, resume: bool, progress: bool, config
     K = t["ensemble"]
     summaries, members = [], []
     for k in range(K):
-        sub = cfg.override({"train.seed": int(t["seed"]) + k, "train.ensemble": 1,
-                            "run_dir": str(run_dir / MEMBER_DIR.format(k=k))})
+        over = {"train.seed": int(t["seed"]) + k, "train.ensemble": 1, "run_dir": str(run_dir / MEMBER_DIR.format(k=k))}
+        if t.get("init_from"):  # fine-tuning an ensemble: each member from the same member of the previous run
+            member_ck = Path(t["init_from"]).parent / MEMBER_DIR.format(k=k) / BEST
+            if member_ck.is_file():
+                over["train.init_from"] = str(member_ck)
+        sub = cfg.override(over)
         if dist.is_root and progress:
             print(f"ensemble member {k + 1}/{K} (seed {int(t['seed']) + k})", flush=True)
         s = _train_one(sub, dist, resume, progress, None)
