@@ -204,8 +204,10 @@ class SequenceStore:
 
     `reading`: "memory" loads forcing and responses into float32 arrays; "stream" leaves them in
     the file (StoreArray) and reads each batch's windows on demand, so memory is bounded by the
-    batch, not the store; "auto" (default) loads them when they take at most `memory_mb`. Both
-    give the same values, hence the same batches and loss trajectory.
+    batch, not the store; "auto" (default) loads both when they take at most `memory_mb`, else the
+    forcing alone when it does (it has no member axis when shared), streaming the responses. All
+    give the same values, hence the same batches and loss trajectory. `in_memory` says whether
+    the responses are in memory, `forcing_in_memory` the forcing.
     """
 
     def __init__(self, path, forcing: Sequence[str] | None = None, static: Sequence[str] | None = None,
@@ -233,15 +235,22 @@ class SequenceStore:
         rshape = (self.n_member, self.n_gridcell, self.n_time)
         self.nbytes = 4 * (int(np.prod(fshape)) * len(self.forcing_names)
                            + int(np.prod(rshape)) * len(self.response_names))
-        self.in_memory = reading == "memory" or (reading == "auto" and self.nbytes <= memory_mb * 2**20)
-        if self.in_memory:
+        budget = memory_mb * 2**20
+        fbytes = 4 * int(np.prod(fshape)) * len(self.forcing_names)
+        # auto: everything in memory when it fits; else the forcing alone when it fits (every
+        # member's window reads it: ~2/3 of the reads of a batch), the responses streamed
+        self.in_memory = reading == "memory" or (reading == "auto" and self.nbytes <= budget)
+        self.forcing_in_memory = self.in_memory or (reading == "auto" and fbytes <= budget)
+        if self.forcing_in_memory:
             self.forcing = _read_stack(ds, self.forcing_names, order, fshape)
-            self.responses = _read_stack(ds, self.response_names, rorder, rshape)
             if not np.all(np.isfinite(self.forcing)):
                 bad = self.forcing_names[int(np.argwhere(~np.isfinite(self.forcing))[0, -1])]
                 raise UserError(f"{path}: forcing {bad} has missing values")
-        else:  # streamed: forcing is checked window by window as batches are read (make_batch)
+        else:  # streamed: forcing is checked window by window as batches are read (forcing_for)
             self.forcing = StoreArray(path, self.forcing_names, order, fshape)
+        if self.in_memory:
+            self.responses = _read_stack(ds, self.response_names, rorder, rshape)
+        else:
             self.responses = StoreArray(path, self.response_names, rorder, rshape)
         self.theta = ds["theta"].sel(param=self.param_names).transpose("member", "param").values.astype(np.float32)
         self.static = contract.static_values(ds, self.static_names).astype(np.float32)
@@ -265,7 +274,7 @@ class SequenceStore:
             f = self.forcing[np.asarray(g)[:, None], t]
         else:
             f = self.forcing[np.asarray(m)[:, None], np.asarray(g)[:, None], t]
-        if not self.in_memory and not np.all(np.isfinite(f)):
+        if not self.forcing_in_memory and not np.all(np.isfinite(f)):
             bad = self.forcing_names[int(np.argwhere(~np.isfinite(f))[0, -1])]
             raise UserError(f"{self.path}: forcing {bad} has missing values")
         return f

@@ -46,12 +46,14 @@ def test_same_seed_same_loss_trajectory_streamed_or_in_memory(tmp_path, stores):
     runs = {}
     for name, data in (("memory", {"reading": "memory"}), ("stream", {"reading": "stream", "prefetch": 3}),
                        ("stream_no_thread", {"reading": "stream", "prefetch": 0}),
-                       ("auto_small_budget", {"memory_mb": 0.01}), ("auto_zero", {"memory_mb": 0})):
+                       ("auto_small_budget", {"memory_mb": 0.2}), ("auto_zero", {"memory_mb": 0})):
         (tmp_path / name).mkdir()
         cfg = write_config(tmp_path / name, stores["shared"], data=data, train={"max_steps": 8, "val_every": 4})
         assert main(["train", str(cfg), "--quiet"]) == 0
         runs[name] = read_losses(tmp_path / name / "run")
     assert len(runs["memory"][0]) == 8 and len(runs["memory"][1]) == 2
+    st = SequenceStore(stores["shared"], memory_mb=0.2)  # the forcing (0.11 MB) fits, forcing + responses (0.45) not
+    assert st.forcing_in_memory and not st.in_memory
     for name in ("stream", "stream_no_thread", "auto_small_budget", "auto_zero"):
         assert runs[name] == runs["memory"], name
 
