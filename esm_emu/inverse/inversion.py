@@ -493,8 +493,11 @@ class SpunUp(ForwardModel):
 
     def forward(self, forcing, static, theta, state=None, return_state: bool = False):
         if state is None:
-            for _ in range(self.years):
-                _, state = self.inner(forcing[:, :self.days], static, theta, state=state, return_state=True)
+            # without gradients: a calibration through it treats the spun-up state as given (the
+            # gradient of the run itself, not of the spin-up; the spin-up then costs a plain run)
+            with torch.no_grad():
+                for _ in range(self.years):
+                    _, state = self.inner(forcing[:, :self.days], static, theta, state=state, return_state=True)
         return self.inner(forcing, static, theta, state=state, return_state=return_state)
 
 

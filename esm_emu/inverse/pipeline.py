@@ -201,6 +201,10 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
     forward = load_forward(cfg.forward.kind, cfg.forward.checkpoint, cfg.params, cfg.variables, entities)
     if cfg.forward.kind == "simulator":  # the physics options the PPE was simulated with
         forward.physics = dict(cfg.forward.physics)
+        if spinup_years:  # and its spin-up: every run starts where the PPE's did
+            from .inversion import SpunUp
+
+            forward = SpunUp(forward, spinup_years)
     truth = open_xarray(cfg.truth, "inverse.truth", load=True) if cfg.truth else None
     reference = None
     if truth is not None and cfg.forward.kind == "emulator":  # a twin: its true model is the simulator
