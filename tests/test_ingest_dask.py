@@ -2,7 +2,7 @@
 
 One LocalCluster (2 worker processes) serves the module: the library runs against it through
 `parallel.Pool`, the command joins it with ``--scheduler``, and one command starts its own
-(``--workers 2``) on bad input, which must still end with exit 2 and one line.
+(``--workers 1``) on bad input, which must still end with exit 2 and one line.
 """
 from __future__ import annotations
 
@@ -145,13 +145,14 @@ def test_command_joins_a_running_cluster(cluster, ppe, one, tmp_path):
 def _nan_member(tmp, ppe_root):
     root = tmp / "ppe"
     shutil.copytree(ppe_root, root)
-    return ["ingest", root, "--out", tmp / "store.nc", "--workers", "2", "--no-progress"]
+    return ["ingest", root, "--out", tmp / "store.nc", "--workers", "1", "--no-progress"]
 
 
 def test_bad_member_on_a_local_cluster_is_one_line(ppe, tmp_path):
-    """--workers 2 starts a LocalCluster; the bad member still ends the command with exit 2 and one
-    line naming the file (no engine log lines, no traceback, no store, no temporary)."""
-    case = Case("NaN member, --workers 2", lambda tmp: _nan_member(tmp, ppe),
+    """--workers starts a LocalCluster (one worker: the cheapest start); the bad member still ends the
+    command with exit 2 and one line naming the file (no engine log lines, no traceback, no store,
+    no temporary)."""
+    case = Case("NaN member, --workers 1", lambda tmp: _nan_member(tmp, ppe),
                 mentions=("LHC0004.clm2.h1.2001-01-01-00000.nc", "QRUNOFF", "NaN"), outputs=("store.nc",),
                 inputs=("ppe",))
     check_refused(case, tmp_path)
