@@ -29,7 +29,9 @@ _DIMENSION, _VARIABLE, _ATTRIBUTE = 10, 11, 12
 # only the requested variables' bytes are touched, where read()/preadv() copied every variable of
 # every record (a 10-year daily file of 19 fields: 111 MB copied for 35 MB used). 16 MiB windows
 # read 6 of 19 variables ~1.4x faster than 1 MiB preadv blocks (48.6 vs 70.1 ms per file, loaded
-# 2-core machine); the resident set grows by at most one window, unmapped after use.
+# 2-core machine); the resident set grows by at most one window, unmapped after use. A file cut
+# short before it is read is refused by the size check in read_record_vars; one cut short by another
+# process while it is being read ends this process with SIGBUS, as any mapped read would.
 MAP_BYTES = 16 << 20
 
 
