@@ -30,8 +30,9 @@ _DIMENSION, _VARIABLE, _ATTRIBUTE = 10, 11, 12
 # every record (a 10-year daily file of 19 fields: 111 MB copied for 35 MB used). 16 MiB windows
 # read 6 of 19 variables ~1.4x faster than 1 MiB preadv blocks (48.6 vs 70.1 ms per file, loaded
 # 2-core machine); the resident set grows by at most one window, unmapped after use. A file cut
-# short before it is read is refused by the size check in read_record_vars; one cut short by another
-# process while it is being read ends this process with SIGBUS, as any mapped read would.
+# short before it is read, or before a window is mapped, is refused (OSError naming the sizes); only
+# one cut short by another process in the microseconds a window is being copied would end this
+# process with SIGBUS, as any mapped read would.
 MAP_BYTES = 16 << 20
 
 
@@ -193,7 +194,8 @@ def read_record_vars(path: str | Path, names, out: dict[str, np.ndarray] | None 
         out = {v.name: np.empty((n, *v.shape), v.dtype.newbyteorder("=")) for v in vs}
     first = min(v.begin for v in h.variables.values() if v.is_record) if n else 0
     nbytes = {v.name: int(np.prod(v.shape, dtype=np.int64)) * v.dtype.itemsize for v in vs}
-    if n and vs and first + (n - 1) * h.recsize + max(v.begin - first + nbytes[v.name] for v in vs) > h.size:
+    end = first + (n - 1) * h.recsize + max(v.begin - first + nbytes[v.name] for v in vs) if n and vs else 0
+    if end > h.size:
         raise OSError(f"file is {h.size} bytes, shorter than its header's {n} records (truncated)")
     if n and 8 * sum(nbytes.values()) < h.recsize:
         # A few bytes per record (the time axis): one small pread per record beats reading every
@@ -220,7 +222,10 @@ def read_record_vars(path: str | Path, names, out: dict[str, np.ndarray] | None 
             k = min(per, n - r0)
             want = k * h.recsize
             start = first + r0 * h.recsize
-            if start + want <= h.size:  # a window of whole records: mapped, only the wanted bytes touched
+            size = os.fstat(fd).st_size  # cut short since the header was read: refused, not a SIGBUS
+            if size < min(start + want, end):
+                raise OSError(f"file is {size} bytes, shorter than its header's {n} records (truncated while read)")
+            if start + want <= size:  # a window of whole records: mapped, only the wanted bytes touched
                 base = start - start % mmap.ALLOCATIONGRANULARITY
                 with mmap.mmap(fd, start - base + want, access=mmap.ACCESS_READ, offset=base) as m:
                     recs = np.frombuffer(m, np.uint8, count=want, offset=start - base).reshape(k, h.recsize)
