@@ -96,8 +96,9 @@ def inference_speed(task, n_gc: int, threads: int):
 
 
 def write_synthetic_store(path: Path, gb: float, gridcells: int = 400, years: int = 10, seed: int = 0) -> Path:
-    """A training store of about `gb` GB in the ppe_ingest/store.py contract (shared forcing, three
-    responses), written member by member in the ingest writer's chunking (1, 80, 365), uncompressed.
+    """A training store of about `gb` GB in the ppe_ingest/store.py contract (shared forcing, five
+    responses: QRUNOFF = QOVER + QDRAI, EFLX_LH_TOT, SOILWATER_10CM), written member by member in
+    the ingest writer's chunking (1, 80, 365), uncompressed.
 
     The values are smooth seasonal series shaped by two parameters and two static fields (a
     throughput bench, not physics); the normalisation statistics come from the first 8 members.
@@ -108,7 +109,8 @@ def write_synthetic_store(path: Path, gb: float, gridcells: int = 400, years: in
     from ppe_ingest.base.atomic import atomic_path
 
     G, T = gridcells, 365 * years
-    R = ("QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM")
+    R = ("QRUNOFF", "QOVER", "QDRAI", "EFLX_LH_TOT", "SOILWATER_10CM")
+    logs = ("QRUNOFF", "QOVER", "QDRAI")
     M = max(16, int(gb * 1e9 // (G * T * len(R) * 4)))
     rng = np.random.default_rng(seed)
     doy = np.arange(T) % 365
@@ -126,7 +128,7 @@ def write_synthetic_store(path: Path, gb: float, gridcells: int = 400, years: in
     def member(m):
         a, b = theta[m]
         q = 1e-5 * a * (1 + static[:, 0:1] / 80) * np.abs(np.sin(np.arange(T) / (7 + 30 * static[:, 1:2])))
-        return {"QRUNOFF": q, "EFLX_LH_TOT": 20 * b * base * (1 + 0.1 * season),
+        return {"QRUNOFF": q, "QOVER": 0.25 * q, "QDRAI": 0.75 * q, "EFLX_LH_TOT": 20 * b * base * (1 + 0.1 * season),
                 "SOILWATER_10CM": 20 + 5 * season * a + static[:, 0:1] / 10}
 
     split_m = np.zeros(M, "i1")
@@ -142,7 +144,7 @@ def write_synthetic_store(path: Path, gb: float, gridcells: int = 400, years: in
         names.append(k), mean.append(v[:, tr_t].mean()), std.append(v[:, tr_t].std()), group.append("variable")
     for k in R:
         x = np.stack([d[k][:, tr_t] for d in sample])
-        x = np.log(x + 1e-8) if k == "QRUNOFF" else x
+        x = np.log(x + 1e-8) if k in logs else x
         names.append(k), mean.append(x.mean()), std.append(x.std()), group.append("variable")
     for i, k in enumerate(("PCT_SAND", "FMAX")):
         names.append(k), mean.append(static[:, i].mean()), std.append(static[:, i].std()), group.append("static")
@@ -151,7 +153,7 @@ def write_synthetic_store(path: Path, gb: float, gridcells: int = 400, years: in
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
         for d, n in (("member", M), ("gridcell", G), ("time", T), ("param", 2), ("field", 2), ("norm_var", len(names))):
             nc.createDimension(d, n)
-        nc.setncatts({"log_transform_vars": "QRUNOFF", "log_eps": 1e-8, "warmup_days": 180,
+        nc.setncatts({"log_transform_vars": " ".join(logs), "log_eps": 1e-8, "warmup_days": 180,
                       "forcing_shared_across_members": 1, "title": "synthetic training store (bench/train.py)"})
         v = nc.createVariable("member", str, ("member",))
         for m in range(M):
@@ -193,11 +195,15 @@ def _ooc_child(args):
     import json
     import resource
 
-    cfg = _cfg(args.config, args.store, data={"reading": args.reading, "prefetch": args.prefetch})
+    data = {"reading": args.reading, "prefetch": args.prefetch}
+    if args.reading == "auto":  # the forcing fits, the responses do not: responses streamed
+        data["memory_mb"] = args.auto_mb
+    cfg = _cfg(args.config, args.store, data=data)
     tps, sps, task, cps = train_throughput(cfg, "cpu", args.steps, args.threads)
     task.sampler.close()
     print("RESULT " + json.dumps({"tps": tps, "s_per_step": sps, "cpu_per_step": cps,
-                                  "in_memory": task.store.in_memory, "store_gb": Path(args.store).stat().st_size / 1e9,
+                                  "in_memory": task.store.in_memory, "forcing_in_memory": task.store.forcing_in_memory,
+                                  "store_gb": Path(args.store).stat().st_size / 1e9,
                                   "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -209,7 +215,7 @@ def out_of_core(args):
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    big, small = work / f"synthetic_{args.store_gb:g}gb.nc", work / f"synthetic_{args.small_gb:g}gb.nc"
+    big, small = work / f"synthetic5_{args.store_gb:g}gb.nc", work / f"synthetic5_{args.small_gb:g}gb.nc"
     for path, gb in ((big, args.store_gb), (small, args.small_gb)):
         if not path.exists():
             t0 = time.perf_counter()
@@ -227,14 +233,14 @@ def out_of_core(args):
     except OSError:
         cgroup = None
         how = f"prlimit --as={limit} ({args.limit_gb:g} GiB of address space)"
-    runs = [("stream", big, True), ("stream", small, True), ("memory", small, False)]
+    runs = [("stream", big, True), ("auto", big, True), ("stream", small, True), ("memory", small, False)]
     lines = [f"config {Path(args.config).name}: batch {_cfg(args.config, str(small))['data']['batch_size']}, "
              f"{args.steps} timed steps, {args.threads} torch thread(s), prefetch {args.prefetch}; {how} "
              "on the limited runs"]
     for reading, store, limited in runs:
         cmd = [sys.executable, __file__, "--ooc-child", "--reading", reading, "--store", str(store), "--config",
                args.config, "--steps", str(args.steps), "--threads", str(args.threads),
-               "--prefetch", str(args.prefetch)]
+               "--prefetch", str(args.prefetch), "--auto-mb", str(args.auto_mb)]
         join = None
         if limited and cgroup is not None:
             procs = cgroup / "cgroup.procs"
@@ -249,15 +255,18 @@ def out_of_core(args):
                          f"{(out.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
         r = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[7:])
-        lines.append(f"{reading:6s} store {r['store_gb']:.2f} GB ({'in memory' if r['in_memory'] else 'streamed'}), "
+        what = ("in memory" if r["in_memory"] else "forcing in memory, responses streamed"
+                if r["forcing_in_memory"] else "streamed")
+        lines.append(f"{reading:6s} store {r['store_gb']:.2f} GB ({what}), "
                      f"{'limit ' + format(args.limit_gb, 'g') + ' GiB' if limited else 'no limit'}: "
                      f"{r['tps']:,.0f} sequence-timesteps/s ({r['s_per_step']:.3f} s/step, {r['cpu_per_step']:.3f} "
                      f"CPU-s/step), peak RSS {r['maxrss_mb']:.0f} MB")
     if cgroup is not None:
         peak = int((cgroup / "memory.max_usage_in_bytes").read_text())
         lines.append(f"cgroup peak usage (resident + page cache) over the limited runs: {peak / 2**20:.0f} MiB "
-                     f"of the {args.limit_gb:g} GiB limit; the big store is {big.stat().st_size / 2**30:.2f} GiB "
-                     f"= {big.stat().st_size / limit:.1f} x the limit")
+                     f"of the {args.limit_gb:g} GiB limit (the page cache fills a cgroup up to its limit and is "
+                     f"reclaimed there; the processes' own peak RSS is above); the big store is "
+                     f"{big.stat().st_size / 2**30:.2f} GiB = {big.stat().st_size / limit:.1f} x the limit")
         cgroup.rmdir()
     lines.append(f"load average at the end {os.getloadavg()[0]:.1f}: the 2 CPU cores are shared with other agents' "
                  "jobs, so the figures are noisy; the store files may be partly in the page cache")
@@ -281,6 +290,8 @@ def main():
     ap.add_argument("--limit-gb", type=float, default=2.0)
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--work", default="/tmp/esm_emu_bench_train", help="folder for the synthetic stores")
+    ap.add_argument("--auto-mb", type=float, default=256.0,
+                    help="data.memory_mb of the reading: auto run (the forcing fits, the responses do not)")
     ap.add_argument("--ooc-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reading", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
