@@ -107,7 +107,8 @@ class Distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        # gradients live in the all-reduce buckets (no copy in and out of them each step)
+        return DDP(model, device_ids=ids, gradient_as_bucket_view=True)
 
     def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of `x` over ranks (a new tensor; `x` unchanged)."""
