@@ -424,8 +424,9 @@ def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, confi
     step = start
     with _SigtermFlag() as sigterm:
         emu.train()
+        term = False  # SIGTERM on any rank, agreed by all (reduced with the step's loss)
         while step < t["max_steps"]:
-            if dist.any(sigterm.set) if dist.is_distributed else sigterm.set:
+            if term if dist.is_distributed else sigterm.set:
                 checkpoint(step)
                 stop = "sigterm"
                 break
@@ -444,7 +445,10 @@ def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, confi
             lr = opt.param_groups[0]["lr"]
             sched.step()
             step += 1
-            gl = float(dist.reduce_sum((sse.detach() / gcnt).mean()).item())
+            # one collective for the logged loss and the SIGTERM flag (a sync point per step fewer)
+            red = dist.reduce_sum(torch.stack([(sse.detach() / gcnt).mean(),
+                                               torch.tensor(float(sigterm.set), dtype=sse.dtype, device=sse.device)]))
+            gl, term = float(red[0].item()), bool(red[1].item() > 0)
             row = {"step": step, "loss": gl, "lr": lr, "val_loss": ""}
             if step % t["val_every"] == 0 or step == t["max_steps"]:
                 v = validate()
@@ -466,8 +470,9 @@ def _train_one(cfg: dict, dist: Distributed, resume: bool, progress: bool, confi
             if step % t["checkpoint_every"] == 0 or step == t["max_steps"]:
                 checkpoint(step)
     bar.close()
-    if hasattr(task.sampler, "close"):  # stop reading ahead
+    if hasattr(task.sampler, "close"):  # stop reading ahead, close a streamed store
         task.sampler.close()
+        task.store.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if dist.is_root and not (run_dir / BEST).exists():  # no validation happened (e.g. SIGTERM at once)
         save_checkpoint(run_dir / BEST, {"emulator": emu.payload(), "step": step, "val_loss": best_val,
