@@ -81,7 +81,8 @@ class StoreArray:
 
         import netCDF4
 
-        if self._nc is None or self._pid != os.getpid():  # a forked DataLoader worker opens its own
+        # a forked process opens its own; so does an array whose shared handle another one closed
+        if self._nc is None or self._pid != os.getpid() or self._key not in _OPEN:
             st = os.stat(self.path)
             key = (str(self.path.resolve()), os.getpid(), st.st_ino, st.st_mtime_ns)
             if key not in _OPEN:

@@ -39,7 +39,10 @@ def test_streamed_windows_series_and_statistics_equal_in_memory(stores, kind):
     # the streamed statistic is numpy's std over the train split (float64)
     tr = mem.responses[np.ix_(mem.split_member == 0, mem.split_gridcell == 0)][:, :, mem.split_time == 0]
     assert np.allclose(mem.train_std()[:3], [np.nanstd(tr[..., r].astype(np.float64)) for r in range(3)], rtol=1e-12)
+    other = SequenceStore(stores[kind], reading="stream")  # shares the file handle with st
     st.close()
+    assert np.array_equal(other.responses[m, g], mem.responses[m, g], equal_nan=True)  # reopened, not broken
+    other.close()
 
 
 def test_same_seed_same_loss_trajectory_streamed_or_in_memory(tmp_path, stores):
