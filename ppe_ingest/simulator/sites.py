@@ -269,12 +269,13 @@ def camels_soil_comparison(attributes: str | Path, basins, scale_factors: dict) 
     """
     import torch
 
+    from ..ctsmio.vocabulary import SOIL_FIELDS
     from ..obs.camels import read_camels_attributes
     from .physics import soil_properties
 
     sites = camels_sites(attributes, basins=list(basins))
     attrs = read_camels_attributes(attributes, basins=list(basins))
-    st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in ("PCT_SAND", "PCT_CLAY", "ORGANIC")}
+    st = {k: torch.as_tensor(sites[k].values, dtype=torch.float64) for k in SOIL_FIELDS}
     n = len(sites["gridcell"])
     one = torch.ones(n, dtype=torch.float64)
     base = soil_properties(st, {k: one for k in ("watsat_sf", "bsw_sf", "sucsat_sf", "hksat_sf")})
