@@ -207,25 +207,29 @@ def simulate_members(sim_cfg, seed: int, wave_dir: Path, progress: bool = False)
 
     from ppe_ingest.ctsmio.history import hist_filename, write_history
     from ppe_ingest.ctsmio.vocabulary import FORCING, RESPONSES
-    from ppe_ingest.simulator.ppe import SOURCE, make_forcing, make_sites, run_ensemble
+    from ppe_ingest.simulator.ppe import SOURCE, make_forcing, make_sites, run_batches
 
     design = pd.read_csv(wave_dir / "design.csv", index_col=0)
     sites = make_sites(sim_cfg, seed)
     weather = make_forcing(sim_cfg, sites, seed)
     mp = {str(p): design[p].to_numpy(float) for p in design.columns}
-    res = run_ensemble(weather, sites, mp, sim_cfg["spinup_years"], memory_mb=sim_cfg["batch_memory_mb"])
     ny, start, case = sim_cfg["n_years"], sim_cfg["start_year"], sim_cfg["case"]
     (wave_dir / "hist").mkdir(exist_ok=True)
     forcing = {k: weather[k].values for k in FORCING}
     lat, lon = sites.grid1d_lat.values, sites.grid1d_lon.values
-    for i, m in enumerate(design.index):
-        for y0 in range(ny):
-            sl = slice(365 * y0, 365 * (y0 + 1))
-            data = {k: v[:, sl] for k, v in forcing.items()}
-            data.update({k: res[k][i, :, sl] for k in RESPONSES})
-            write_history(wave_dir / "hist" / hist_filename(case, str(m), 1, start + y0), data, lat, lon, start, case,
-                          SOURCE, paramfile=f"paramfiles/{m}.nc", day0=365 * y0, compress=sim_cfg["compress"],
-                          extra_attrs={"esm_emu_member": str(m)})
+    members = [str(m) for m in design.index]
+    # one batch of members at a time, sized by simulate.batch_memory_mb as `esm-emu simulate` does
+    for msl, res in run_batches(weather, sites, mp, sim_cfg["spinup_years"], sim_cfg["batch_memory_mb"],
+                                sim_cfg.get("members_per_batch"), physics_options=sim_cfg.get("physics")):
+        for i, m in enumerate(members[msl]):
+            for y0 in range(ny):
+                sl = slice(365 * y0, 365 * (y0 + 1))
+                data = {k: v[:, sl] for k, v in forcing.items()}
+                data.update({k: res[k][i, :, sl] for k in RESPONSES})
+                write_history(wave_dir / "hist" / hist_filename(case, m, 1, start + y0), data, lat, lon, start,
+                              case, SOURCE, paramfile=f"paramfiles/{m}.nc", day0=365 * y0,
+                              compress=sim_cfg["compress"], extra_attrs={"esm_emu_member": m})
+        del res
     return len(design)
 
 
