@@ -103,27 +103,39 @@ def store_design(path) -> dict | None:
     return {str(p): th.sel({PARAM: p}).values.astype(float) for p in th[PARAM].values}
 
 
-def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64) -> dict | None:
-    """RMSE of the emulator on the store's held-out (test) members, per observed variable, over
-    its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
+def _test_members(path, forward, variables):
+    """(store, indices of its held-out test members) for an emulator forward model whose store has
+    test members and every observed variable; None otherwise."""
     if not path or forward.kind != "emulator":
         return None
     import numpy as np
-    import torch
 
     from ppe_ingest.base.netcdf import open_xarray
-    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, SPLIT_MEMBER, TEST, THETA, entities_view
+    from ppe_ingest.store import SPLIT_MEMBER, TEST
 
     ds = open_xarray(path, "inverse.store")
     test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
     if not len(test) or any(v not in ds.data_vars for v in variables):
         return None
+    return ds, test
+
+
+def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64) -> dict | None:
+    """RMSE of the emulator on the store's held-out (test) members, per observed variable, over
+    its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
+    found = _test_members(path, forward, variables)
+    if found is None:
+        return None
+    ds, test = found
+    import numpy as np
+    import torch
+
+    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, THETA, entities_view, static_values
+
     ent = entities_view(ds)
     cells = np.arange(min(ds.sizes[GRIDCELL], max_gridcells))
     forcing = torch.as_tensor(np.stack([ent[n].transpose(GRIDCELL, "time").values[cells]
                                         for n in forward.forcing_names], -1), dtype=torch.float32)
-    from ppe_ingest.store import static_values
-
     static = torch.as_tensor(static_values(ds, forward.static_names)[cells], dtype=torch.float32)
     theta_all = ds[THETA].transpose(MEMBER, PARAM).sel({PARAM: forward.param_names}).values
     ridx = forward.response_index(list(variables))
@@ -143,18 +155,15 @@ def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0)
     """``n_series`` (member, gridcell) series of the store's held-out (test) members: forcing, static
     fields, the parameters the member ran with and its responses, for measuring what inverting
     through the emulator gets wrong where the answer is known (None without a store or test members)."""
-    if not path or forward.kind != "emulator":
+    found = _test_members(path, forward, variables)
+    if found is None:
         return None
+    ds, test = found
     import numpy as np
     import torch
 
-    from ppe_ingest.base.netcdf import open_xarray
-    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, SPLIT_MEMBER, TEST, THETA, entities_view, static_values
+    from ppe_ingest.store import GRIDCELL, MEMBER, PARAM, THETA, entities_view, static_values
 
-    ds = open_xarray(path, "inverse.store")
-    test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
-    if not len(test) or any(v not in ds.data_vars for v in variables):
-        return None
     rng = np.random.default_rng([seed, 41])
     G = ds.sizes[GRIDCELL]
     pairs = sorted({(int(rng.choice(test)), int(rng.integers(G))) for _ in range(n_series)})
