@@ -66,9 +66,12 @@ class _Stages:
 
 
 def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, sets: Sequence[str] = (),
-                 restart: bool = False, progress: bool = True) -> dict:
+                 restart: bool = False, progress: bool = True, stop_after: str | None = None) -> dict:
     """Run every stage of `config` into `out`; return the report also written to out/report/metrics.json.
 
+    `stop_after` ends the run after that stage (e.g. simulate and ingest on CPU nodes, train on a
+    GPU node, invert back on CPUs: each call continues where the last stopped) and returns the
+    finished stages instead of the report.
     `seed` overrides the seed of every stage; `sets` are ``SECTION.KEY=VALUE`` overrides. The
     pipeline sets the paths between stages itself (ingest.ppe_dir/out/catalog, emulator.store/run_dir,
     inverse.store/observations/truth/forward/out).
@@ -78,6 +81,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     from ppe_ingest.ingest.config import load_ingest_config
     from ppe_ingest.simulator.config import load_simulate_config
 
+    if stop_after is not None and stop_after not in STAGES:
+        raise UserError(f"--stop-after: {str(stop_after)[:40]!r} is not a stage ({', '.join(STAGES)})")
     cfg_path = Path(config)
     out = Path(out).resolve()
     ppe, store, run_dir = out / "ppe", out / "store.nc", out / "emulator"
@@ -118,6 +123,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
 
         simulate(section("simulate"), ppe, quiet=not progress)
         stages.record("simulate", t0)
+    if stop_after == "simulate":
+        return stages.done
 
     # 2. Catalog and training store.
     t0 = stages.start("ingest")
@@ -126,6 +133,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
 
         ingest_ppe(section("ingest"), progress=progress)
         stages.record("ingest", t0)
+    if stop_after == "ingest":
+        return stages.done
 
     # 3. The emulator (resumes from its own checkpoint when a run was killed mid-training).
     t0 = stages.start("train")
@@ -143,6 +152,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
             print("  " + line)
         stages.record("train", t0, steps=summary["steps"], stop=summary["stop"],
                       train_wall_s=round(summary["wall_s"], 2))
+    if stop_after == "train":
+        return stages.done
 
     # 4. Synthetic observations, read back through the real CAMELS / PLUMBER2 / ISMN readers.
     t0 = stages.start("observations")
@@ -159,6 +170,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
         else:
             write_obs(read_observations(ppe / "truth", early["inverse"].variables), obs_path)
         stages.record("observations", t0)
+    if stop_after == "observations":
+        return stages.done
     inv_cfg = section("inverse")
 
     # 5. Inversion through the frozen emulator.
@@ -168,6 +181,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
 
         run_from_config(inv_cfg, progress=progress, spinup_years=early["simulate"].spinup_years)
         stages.record("invert", t0)
+    if stop_after == "invert":
+        return stages.done
 
     # 5b. PPE waves: members from the posterior region, simulated, appended, emulator fine-tuned, inverted again.
     for k in range(1, inv_cfg.waves.count + 1):
@@ -192,6 +207,8 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
                                  user_nl=ppe / "user_nl_clm", values=final_inv / "parameter_map.nc", table=table,
                                  per_cluster_paramfiles=inv_cfg.clusters > 0)
         stages.record("write-ctsm", t0, files={k: [str(p) for p in v] for k, v in files.items()})
+    if stop_after == "write-ctsm":
+        return stages.done
 
     # 7. The report a person looks at.
     t0 = time.perf_counter()

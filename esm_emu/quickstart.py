@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .pipeline import STAGES
+
 
 def _add_common(p) -> None:
     p.add_argument("--out", required=True, help="output folder")
@@ -11,13 +13,19 @@ def _add_common(p) -> None:
                    help="override a config key, e.g. --set emulator.train.max_steps=200 (repeatable)")
     p.add_argument("--restart", action="store_true", help="run every stage again")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--stop-after", metavar="STAGE", choices=STAGES,
+                   help="end after this stage (one of: %(choices)s), e.g. ingest on CPU nodes, then train on a "
+                        "GPU node; the next call continues from there (waves follow invert)")
 
 
 def _run(args) -> int:
     from .pipeline import run_pipeline, summary_lines
 
     report = run_pipeline(args.config, args.out, seed=args.seed, sets=args.set, restart=args.restart,
-                          progress=not args.quiet)
+                          progress=not args.quiet, stop_after=args.stop_after)
+    if args.stop_after:
+        print(f"stopped after {args.stop_after}: {', '.join(report)} done (in {Path(args.out) / 'stages.json'})")
+        return 0
     print(f"report: {Path(args.out) / 'report' / 'metrics.json'}")
     for line in summary_lines(report):
         print(line)

@@ -116,3 +116,23 @@ def test_rerun_continues_after_the_last_finished_stage(quick, capsys):
     for name in (*STAGES[:-1], "wave-1"):
         assert f"[{name}] already done" in printed
     assert (out / "inverse" / "parameter_map.nc").stat().st_mtime_ns == stamp
+
+
+def test_stop_after_splits_the_run_and_the_next_call_continues(tmp_path, capsys):
+    """HPC users run simulate+ingest on CPU nodes, train on a GPU node, invert back on CPUs."""
+    from esm_emu.pipeline import run_pipeline
+    from ppe_ingest.base.errors import UserError
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("count: 1", "count: 0"))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="not a stage"):
+        run_pipeline(cfg, out, stop_after="inverse", progress=False)
+    assert not out.exists()  # refused before any work
+    done = run_pipeline(cfg, out, stop_after="ingest", progress=False)
+    assert list(done) == ["simulate", "ingest"] and (out / "store.nc").exists()
+    assert not (out / "emulator").exists()
+    done = run_pipeline(cfg, out, stop_after="train", progress=False)
+    assert list(done) == ["simulate", "ingest", "train"] and (out / "emulator" / "best.pt").exists()
+    assert "[ingest] already done" in capsys.readouterr().out
+    assert not (out / "inverse").exists()

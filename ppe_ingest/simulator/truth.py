@@ -90,7 +90,7 @@ def _dates(time) -> list[tuple[int, int, int]]:
 
 def _day_length(lat, dates) -> np.ndarray:
     """Daylight duration (s), FAO-56 Eq. 34 with the sunset hour angle."""
-    doy = np.array([pd.Timestamp(y, m, d).dayofyear for y, m, d in dates], float)
+    doy = np.array([pd.Timestamp(y, m, d).day_of_year for y, m, d in dates], float)
     dec = 0.409 * np.sin(2 * np.pi * doy / 365 - 1.39)
     ws = np.arccos(np.clip(-np.tan(np.deg2rad(lat)) * np.tan(dec), -1, 1))
     return 24 / np.pi * ws * 3600.0
