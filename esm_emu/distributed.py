@@ -70,6 +70,8 @@ class Distributed:
             device = (f"cuda:{self.local_rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available()
                       else "cpu")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": this rank's GPU on the node
+            self.device = torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
