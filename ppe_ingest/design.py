@@ -99,6 +99,10 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
     pf = [p for p in specs if p.location == "paramfile"]
     base = read_paramfile(base_paramfile, [t for p in pf for t in p.targets]) if pf else {}
     fsur = [p.name for p in specs if p.location == "fsurdat"]
+    nl_source = "a PPE member's namelist_mods (CTSM's defaults are not known here)"
+    for p in specs:  # a namelist group's targets: refused before any member file exists when one can't be written
+        if p.location == "namelist":
+            p.namelist_values(1.0, source=nl_source)
     (out_dir / "paramfiles").mkdir(parents=True, exist_ok=True)
     (out_dir / "namelist_mods").mkdir(parents=True, exist_ok=True)
     theta = design["theta"].transpose("member", "param").values
@@ -120,7 +124,8 @@ def write_member_files(design: xr.Dataset, out_dir: str | Path, base_paramfile: 
             lines.append(f"! fsurdat parameters not set here (they go in the surface dataset): {', '.join(fsur)}")
         for p in specs:
             if p.location == "namelist" and np.isfinite(row[p.name]):
-                lines.append(f"{p.name}={format_namelist_value(float(row[p.name]))}")
+                for var, v in p.namelist_values(float(row[p.name]), source=nl_source).items():
+                    lines.append(f"{var}={format_namelist_value(v)}")
         nl = out_dir / "namelist_mods" / f"{m}.txt"
         with atomic_path(nl, inputs=[base_paramfile]) as tmp:
             tmp.write_text("\n".join(lines) + "\n")

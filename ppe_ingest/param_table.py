@@ -7,7 +7,8 @@ Three formats load into one `ParamTable`:
   numbers, ``XXpercent`` (default * (1 -/+ XX/100)) or ``pft`` (per-PFT arrays from pft_mins/pft_maxs);
 * the CTSM-over-CAMELS calibration table (``CTSM_CAMELS_calibparam_2410.csv``): Source
   Param/Surfdata/Namelist, Method Multiplicative/Additive, Binding;
-* our own format (``configs/params_hydrology.csv``): name, location, default, min, max, transform, pft, ...
+* our own format (``configs/params_hydrology.csv``): name, location, default, min, max, transform, pft, ...;
+  an optional ``group`` column (true) makes a row a group parameter written to its ``binding`` variables only.
 
 Unit-cube position s maps to a value as in the PPE: ``value = min + (max - min) * s``.
 """
@@ -17,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -112,6 +113,27 @@ class ParamSpec:
         if self.pft_bounds:
             return self.pft_min + (self.pft_max - self.pft_min) * float(s)
         return float(self.theta(s))
+
+    def namelist_values(self, theta, current: Mapping | None = None, source: str = "the user_nl_clm") -> dict:
+        """{namelist variable: value} that theta writes into a user_nl_clm: theta for the parameter's own
+        name (a namelist parameter's theta is its value) and for every target of a ``value`` transform;
+        another target of a ``multiplicative``/``additive`` transform gets its value in `current` (the
+        case's settings, names in any case) transformed, and is refused when `current` does not set it
+        (CTSM's own default is not known here). A group's name is never written: it is no variable."""
+        low = {str(k).lower(): v for k, v in (current or {}).items()}
+        out = {}
+        for t in self.targets:
+            if t == self.name or self.transform == "value" or self.pft_bounds:
+                out[t] = theta
+                continue
+            if isinstance(theta, bool) or not isinstance(theta, (int, float, np.floating, np.integer)):
+                raise UserError(f"{self.name} = {theta!r}: a {self.transform} transform needs a number")
+            base = low.get(t.lower())
+            if isinstance(base, bool) or not isinstance(base, (int, float)):
+                raise UserError(f"{self.name}: writes namelist variable {t} as the {self.transform} transform of "
+                                f"its current value, which {source} does not set; set {t} there first")
+            out[t] = float(self.to_field(theta, float(base)))
+        return out
 
     def to_field(self, theta, base):
         """The field to write for theta given the base field (scalar, per-PFT or per-gridcell array)."""
@@ -280,17 +302,19 @@ def _ppe_spec(name, loc, lo, hi, pmins, pmaxs, where, defaults: _Defaults, table
                      pft=base is not None and np.ndim(base) > 0)
 
 
-def _group_spec(name, lo_s, hi_s, where) -> ParamSpec:
-    """A PPE group row: theta is the common multiplier (reference 1) of its member variables."""
+def _group_spec(name, lo_s, hi_s, where, targets=None, location="paramfile") -> ParamSpec:
+    """A PPE group row: theta is the common multiplier (reference 1) of its member variables, each
+    perturbed from its own default as the PPE did (`XXpercent` of each variable's own value)."""
+    targets = list(PPE_GROUPS[name] if targets is None else targets)
     mlo, mhi = _PERCENT.match(lo_s), _PERCENT.match(hi_s)
     if not (mlo and mhi):
         raise UserError(f"{where}: group parameter {name} needs percent bounds (got {lo_s}, {hi_s})")
     plo, phi = float(mlo.group(1)) / 100, float(mhi.group(1)) / 100
-    return ParamSpec(name=name, location="paramfile", default=1.0, min=1 - plo, max=1 + phi,
-                     transform="multiplicative", pft=True, binding=list(PPE_GROUPS[name]), group=True,
+    return ParamSpec(name=name, location=location, default=1.0, min=1 - plo, max=1 + phi,
+                     transform="multiplicative", pft=True, binding=targets, group=True,
                      min_spec=lo_s, max_spec=hi_s, units="1",
-                     long_name=f"common multiplier of {', '.join(PPE_GROUPS[name])}",
-                     note="CLM5 PPE group parameter: scales every bound variable together")
+                     long_name=f"common multiplier of {', '.join(targets)}",
+                     note="group parameter: scales every bound variable together")
 
 
 def _load_lhc(df, path, defaults) -> list[ParamSpec]:
@@ -368,7 +392,15 @@ def _load_ours(df, path, defaults) -> list[ParamSpec]:
         name = str(row["name"]).strip()
         where = f"{path.name}: row {i + 2} ({name})"
         lo, hi = str(row["min"]).strip(), str(row["max"]).strip()
-        if _PERCENT.match(lo) or lo.lower() == "pft":
+        group = "group" in row and _truthy(row["group"])
+        targets = [] if "binding" not in row or _blank(row["binding"]) else \
+            [b.strip() for b in str(row["binding"]).split(",") if b.strip()]
+        if group and not targets:
+            raise UserError(f"{where}: a group parameter needs the variables it writes in its binding column")
+        if group and (_PERCENT.match(lo) or _PERCENT.match(hi)):
+            # as the PPE's KCN: XXpercent of each target's own value, theta the common multiplier
+            spec = _group_spec(name, lo, hi, where, targets, str(row["location"]).strip())
+        elif _PERCENT.match(lo) or lo.lower() == "pft":
             loc = {"paramfile": "P", "namelist": "N"}.get(str(row["location"]).strip())
             if loc is None:
                 raise UserError(f"{where}: percent/pft bounds are only for paramfile or namelist parameters")
@@ -383,8 +415,9 @@ def _load_ours(df, path, defaults) -> list[ParamSpec]:
         for key in ("units", "long_name", "description", "source", "note"):
             if key in row and not _blank(row[key]):
                 setattr(spec, key, " ".join(str(row[key]).split()))
-        if "binding" in row and not _blank(row["binding"]):
-            spec.binding = [b.strip() for b in str(row["binding"]).split(",") if b.strip()]
+        if targets:
+            spec.binding = targets
+        spec.group = spec.group or group
         if spec.min is not None and spec.max is not None and not spec.min <= spec.max:
             raise UserError(f"{where}: min {spec.min} is greater than max {spec.max}")
         specs.append(spec)

@@ -174,6 +174,8 @@ def _load_map(values):
 def _number(name, value, where) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise UserError(f"{where}: {name} = {value!r} is not a number")
+    if not np.isfinite(float(value)):
+        raise UserError(f"{where}: {name} = {value} is a non-finite value (NaN or inf), never written")
     return float(value)
 
 
@@ -225,6 +227,9 @@ class _Planner:
         self.pft_set: set = set()  # paramfile names given per PFT with --set (file values, not theta)
         self.allow_outside = allow_outside
         self.outside: list[str] = []  # values outside the table's bounds, written with --allow-outside-table
+        self.owner: dict[str, str] = {}  # file variable -> the parameter that writes it (a group: its targets)
+        self.noted: set = set()  # parameters whose targets a note names
+        self._nl_in = None  # the input user_nl_clm's settings, read when a namelist target needs its base
 
     def _spec(self, name):
         return self.table[name] if name in self.table else None
@@ -236,8 +241,87 @@ class _Planner:
             return "fsurdat"
         if self.pf is not None and name in self.pf.variables:
             return "paramfile"
+        from ppe_ingest.param_table import PPE_GROUPS
+
+        if name in PPE_GROUPS:
+            raise UserError(f"{name}: a CLM5 PPE group parameter (a common multiplier of "
+                            f"{', '.join(PPE_GROUPS[name])}) not in the table {self.table.source}; give --table "
+                            "with its row (e.g. the PPE's "
+                            "lhc_220926.csv) so its bounds and convention are known")
         raise UserError(f"{name}: not a parameter of the table ({self.table.source}) and not a variable of the "
                         "given fsurdat or paramfile")
+
+    def _targets(self, name) -> list[str]:
+        """The file variables a value of `name` is written to: the table's `targets` (a group parameter
+        such as the PPE's KCN: only its member variables, never its own name; a parameter with bound
+        variables: itself and those), or the name itself when it is not in the table."""
+        spec = self._spec(name)
+        return spec.targets if spec is not None else [name]
+
+    def _claim(self, name, variables) -> None:
+        """Each file variable is written by one parameter: a group and one of its targets both given
+        (KCN and kc_nonmyc) would leave which value CTSM gets to the order of the arguments."""
+        for var in variables:
+            other = self.owner.setdefault(var, name)
+            if other != name:
+                a, b = sorted((other, name))
+                raise UserError(f"{var}: written by both {a} and {b} ({self._via(a)}; {self._via(b)}); give one")
+
+    def _via(self, name) -> str:
+        targets = self._targets(name)
+        if targets == [name]:
+            return f"{name} itself"
+        return f"{name} writes {', '.join(targets)}"
+
+    def _note_targets(self, name) -> None:
+        """A note naming what a group (or bound) parameter writes, once per parameter."""
+        spec = self._spec(name)
+        if spec is None or spec.targets == [name] or name in self.noted:
+            return
+        self.noted.add(name)
+        ref = 1.0 if spec.default is None else float(spec.default)
+        how = {"multiplicative": "each its base value x theta" + (f"/{ref:g}" if ref != 1 else ""),
+               "additive": f"each its base value + (theta - {ref:g})",
+               "value": "each set to theta"}[spec.transform]
+        what = "group parameter" if spec.group else "parameter with bound variables"
+        self.notes.append(f"note: {name} is a {what} of {self.table.source}: written to "
+                          f"{', '.join(spec.targets)} ({'per-PFT bounds' if spec.pft_bounds else how})")
+
+    def _written(self, name, kind, theta) -> dict:
+        """{file variable: value} that theta of `name` writes: every target, each transformed against its
+        own base value (`ParamSpec.to_field`), as the PPE wrote a flagged group into its members (one
+        unit-cube position, each variable perturbed from its own default)."""
+        spec = self._spec(name)
+        targets = self._targets(name)
+        if kind == "paramfile":
+            missing = [t for t in targets if t not in self.pf.variables]
+            if missing:
+                raise UserError(f"{self.pf.path}: {name}: variable {missing[0]} not found in the paramfile"
+                                + (f" (one of the variables {name} writes: {', '.join(targets)})"
+                                   if targets != [name] else ""))
+            return {t: spec.to_field(theta, self.pf.base(t)) if spec else theta for t in targets}
+        if kind == "fsurdat":
+            missing = [t for t in targets if t not in self.fs.variables]
+            if missing:
+                raise UserError(f"{self.fs.path}: {name}: variable {missing[0]} not found in the surface dataset"
+                                + (f" (one of the variables {name} writes: {', '.join(targets)})"
+                                   if targets != [name] else ""))
+            return {t: spec.to_field(theta, self.fs.field(t)) if spec else
+                    np.broadcast_to(theta, self.fs.field(t).shape) for t in targets}
+        if spec is None or targets == [name]:
+            return {name: theta}  # a namelist parameter's theta is its value
+        if self._nl_in is None:
+            from ppe_ingest.ctsmio.user_nl import read_user_nl
+
+            self._nl_in = read_user_nl(self.user_nl) if self.user_nl is not None and self.user_nl.is_file() else {}
+        return spec.namelist_values(theta, self._nl_in, str(self.user_nl) if self.user_nl else "no --user-nl given")
+
+    def _set_text(self, variables) -> str:
+        """The variables set, each group's under its name: ``fff, KCN (kc_nonmyc, ..., ekn_active)``."""
+        by: dict[str, list[str]] = {}
+        for var in variables:
+            by.setdefault(self.owner.get(var, var), []).append(var)
+        return ", ".join(n if vs == [n] else f"{n} ({', '.join(vs)})" for n, vs in by.items())
 
     def route(self, settings: Mapping) -> None:
         """Assignments and values from ``--set`` and the map."""
@@ -251,25 +335,32 @@ class _Planner:
         if kind != "namelist" and {"fsurdat": self.fs, "paramfile": self.pf}[kind] is None:
             raise UserError(f"{name}: is a {kind} parameter; give --{kind} to write it")
         spec = self._spec(name)
+        targets = self._targets(name)
         if kind == "namelist":
             if _bounds(spec) is not None:
                 self.checks.append((name, spec, _number(name, value, "--set"), None))
-            self.nl[name] = value
+            self._claim(name, targets)
+            self.nl.update(self._written(name, kind, value))
         elif isinstance(value, Mapping):
             # per-PFT entries are values of the file, not theta: the paramfile's dtype checks them
             if kind != "paramfile":
                 raise UserError(f"--set {name}[...]: per-PFT values are only for paramfile parameters")
+            if targets != [name]:
+                raise UserError(f"--set {name}[...]: {name} is written to {', '.join(targets)}; per-PFT values "
+                                f"are values of one variable: give {name} one value (theta), or set a variable "
+                                "per PFT by its own name")
+            self._claim(name, targets)
             self.pf_values[name] = {k: _number(name, v, "--set") for k, v in value.items()}
             self.pft_set.add(name)
         else:
             v = _number(name, value, "--set")
             self.checks.append((name, spec, v, None))
+            self._claim(name, targets)
             if kind == "paramfile":
-                base = self.pf.base(name)
-                self.pf_values[name] = spec.to_field(v, base) if spec else v
+                self.pf_values.update(self._written(name, kind, v))
             else:
-                base = self.fs.field(name)
-                self.fields[name] = spec.to_field(v, base) if spec else np.broadcast_to(v, base.shape)
+                self.fields.update(self._written(name, kind, v))
+        self._note_targets(name)
         self.assignments.append(Assignment(name, kind, "--set", value, "value"))
 
     def _map(self, settings: Mapping) -> None:
@@ -295,12 +386,16 @@ class _Planner:
             if not np.all(np.isfinite(col)):
                 raise UserError(f"parameter map: theta of {name} has missing (NaN) values")
             self.checks.append((name, spec, col, labels))
+            self._claim(name, self._targets(name))
+            self._note_targets(name)
             if kind == "fsurdat":
                 if cells is None:
                     cells = self._map_cells()
-                self._map_field(name, spec, col, cells)
+                for target in self._targets(name):
+                    self._map_field(target, spec, col, cells)
                 mode = "field"
             elif kind == "paramfile" and self.per_file:
+                self._written(name, kind, float(np.median(col)))  # every target is in the paramfile
                 self.pf_each[name] = col
                 mode = f"paramfile per {'cluster' if self.per_file == 'cluster' else dim}"
             else:
@@ -312,10 +407,10 @@ class _Planner:
                         + (" (use --per-gridcell-paramfiles for one paramfile per gridcell)"
                            if kind == "paramfile" else ""))
                 if kind == "paramfile":
-                    self.pf_values[name] = spec.to_field(v, self.pf.base(name)) if spec else v
+                    self.pf_values.update(self._written(name, kind, v))
                     mode = "median"
                 else:
-                    self.nl[name] = v
+                    self.nl.update(self._written(name, kind, v))
                     self.nl_map.append(name)
                     mode = "median" + (", per cluster in user_nl_clm_cluster<k>" if self.per_file == "cluster" else "")
             self.assignments.append(Assignment(name, kind, "map", col, mode, dim))
@@ -334,7 +429,10 @@ class _Planner:
                         f"and are not gridcell indices of {fs.path}")
 
     def _map_field(self, name, spec, col, cells) -> None:
-        """The map's values into the fsurdat field at its gridcells (the mean where several share one)."""
+        """The map's values into the fsurdat field `name` (the parameter or one of its targets) at its
+        gridcells (the mean where several share one)."""
+        if name not in self.fs.variables:
+            raise UserError(f"{self.fs.path}: variable {name} not found in the surface dataset")
         base = self.fs.field(name)
         uniq = np.unique(cells)
         if uniq.size < cells.size:
@@ -346,9 +444,12 @@ class _Planner:
             np.broadcast_to(col_u, base[..., uniq].shape)
         self.fields[name] = new
 
-    def _paramfile_value(self, name, theta):
-        spec = self._spec(name)
-        return spec.to_field(theta, self.pf.base(name)) if spec else float(theta)
+    def _paramfile_values(self, thetas: Mapping) -> dict:
+        """{file variable: value} of parameter -> theta (each parameter's every target)."""
+        out: dict = {}
+        for name, theta in thetas.items():
+            out.update(self._written(name, "paramfile", float(theta)))
+        return out
 
     def _cluster_value(self, name, k) -> float:
         v = float(self.values["theta_cluster"].sel(param=name).sel(cluster_id=k))
@@ -363,7 +464,7 @@ class _Planner:
         if self.fs is not None:
             if self.fields:
                 outputs.append(Output("fsurdat", self.fs.path, self.out_dir / self.fs.path.name,
-                                      self.fs.changes(self.fields), f"write-ctsm: set {', '.join(self.fields)}"))
+                                      self.fs.changes(self.fields), f"write-ctsm: set {self._set_text(self.fields)}"))
             else:
                 self.notes.append(f"note: no surface dataset parameters given; {self.fs.path.name} not written")
         cluster_paramfiles: dict[int, Path] = {}
@@ -373,7 +474,7 @@ class _Planner:
             if self.pf_each and self.per_file == "cluster":
                 cluster = self.values["cluster"].values.astype(int)
                 for k in (int(c) for c in np.unique(cluster)):
-                    each = {n: self._paramfile_value(n, self._cluster_value(n, k)) for n in self.pf_each}
+                    each = self._paramfile_values({n: self._cluster_value(n, k) for n in self.pf_each})
                     dst = self.out_dir / f"{src.stem}_cluster{k}{src.suffix}"
                     outputs.append(Output("paramfile", src, dst, {**shared, **self.pf.changes(each)},
                                           f"write-ctsm: cluster {k}"))
@@ -381,13 +482,13 @@ class _Planner:
                 cluster_key = self._cluster_key(cluster, cluster_paramfiles)
             elif self.pf_each:
                 for i, label in enumerate(str(x) for x in self.values[self.dim].values):
-                    each = {n: self._paramfile_value(n, col[i]) for n, col in self.pf_each.items()}
+                    each = self._paramfile_values({n: col[i] for n, col in self.pf_each.items()})
                     dst = self.out_dir / f"{src.stem}_{self.dim}{label}{src.suffix}"
                     outputs.append(Output("paramfile", src, dst, {**shared, **self.pf.changes(each)},
                                           f"write-ctsm: {self.dim} {label}"))
             elif self.pf_values:
                 outputs.append(Output("paramfile", src, self.out_dir / src.name, shared,
-                                      f"write-ctsm: set {', '.join(self.pf_values)}"))
+                                      f"write-ctsm: set {self._set_text(self.pf_values)}"))
             else:
                 self.notes.append(f"note: no paramfile parameters given; {src.name} not written")
         outputs += self._user_nl(outputs, cluster_paramfiles)
@@ -440,8 +541,10 @@ class _Planner:
             if not ok.all():
                 i = int(idx[~ok][0])
                 rule = physical_range(name, units)
-                raise UserError(f"{out.dst.name}: {name} = {new[i]:.6g}{self._element(out.kind, name, i)} is not "
-                                f"physically valid: it must be {rule.text() if rule is not None else 'finite'}")
+                by = self.owner.get(name, name)
+                raise UserError(f"{out.dst.name}: {name} = {new[i]:.6g}{self._element(out.kind, name, i)}"
+                                f"{f' (written by {by})' if by != name else ''} is not physically valid: it must be "
+                                f"{rule.text() if rule is not None else 'finite'}")
             if out.kind == "paramfile" and name in self.pft_set and _bounds(spec) is not None:
                 self._check_pft_values(name, spec, full, base)
 
@@ -502,7 +605,7 @@ class _Planner:
             for k in sorted({int(c) for c in self.values["cluster"].values}):
                 nk = dict(nl)
                 for name in self.nl_map:
-                    nk[name] = self._cluster_value(name, k)
+                    nk.update(self._written(name, "namelist", self._cluster_value(name, k)))
                 if k in cluster_paramfiles:
                     nk["paramfile"] = str(cluster_paramfiles[k].resolve())
                 out.append(Output("user_nl", src, dst.with_name(f"{dst.name}_cluster{k}"), nk,
@@ -523,19 +626,25 @@ class _Planner:
         lo, hi = bounds
         tol = BOUNDS_RTOL * max(hi - lo, abs(lo), abs(hi))
         v = np.atleast_1d(np.asarray(v, dtype=float))
+
+        def at(i):
+            if where is None:
+                return "--set"
+            if isinstance(where, str):
+                return f"parameter map: {where}:"
+            return f"parameter map: {self.dim} {where[i]}:"
+
+        nonfinite = np.flatnonzero(~np.isfinite(v))
+        if nonfinite.size:  # NaN compares inside every bound; never written, --allow-outside-table or not
+            i = int(nonfinite[0])
+            raise UserError(f"{at(i)} {name} = {v[i]} is a non-finite value (NaN or inf), never written")
         bad = np.flatnonzero((v < lo - tol) | (v > hi + tol))
         if not bad.size:
             return
         i = int(bad[0])
-        if where is None:
-            at = "--set"
-        elif isinstance(where, str):
-            at = f"parameter map: {where}:"
-        else:
-            at = f"parameter map: {self.dim} {where[i]}:"
         if self.allow_outside:
             more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
             self.outside.append(f"{name} = {v[i]:.6g}{more} (bounds {lo:.6g}..{hi:.6g})")
             return
-        raise UserError(f"{at} {name} = {v[i]:.6g} is outside its bounds {lo:.6g}..{hi:.6g} in {self.table.source} "
+        raise UserError(f"{at(i)} {name} = {v[i]:.6g} is outside its bounds {lo:.6g}..{hi:.6g} in {self.table.source} "
                         "(--allow-outside-table writes it anyway)")

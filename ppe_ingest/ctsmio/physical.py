@@ -97,6 +97,8 @@ PHYSICAL_BY_UNITS: dict[str, Physical] = {
     **{u: Physical(0.0, why=f"a rate or amount in {u}") for u in (
         "1/day", "1/s", "1/year", "m/s", "mol/m3-w/s", "w/m/k", "j/k/m3", "kg/m3", "kg m-3", "days", "seconds",
         "years", "hr", "m", "meters", "m2", "number m-2", "kg/m2", "j/mol")},
+    # carbon per area or volume: the PPE's KCN group (kc_nonmyc ... ekn_active, N-uptake costs), minfuel
+    **{u: Physical(0.0, why="an amount of carbon per area or volume") for u in ("gc/m2", "gc/m3")},
     "k": Physical(0.0, lo_open=True, why="a temperature in K"),
 }
 
