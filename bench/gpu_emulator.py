@@ -121,22 +121,23 @@ def main(argv=None):
     g = metrics["groups"]["members_x_gridcells"]
     nse = {v: g["variables"][v]["NSE_median"] for v in VARS}
     spread = {v: (g["variables"][v].get("spread_median"), g["variables"][v].get("coverage_2sd")) for v in VARS}
+    spread_text = "; ".join(f"{v} {s[0]:.3f} / {s[1]:.2f}" for v, s in spread.items() if s[0] is not None)
     lines = [
         f"device: {dev}; quickstart PPE seed {args.seed}, store {fp}",
         f"GPU config: LSTM hidden {tp_gpu['hidden']}, batch {tp_gpu['batch']}, bf16 autocast, {K} members x "
-        f"{steps} steps (fitted to a {args.budget_s:.0f} s budget), runoff components",
+        f"{steps} steps ({'--max-steps' if args.max_steps else f'fitted to a {args.budget_s:.0f} s budget'}), "
+        f"runoff components",
         f"  training step {tp_gpu['s_per_step'] * 1e3:.1f} ms: {1 / tp_gpu['s_per_step']:.1f} steps/s, "
         f"{tp_gpu['seq_timesteps_per_s'] / 1e6:.2f} M sequence-timesteps/s, peak GPU memory "
         f"{tp_gpu['gpu_mem_gib']:.2f} GiB",
         f"  train stage {stages['train']['wall_s']:.0f} s (training {stages['train']['train_wall_s']:.0f} s, "
-        f"then the evaluation on CPU); stop: {stages['train']['stop']}",
+        f"then the evaluation on CPU); {stages['train']['steps']} steps in all, stop: {stages['train']['stop']}",
         f"quickstart config on the same GPU: hidden {tp_qs['hidden']}, batch {tp_qs['batch']}: "
         f"{tp_qs['s_per_step'] * 1e3:.1f} ms/step, {tp_qs['seq_timesteps_per_s'] / 1e6:.2f} M sequence-timesteps/s, "
         f"{tp_qs['gpu_mem_gib']:.2f} GiB",
         f"median daily NSE, held-out members x gridcells (n = {g.get('n_series')}): "
         + " / ".join(f"{v} {nse[v]:.3f}" for v in VARS),
-        "ensemble spread (median, share of days within +-2 spreads): "
-        + "; ".join(f"{v} {s[0]} / {s[1]}" for v, s in spread.items()),
+        "ensemble spread / std (median) / share of days within +-2 spreads: " + (spread_text or "one member"),
         f"simulate + ingest {t_prep:.0f} s, train run {t_train:.0f} s",
     ]
     text = record(f"Emulator on a GPU: configs/emulator_lstm_gpu.yaml on the quickstart PPE (seed {args.seed})",
