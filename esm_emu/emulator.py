@@ -19,6 +19,7 @@ from ppe_ingest.base.errors import UserError, shown
 from .checkpoint import emulator_entry, read_torch_file
 from .models import build_model
 from .normalize import Normalizer
+from .spread import SpreadCalibration
 
 State = Tuple[torch.Tensor, torch.Tensor]
 
@@ -76,6 +77,8 @@ class Emulator(nn.Module):
         # derived from the config, so not in the state_dict (checkpoints from before the option load)
         self.register_buffer("combine", combine_matrix(self.core_names, self.response_names), persistent=False)
         self._identity = self.core_names == self.response_names
+        # the calibrated predictive spread (esm_emu/spread.py); travels as payload["spread_calibration"]
+        self.calibration = SpreadCalibration(len(self.response_names))
 
     @classmethod
     def build(cls, model_cfg: Mapping, normalizer: Normalizer, forcing_names, static_names, param_names,
@@ -106,7 +109,15 @@ class Emulator(nn.Module):
         return (y, new_state) if return_state else y
 
     def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
-        """(mean, std) in physical units; one network has no spread (zeros). See `EmulatorEnsemble`."""
+        """(mean, std) in physical units: one network has no members' spread, so the std is the
+        calibrated error model's floor (sqrt(b + c mean^2), `esm_emu.spread`) or zeros when not
+        calibrated. See `EmulatorEnsemble`."""
+        y, s = self(forcing, static, theta, state=state, return_state=True)
+        sd = self.calibration.std(y, torch.zeros_like(y))
+        return (y, sd, s) if return_state else (y, sd)
+
+    def predict_with_disagreement(self, forcing, static, theta, state=None, return_state: bool = False):
+        """(mean, zeros): one network has no members to disagree (see `EmulatorEnsemble`)."""
         y, s = self(forcing, static, theta, state=state, return_state=True)
         return (y, torch.zeros_like(y), s) if return_state else (y, torch.zeros_like(y))
 
@@ -123,17 +134,22 @@ class Emulator(nn.Module):
 
     def payload(self) -> dict:
         """Everything needed to rebuild this emulator, in types `torch.load(weights_only=True)` accepts."""
-        return {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": self.forcing_names,
-                "static_names": self.static_names, "param_names": self.param_names,
-                "response_names": self.response_names, "state_dict": self.state_dict()}
+        p = {"kind": self.kind, "model_cfg": dict(self.model_cfg), "forcing_names": self.forcing_names,
+             "static_names": self.static_names, "param_names": self.param_names,
+             "response_names": self.response_names, "state_dict": self.state_dict()}
+        cal = self.calibration.to_payload()
+        return p if cal is None else {**p, "spread_calibration": cal}
 
 
 class EmulatorEnsemble(nn.Module):
     """K emulators trained with different seeds (optionally on bootstrapped gridcells).
 
     Called like an `Emulator`, it returns the ensemble mean; `predict_with_spread` returns the
-    mean and the standard deviation over members (population std, physical units), the spread an
-    inverse uses as a trust region. The state is a tuple of the members' states.
+    mean and the predictive std in physical units: the standard deviation over members
+    (population std) passed through the calibration fitted on validation series after training
+    (`esm_emu.spread`: sigma^2 = a spread^2 + b + c mean^2), or the members' std itself for a
+    checkpoint without one. `predict_with_disagreement` gives the calibrated disagreement alone
+    (sqrt(a) spread), the inverse's trust region. The state is a tuple of the members' states.
     """
 
     kind = "sequence"
@@ -148,6 +164,7 @@ class EmulatorEnsemble(nn.Module):
         self.param_names, self.response_names = list(m0.param_names), list(m0.response_names)
         self.model_cfg = dict(m0.model_cfg)
         self.core_names = list(m0.core_names)
+        self.calibration = SpreadCalibration(len(self.response_names))
 
     @property
     def n_members(self) -> int:
@@ -167,16 +184,26 @@ class EmulatorEnsemble(nn.Module):
         return (y, s) if return_state else y
 
     def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
-        """(mean, std) over members, (B,T,R) each in physical units; differentiable in theta."""
+        """(mean, calibrated std), (B,T,R) each in physical units; differentiable in theta."""
         ys, s = self._run(forcing, static, theta, state)
-        mean, std = ys.mean(0), ys.std(0, unbiased=False)
+        mean = ys.mean(0)
+        std = self.calibration.std(mean, ys.std(0, unbiased=False))
+        return (mean, std, s) if return_state else (mean, std)
+
+    def predict_with_disagreement(self, forcing, static, theta, state=None, return_state: bool = False):
+        """(mean, sqrt(a) * std over members): the calibrated disagreement alone, without the floor
+        and magnitude terms (which do not say where theta leaves the members' agreement)."""
+        ys, s = self._run(forcing, static, theta, state)
+        mean, std = ys.mean(0), self.calibration.disagreement(ys.std(0, unbiased=False))
         return (mean, std, s) if return_state else (mean, std)
 
     def payload(self) -> dict:
-        return {"kind": "ensemble", "n_members": self.n_members, "model_cfg": dict(self.model_cfg),
-                "forcing_names": self.forcing_names, "static_names": self.static_names,
-                "param_names": self.param_names, "response_names": self.response_names,
-                "state_dict": self.state_dict()}
+        p = {"kind": "ensemble", "n_members": self.n_members, "model_cfg": dict(self.model_cfg),
+             "forcing_names": self.forcing_names, "static_names": self.static_names,
+             "param_names": self.param_names, "response_names": self.response_names,
+             "state_dict": self.state_dict()}
+        cal = self.calibration.to_payload()
+        return p if cal is None else {**p, "spread_calibration": cal}
 
 
 class TabularEmulator(nn.Module):
@@ -257,6 +284,8 @@ def emulator_from_payload(p: Mapping) -> nn.Module:
         emu = Emulator.build(p["model_cfg"], Normalizer.empty(nf, ns, npar, nc), p["forcing_names"],
                              p["static_names"], p["param_names"], p["response_names"])
     emu.load_state_dict(p["state_dict"])
+    if p["kind"] != "tabular":  # no entry (a checkpoint from before): uncalibrated, std = the members' spread
+        emu.calibration.load(p.get("spread_calibration"), p["response_names"])
     return emu.eval()
 
 

@@ -13,7 +13,12 @@ whose held-out "year" is one end-of-interval stamp, or no finite score at all) i
 Daily NSE, KGE, RMSE, bias and R2 per (member, gridcell, variable); medians per group in JSON.
 An emulator ensemble (`train.ensemble: K`) is scored on its mean; each variable also gets the
 spread over members: ``spread_median`` (median over series of the time-mean std / the series'
-std) and ``coverage_2sd`` (fraction of scored days within mean +- 2 std).
+std) and ``coverage_2sd`` (median over series of the fraction of scored days within mean +- 2 std).
+The predictive spread calibrated on the validation series (`esm_emu.spread`; fitted at the end of
+training, or by `esm-emu evaluate RUN --calibrate-spread` for a run from before) is reported beside
+it: ``spread_calibration`` per group (its form, or ``none``) and per variable ``coverage`` (share
+of all scored days of the group within +-1.64 and +-2 std, raw members' spread and calibrated: a
+calibrated Gaussian gives about 0.90 and 0.95) and ``calibrated_spread_median``.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from ppe_ingest.store import TEST, TRAIN, VAL
 from .data import SequenceStore, SummaryTable
 from .emulator import load_emulator
 from .metrics import METRICS
+from .spread import CAL_SERIES, Z_LEVELS, calibrated_std, coverage, fit_calibration, validation_pairs
 from .training.config import EVALUATE
 
 MIN_DAYS = 2  # daily NSE/KGE/R2 need at least two days of a series
@@ -70,6 +76,54 @@ def spread_scores(pred: np.ndarray, sd: np.ndarray, obs: np.ndarray) -> dict:
     return {"spread": rel, "coverage_2sd": cov}
 
 
+def calibrate_spread(emu, store: SequenceStore, warmup: int, max_series: int = CAL_SERIES, batch_size: int = 64,
+                     progress: bool = False) -> dict:
+    """Fit `emu.calibration` (esm_emu.spread) on the validation series of `store`, set it, and return
+    its payload entry: one prediction pass over at most `max_series` series (validation members or
+    gridcells, never test ones), scored after `warmup` in the training and validation years."""
+    pairs = validation_pairs(store, max_series)
+    if len(pairs) == 0:
+        raise UserError(f"{store.path}: no validation members or gridcells to calibrate the spread on "
+                        f"(split_member/split_gridcell == {VAL})")
+    days = (np.arange(store.n_time) >= warmup) & (store.split_time != TEST)
+    emu.calibration.fitted = False  # the raw spread is what the fit calibrates
+    mean, spread = predict_pairs(emu, store, pairs[:, 0], pairs[:, 1], batch_size, progress, spread=True)
+    obs = store.responses[pairs[:, 0], pairs[:, 1]]
+    entry = fit_calibration(mean[:, days], spread[:, days], np.asarray(obs, np.float64)[:, days], emu.response_names,
+                            {"validation_series": int(len(pairs)), "validation_days": int(days.sum()),
+                             "members": int(getattr(emu, "n_members", 1))})
+    emu.calibration.load(entry, emu.response_names)
+    return entry
+
+
+def calibrate_run(run: str | Path, store: str | Path | None = None, max_series: int = CAL_SERIES,
+                  progress: bool = False) -> dict:
+    """Calibrate the spread of a finished run's emulator and store it in its best.pt (rewritten
+    atomically: every other entry kept); returns the payload entry."""
+    from .checkpoint import read_torch_file, save_checkpoint
+
+    run = Path(run)
+    ckpt = run / "best.pt" if run.is_dir() else run
+    emu = load_emulator(ckpt)
+    if emu.kind == "tabular":
+        raise UserError(f"{ckpt}: a tabular (summary) emulator gives its own predictive variance (gp, "
+                        "mlp_ensemble); --calibrate-spread is for sequence emulators")
+    meta = read_torch_file(ckpt, what="emulator checkpoint")
+    cfg = meta.get("config") or {}
+    store = store or cfg.get("store")
+    if store is None:
+        raise UserError(f"{ckpt}: no training store recorded; pass --store")
+    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
+    try:
+        warmup = (cfg.get("data") or {}).get("warmup")
+        entry = calibrate_spread(emu, st, st.warmup_days if warmup is None else int(warmup), max_series,
+                                 progress=progress)
+    finally:
+        st.close()
+    save_checkpoint(ckpt, {**meta, "emulator": emu.payload()})
+    return entry
+
+
 def _day_mask(store: SequenceStore, which: str, warmup: int) -> np.ndarray:
     keep = np.arange(store.n_time) >= warmup
     if which == "train_years":
@@ -108,6 +162,8 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     warmup = st.warmup_days if warmup is None else warmup
     rows, summary, series = [], {}, {}
     n_members = int(getattr(emu, "n_members", 1))
+    cal = emu.calibration
+    with_spread = n_members > 1 or cal.fitted
     groups = {}
     for group, (msplit, gsplit, days) in GROUPS.items():  # every group checked before any prediction
         pairs = st.pairs(msplit, gsplit)
@@ -123,8 +179,12 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
         if len(pairs) == 0 or not keep.any():
             summary[group] = {"n_series": 0, "note": "no members/gridcells/years in this split"}
             continue
-        if n_members > 1:
-            pred, sd = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress, spread=True)
+        if with_spread:  # the members' raw spread; the calibrated std from it below
+            fitted, cal.fitted = cal.fitted, False
+            try:
+                pred, sd = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress, spread=True)
+            finally:
+                cal.fitted = fitted
         else:
             pred, sd = predict_pairs(emu, st, pairs[:, 0], pairs[:, 1], batch_size, progress), None
         obs = st.responses[pairs[:, 0], pairs[:, 1]]
@@ -137,6 +197,7 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
         spr = spread_scores(pred[:, keep], sd[:, keep], obs[:, keep]) if sd is not None else None
         if spr is not None:
             summary[group]["ensemble_members"] = n_members
+            summary[group]["spread_calibration"] = cal.describe()
         for r, var in enumerate(st.response_names):
             summary[group]["variables"][var] = {
                 f"{k}_median": float(np.nanmedian(v[:, r])) if np.isfinite(v[:, r]).any() else None
@@ -147,6 +208,8 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
             if spr is not None:
                 summary[group]["variables"][var].update(
                     {"spread_median": _median(spr["spread"][:, r]), "coverage_2sd": _median(spr["coverage_2sd"][:, r])})
+                summary[group]["variables"][var].update(_coverage_entry(pred[:, keep, r], sd[:, keep, r],
+                                                                        obs[:, keep, r], cal, r))
             for i, (m, g) in enumerate(pairs):
                 rows.append({"group": group, "member": st.members[m], "gridcell": int(g),
                              "lat": float(st.lat[g]), "lon": float(st.lon[g]), "variable": var,
@@ -168,7 +231,26 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
                          f"  n={s['n_series']}" + (f"  spread/std {_fmt(d.get('spread_median'))}  "
                                                    f"within 2sd {_fmt(d.get('coverage_2sd'))}"
                                                    if "spread_median" in d else ""))
+            if "coverage" in d:
+                c = d["coverage"]
+                lines.append(f"{'':20s} {'':15s} days within 1.64/2 sd: members' spread {_fmt(c['raw']['1.64'])}/"
+                             f"{_fmt(c['raw']['2'])}" + (f" -> calibrated {_fmt(c['calibrated']['1.64'])}/"
+                                                          f"{_fmt(c['calibrated']['2'])} (nominal 0.900/0.954)"
+                                                          if c.get("calibrated") else "  (spread calibration: none)"))
     return {"out_dir": str(out_dir), "summary": summary, "summary_lines": lines}
+
+
+def _coverage_entry(pred, raw, obs, cal, r: int) -> dict:
+    """Held-out coverage of the +-1.64 and +-2 std bands of one variable (N, T): the members' raw
+    spread and, where the emulator is calibrated, its calibrated std (shares of all scored days)."""
+    out = {"raw": {k: coverage(pred, raw, obs, z) for k, z in Z_LEVELS.items()}, "calibrated": None}
+    if cal.fitted:
+        sd = calibrated_std(pred, raw, float(cal.a[r]), float(cal.b[r]), float(cal.c[r]))
+        out["calibrated"] = {k: coverage(pred, sd, obs, z) for k, z in Z_LEVELS.items()}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.nanmean(np.where(np.isfinite(obs), sd, np.nan), 1) / np.nanstd(obs, 1)
+        return {"coverage": out, "calibrated_spread_median": _median(rel)}
+    return {"coverage": out}
 
 
 def _days_text(st: SequenceStore, keep: np.ndarray) -> str:

@@ -9,6 +9,11 @@ attributes and in the `esm_emu.json` extra file.
 An emulator ensemble (`train.ensemble: K`) exports all K members: `forward` gives their mean,
 `forward_with_spread(forcing, static, theta) -> (mean, std)` the mean and the spread, and the
 state of `initial_state`/`step` is the members' states concatenated on the first axis.
+
+The std of `forward_with_spread` is the calibrated predictive std the emulator carries
+(`esm_emu.spread`: sqrt(a spread^2 + b + c mean^2) per response, fitted on validation series;
+a single network has only the b and c terms); for a checkpoint without a calibration it is the
+members' spread (zeros for one network). `esm_emu.json` states which (`spread_calibration`).
 """
 from __future__ import annotations
 
@@ -26,6 +31,25 @@ from .emulator import Emulator, EmulatorEnsemble, TabularEmulator, load_emulator
 from .training.job import check_export_paths
 
 
+class _Calibrated(nn.Module):
+    """The calibration's (a, b, c) as buffers: std = sqrt(a spread^2 + b + c mean^2), or the spread
+    itself when `fitted` is false (a checkpoint without a calibration)."""
+
+    def __init__(self, emu: nn.Module):
+        super().__init__()
+        cal = emu.calibration
+        self.register_buffer("a", cal.a.detach().clone().float())
+        self.register_buffer("b", cal.b.detach().clone().float())
+        self.register_buffer("c", cal.c.detach().clone().float())
+        self.fitted: bool = bool(cal.fitted)
+
+    def forward(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            return spread
+        var = self.a.to(mean.dtype) * spread * spread + self.b.to(mean.dtype) + self.c.to(mean.dtype) * mean * mean
+        return torch.sqrt(torch.clamp(var, min=1e-30))
+
+
 class _ScriptableSequence(nn.Module):
     def __init__(self, emu: Emulator):
         super().__init__()
@@ -37,6 +61,7 @@ class _ScriptableSequence(nn.Module):
         self.response_names: List[str] = list(emu.response_names)
         # core outputs -> responses (QRUNOFF = QOVER + QDRAI with model.runoff: components)
         self.register_buffer("combine", emu.combine.detach().clone())
+        self.calibration = _Calibrated(emu)
 
     def _cond(self, static: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.norm.static(static), self.norm.theta(theta)], dim=-1)
@@ -47,6 +72,13 @@ class _ScriptableSequence(nn.Module):
     def forward(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         z, _ = self.core(self.norm.forcing(forcing), self._cond(static, theta), None)
         return self._out(z)
+
+    @torch.jit.export
+    def forward_with_spread(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(responses, calibrated std): one network has no members' spread, only the calibration's floor."""
+        y = self.forward(forcing, static, theta)
+        return y, self.calibration(y, torch.zeros_like(y))
 
     @torch.jit.export
     def initial_state(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor
@@ -74,6 +106,7 @@ class _ScriptableEnsemble(nn.Module):
         self.static_names: List[str] = list(ens.static_names)
         self.param_names: List[str] = list(ens.param_names)
         self.response_names: List[str] = list(ens.response_names)
+        self.calibration = _Calibrated(ens)
 
     def _all(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         ys: List[torch.Tensor] = []
@@ -87,9 +120,10 @@ class _ScriptableEnsemble(nn.Module):
     @torch.jit.export
     def forward_with_spread(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std over members), physical units."""
+        """(mean, calibrated std from the members' spread), physical units."""
         ys = self._all(forcing, static, theta)
-        return ys.mean(0), ys.std(0, unbiased=False)
+        mean = ys.mean(0)
+        return mean, self.calibration(mean, ys.std(0, unbiased=False))
 
     @torch.jit.export
     def initial_state(self, forcing: torch.Tensor, static: torch.Tensor, theta: torch.Tensor
@@ -162,6 +196,8 @@ def export_torchscript(source: str | Path, out: str | Path) -> Path:
             "param_names": emu.param_names, "response_names": emu.response_names,
             "model": emu.model_cfg, "source": source.name,
             "ensemble_members": getattr(emu, "n_members", 1),
+            "spread_calibration": (emu.calibration.to_payload() if getattr(emu, "calibration", None) is not None
+                                   and emu.calibration.fitted else "none"),
             "signature": "forward(forcing[B,T,F], static[B,S], theta[B,P]) -> responses[B,T,R]"
             if emu.kind == "sequence" else "forward(theta[B,P]) -> outputs[B,R]", "units": "physical (CTSM)"}
     with atomic_path(out, inputs=[src_file]) as tmp:

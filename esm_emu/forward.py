@@ -44,10 +44,12 @@ class ForwardModel(torch.nn.Module):
         """``(mean, std)``, each (B,T,R) in physical units, differentiable in ``theta`` (with
         ``return_state=True``: ``(mean, std, state)``).
 
-        ``std`` is the emulator ensemble's spread (population std over its members,
-        `train.ensemble: K`): where it is large the emulator is unsure, so an inverse can use it as
-        a trust region and add it to the model-error variance. A single emulator and the
-        simulator return zeros (no spread known). ``has_spread`` says which."""
+        ``std`` is the emulator's calibrated predictive std (`esm_emu.spread`: the ensemble's
+        spread over its members, `train.ensemble: K`, scaled and floored to cover validation
+        data), or the members' raw spread for a checkpoint without a calibration: where it is large
+        the emulator is unsure, so an inverse can add it to the model-error variance. An
+        uncalibrated single emulator and the simulator return zeros (no spread known).
+        ``has_spread`` says which."""
         y, s = self(forcing, static, theta, state=state, return_state=True)
         return (y, torch.zeros_like(y), s) if return_state else (y, torch.zeros_like(y))
 
@@ -91,14 +93,21 @@ class EmulatorForward(ForwardModel):
         return self.emu(forcing, static, theta, state=state, return_state=return_state)
 
     def predict_with_spread(self, forcing, static, theta, state=None, return_state: bool = False):
-        """Ensemble mean and spread (see `ForwardModel.predict_with_spread`)."""
+        """Ensemble mean and calibrated std (see `ForwardModel.predict_with_spread`, `esm_emu.spread`)."""
         if hasattr(self.emu, "predict_with_spread"):
             return self.emu.predict_with_spread(forcing, static, theta, state=state, return_state=return_state)
         return super().predict_with_spread(forcing, static, theta, state=state, return_state=return_state)
 
+    def predict_with_disagreement(self, forcing, static, theta, state=None, return_state: bool = False):
+        """Ensemble mean and the calibrated disagreement of its members alone (the trust region's term)."""
+        if hasattr(self.emu, "predict_with_disagreement"):
+            return self.emu.predict_with_disagreement(forcing, static, theta, state=state, return_state=return_state)
+        return self.predict_with_spread(forcing, static, theta, state=state, return_state=return_state)
+
     @property
     def has_spread(self) -> bool:
-        return getattr(self.emu, "n_members", 1) > 1
+        cal = getattr(self.emu, "calibration", None)
+        return getattr(self.emu, "n_members", 1) > 1 or bool(getattr(cal, "fitted", False))
 
 
 class SimulatorForward(ForwardModel):

@@ -297,11 +297,13 @@ def run_quickstart(out: str | Path, seed: int | None = None, config: str | Path 
 
 def _median_skill(emu_metrics: dict) -> dict:
     """Median daily NSE/KGE per variable on each held-out group, from the emulator evaluation (and the
-    ensemble's spread where the emulator is an ensemble)."""
+    ensemble's spread where the emulator is an ensemble, with its held-out band coverage before and
+    after the calibration, esm_emu/spread.py)."""
     return {group: {"n_series": g.get("n_series"),
-                    **({"ensemble_members": g["ensemble_members"]} if "ensemble_members" in g else {}),
+                    **{k: g[k] for k in ("ensemble_members", "spread_calibration") if k in g},
                     **{v: {"NSE_median": d.get("NSE_median"), "KGE_median": d.get("KGE_median"),
-                           **{k: d[k] for k in ("spread_median", "coverage_2sd") if k in d}}  # ensemble spread
+                           **{k: d[k] for k in ("spread_median", "coverage_2sd", "coverage", "calibrated_spread_median")
+                              if k in d}}  # ensemble spread
                        for v, d in (g.get("variables") or {}).items()}}
             for group, g in (emu_metrics.get("groups") or {}).items()}
 

@@ -73,9 +73,13 @@ def test_ensemble_returns_the_mean_and_the_spread_of_its_members(run):
     ys = torch.stack([m(*x) for m in members])
     mean, std = ens.predict_with_spread(*x)
     torch.testing.assert_close(mean, ys.mean(0))
-    torch.testing.assert_close(std, ys.std(0, unbiased=False))
+    raw = ys.std(0, unbiased=False)
+    # training ends by calibrating the members' spread on validation series (esm_emu/spread.py)
+    assert ens.calibration.fitted
+    torch.testing.assert_close(std, ens.calibration.std(mean, raw))
+    torch.testing.assert_close(ens.predict_with_disagreement(*x)[1], ens.calibration.disagreement(raw))
     torch.testing.assert_close(ens(*x), mean)
-    assert (std > 0).any()  # two seeds on two bootstrap samples do differ
+    assert (raw > 0).any()  # two seeds on two bootstrap samples do differ
     # the forward model gives the inverse the same mean and spread, differentiable in theta
     fwd = EmulatorForward(ens, run_dir / "best.pt")
     theta = x[2].clone().requires_grad_(True)

@@ -8,8 +8,11 @@ An emulator is only right where its PPE put members. Two penalties keep the inve
   penalised, the space between members is not). Applied to the parameter networks' output at every
   entity, observed or not: a prior that keeps g_A/g_z inside the space the emulator has seen.
 - **ensemble disagreement** (when the forward model gives a spread, e.g. an emulator ensemble's
-  ``predict_with_spread`` returning (mean, std)): the ensemble std of the simulated series relative
-  to the observed std, squared and averaged over scored days.
+  ``predict_with_disagreement`` or ``predict_with_spread`` returning (mean, std)): the ensemble std
+  of the simulated series relative to the observed std, squared and averaged over scored days. With
+  a calibrated emulator (`esm_emu.spread`) it is the calibrated disagreement sqrt(a) * spread: the
+  part of the predictive std that grows where the members part ways, not its floor b nor its
+  magnitude term c mean^2 (penalising that would pull the inversion toward small flows).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def spread_method(forward: ForwardModel):
     (or says, through ``has_spread``, that its std is only zeros: a single emulator, the simulator)."""
     if not getattr(forward, "has_spread", True):
         return None
-    for name in ("predict_with_spread", "spread"):
+    for name in ("predict_with_disagreement", "predict_with_spread", "spread"):
         fn = getattr(forward, name, None)
         if callable(fn):
             return fn

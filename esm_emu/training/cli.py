@@ -35,6 +35,10 @@ def register(sub) -> None:
     p.add_argument("--store", help="training store to evaluate on (default: the one the run trained on)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--max-series", type=int, help="at most this many series per group (default: the run's config)")
+    p.add_argument("--calibrate-spread", action="store_true",
+                   help="first fit the calibrated predictive spread on the validation series (one prediction "
+                   "pass) and store it in the run's best.pt, as training now does at its end (for runs "
+                   "trained before)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="write the trained emulator as TorchScript (normalisation inside), "
@@ -92,8 +96,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         require_netcdf(args.store, "--store", "training store")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out: {args.out}: is a file, expected a folder")
-    from ..evaluate import evaluate_run
+    from ..evaluate import calibrate_run, evaluate_run
 
+    if args.calibrate_spread:
+        entry = calibrate_run(run, store=args.store)
+        print(f"spread calibrated on {entry['validation_series']} validation series ({entry['form']}); "
+              f"stored in {checkpoint_of(run)}")
     res = evaluate_run(run, out_dir=args.out, store=args.store, plots=not args.no_plots,
                        max_series=args.max_series)
     print(f"evaluation written to {res['out_dir']}")

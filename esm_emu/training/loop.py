@@ -305,11 +305,46 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
     "sigterm"), wall and CPU time of this process, losses per step (this process's view of the global loss).
     With `train.ensemble: K > 1` (sequence kinds) K members train one after another into
     run_dir/member<k> (seeds seed..seed+K-1), each resumable; run_dir/best.pt then holds the ensemble.
+    A sequence emulator that finished then gets its predictive spread calibrated on the validation
+    series (esm_emu.spread), stored in best.pt; summary["spread_calibration"] is that entry.
     """
     dist = dist or Distributed()
     if cfg["train"].get("ensemble", 1) > 1 and not is_tabular(cfg["model"]):
-        return _train_ensemble(cfg, dist, resume, progress, config_text)
-    return _train_one(cfg, dist, resume, progress, config_text)
+        out = _train_ensemble(cfg, dist, resume, progress, config_text)
+    else:
+        out = _train_one(cfg, dist, resume, progress, config_text)
+    if dist.is_root and out["stop"] != "sigterm" and not is_tabular(cfg["model"]):
+        out["spread_calibration"] = _calibrate_spread(cfg, Path(cfg["run_dir"]) / BEST, progress)
+    return out
+
+
+def _calibrate_spread(cfg, best: Path, progress: bool) -> dict:
+    """Fit the calibrated spread of the emulator in `best` on the validation series (one prediction
+    pass, the store streamed) and write it into `best` (every other entry kept)."""
+    from ..evaluate import calibrate_spread
+
+    meta = read_torch_file(best, what="emulator checkpoint")
+    emu = emulator_from_payload(meta["emulator"])
+    store = None
+    try:  # the responses users score (QRUNOFF itself with runoff: components)
+        store = SequenceStore(cfg["store"], emu.forcing_names, emu.static_names, emu.param_names,
+                              emu.response_names, reading="stream")
+        warmup = store.warmup_days if cfg["data"]["warmup"] is None else cfg["data"]["warmup"]
+        entry = calibrate_spread(emu, store, int(warmup), progress=False)
+    except UserError as e:  # e.g. a store with QOVER and QDRAI but no QRUNOFF: the emulator stays as trained
+        if progress:
+            print(f"note: spread not calibrated ({e})", flush=True)
+        return {"skipped": str(e)}
+    finally:
+        if store is not None:
+            store.close()
+    save_checkpoint(best, {**meta, "emulator": emu.payload()})
+    if progress:
+        cov = entry["validation_coverage"]
+        print("spread calibrated on " f"{entry['validation_series']} validation series; days within 2 sd: "
+              + ", ".join(f"{v} {c['raw_2sd']:.2f} -> {c['calibrated_2sd']:.2f}" for v, c in cov.items()
+                          if c["raw_2sd"] is not None and c["calibrated_2sd"] is not None), flush=True)
+    return entry
 
 
 MEMBER_DIR = "member{k}"
