@@ -44,6 +44,7 @@ def check_inputs(cfg: Mapping) -> None:
 def load_entities(cfg: Mapping):
     """(gridcell|site, time) forcing and static fields from ``entities`` or the training ``store``."""
     from ppe_ingest.base.netcdf import open_xarray
+    from ppe_ingest.ctsmio.history import interval_start
     from ppe_ingest.store import MEMBER, entities_view
 
     path = cfg.get("entities") or cfg.get("store")
@@ -53,29 +54,6 @@ def load_entities(cfg: Mapping):
     if MEMBER in ds.dims:  # a training store: its member-free view (forcing is shared by the PPE)
         ds = interval_start(entities_view(ds))
     return ds.load()
-
-
-def interval_start(ds):
-    """Daily means stamped at the END of their averaging interval (CTSM history: the mean of Jan 1
-    at Jan 2 00:00, as a training store keeps them) relabelled with the day they average, so they
-    meet observations (dated by their day) and periods (years) on the right day. Times not at
-    midnight (midpoints) are left as they are."""
-    import datetime
-
-    import numpy as np
-
-    t = ds["time"].values
-    if not len(t):
-        return ds
-    if np.issubdtype(t.dtype, np.datetime64):
-        at_midnight = bool((t.astype("datetime64[D]") == t).all())
-        shifted = t - np.timedelta64(1, "D")
-    else:
-        at_midnight = all(x.hour == 0 and x.minute == 0 and x.second == 0 for x in t)
-        shifted = np.array([x - datetime.timedelta(days=1) for x in t])
-    if not at_midnight:
-        return ds
-    return ds.assign_coords(time=ds["time"].copy(data=shifted))
 
 
 def load_observations(paths):

@@ -1,5 +1,6 @@
 """CTSM history files: the writer (1-D `gridcell` output, as the CLM5 PPE writes them with
-hist_dov2xy=.false.) and the one reader, which also takes lat/lon output.
+hist_dov2xy=.false.), the one reader, which also takes `lndgrid` and lat/lon output, and
+`record_days`, the one answer to "which day does this record describe".
 
 CTSM's own names, long_names, units and `cell_methods` for the forcing and response fields,
 its global attributes, its file naming `<case>[_<member>].clm2.h<N>.<YYYY-MM-DD-SSSSS>.nc`, and
@@ -136,8 +137,8 @@ def read_history(files: os.PathLike | str | Sequence[os.PathLike | str], variabl
 
     Returns ``{"days": 'YYYY-MM-DD' labels (D,), "lat", "lon": gridcell centres (G,),
     "data": {name: (D, G)}, "units": {name: units}}``; lat/lon output is flattened to gridcells
-    row by row. A day is labelled by the start of its averaging interval, and steps sharing a
-    label (sub-daily tapes) are averaged.
+    row by row. A step is labelled by the day it describes (`record_days`: CTSM stamps averages
+    at the interval's end), and steps sharing a label (sub-daily tapes) are averaged.
     """
     files = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     days, data, lat, lon, units = [], {v: [] for v in variables}, None, None, {}
@@ -177,12 +178,80 @@ def _time_coder():
     return coders.CFDatetimeCoder(use_cftime=True) if coders is not None else True
 
 
+def record_days(time, bounds=None) -> np.ndarray:
+    """The day each history record describes: the day holding the middle of its averaging
+    interval. This is the one definition every consumer uses (the DA and POSTRUN hooks through
+    `read_history`, the inverse pipeline through `interval_start`, the store's held-out years
+    through the ingest writer's `interval_years`).
+
+    CTSM stamps an average at the END of its interval (the mean of Jan 1 at Jan 2 00:00, bounds
+    [Jan 1, Jan 2]; the first record of a run, nstep 0, has bounds [-dt/2, 0]) while observations
+    are dated by the day they describe. `time` is (T,) decoded times (cftime or datetime64);
+    `bounds` (T, 2) the interval endpoints where the file has them (`time_bounds`/`time_bnds`).
+    Without bounds the interval is taken to end at the stamp and last the median spacing of the
+    stamps (one day for a single record), so end stamps (the store's time axis) and midpoint
+    stamps both give the day they average. Returns the days' starts (00:00), same kind as `time`.
+    """
+    import datetime
+
+    t = np.ravel(np.asarray(time))
+    if not t.size:
+        return t
+    native = np.issubdtype(t.dtype, np.datetime64)
+    b = None if bounds is None else np.asarray(bounds)
+    if b is not None and (b.ndim != 2 or b.shape[0] != t.size or b.shape[1] != 2):
+        b = None
+    if b is not None and native and not np.isnat(b).any():
+        b = b.astype("datetime64[ns]")
+        mid = b[:, 0] + (b[:, 1] - b[:, 0]) / 2
+    elif b is not None and not native and all(x is not None for x in b.ravel()):
+        mid = np.array([s + (e - s) / 2 for s, e in b], dtype=object)
+    elif native:
+        t = t.astype("datetime64[ns]")
+        step = np.median(np.diff(t).astype("i8")) if t.size > 1 else 86_400 * 10**9
+        mid = t - np.timedelta64(int(step // 2), "ns")
+    else:
+        step = (sorted(np.diff(t))[(t.size - 1) // 2] if t.size > 1 else datetime.timedelta(days=1))
+        mid = np.array([x - step / 2 for x in t], dtype=object)
+    if native:
+        return mid.astype("datetime64[D]")
+    return np.array([x.replace(hour=0, minute=0, second=0, microsecond=0) for x in mid], dtype=object)
+
+
+def interval_start(ds):
+    """`ds` (an xarray Dataset whose `time` holds CTSM history stamps, e.g. a training store's
+    time axis) relabelled with the day each record describes (`record_days`), so it meets
+    observations (dated by their day) and periods (years) on the right day."""
+    t = ds["time"].values
+    if not len(t):
+        return ds
+    return ds.assign_coords(time=ds["time"].copy(data=record_days(t, _time_bounds(ds))))
+
+
+def _time_bounds(ds) -> np.ndarray | None:
+    """The (time, 2) interval endpoints of a decoded dataset as times (decoded here with the time
+    axis' units and calendar when the file's `time` does not name them as its bounds), or None."""
+    name = next((b for b in (ds["time"].attrs.get("bounds"), ds["time"].encoding.get("bounds"),
+                             "time_bounds", "time_bnds") if b and b in ds.variables), None)
+    if name is None:
+        return None
+    b = ds[name].values
+    if np.issubdtype(b.dtype, np.number):
+        units, calendar = ds["time"].encoding.get("units"), ds["time"].encoding.get("calendar", "standard")
+        if not units:
+            return None
+        import cftime
+
+        b = cftime.num2date(b, units, calendar)
+        if not np.issubdtype(np.asarray(ds["time"].values).dtype, np.datetime64):
+            return np.asarray(b, dtype=object)
+        return np.asarray([np.datetime64(x.isoformat()) for x in np.ravel(b)]).reshape(b.shape)
+    return b
+
+
 def _day_labels(ds) -> np.ndarray:
-    """'YYYY-MM-DD' of each time step: the start of its averaging interval when CTSM gives bounds
-    (CTSM stamps averages at the interval's end), else the time itself."""
-    bounds = next((ds[b] for b in ("time_bounds", "time_bnds") if b in ds.variables), None)
-    t = bounds.isel({bounds.dims[-1]: 0}).values if bounds is not None else ds["time"].values
-    return np.array([_iso(x)[:10] for x in np.ravel(t)])
+    """'YYYY-MM-DD' of the day each time step describes (`record_days`)."""
+    return np.array([_iso(x)[:10] for x in record_days(ds["time"].values, _time_bounds(ds))])
 
 
 def _iso(x) -> str:
@@ -192,24 +261,26 @@ def _iso(x) -> str:
 
 
 def _gridcell_coords(ds, path: Path):
-    """Gridcell centres (lat, lon) and the output form: 1-D `gridcell` or a flattened lat/lon grid."""
+    """Gridcell centres (lat, lon) and the output form: the (time, ...) dims a field has. 1-D
+    `gridcell` output (hist_dov2xy=.false.), CTSM's `lndgrid` output (single-point and
+    unstructured grids: lat(lndgrid), lon(lndgrid)), or a lat/lon grid flattened row by row."""
     if "grid1d_lat" in ds.variables and "grid1d_lon" in ds.variables:
-        return np.asarray(ds["grid1d_lat"].values, float), np.asarray(ds["grid1d_lon"].values, float), "gridcell"
+        return (np.asarray(ds["grid1d_lat"].values, float), np.asarray(ds["grid1d_lon"].values, float),
+                ("time", "gridcell"))
     if "lat" in ds.variables and "lon" in ds.variables:
-        lat2, lon2 = np.meshgrid(ds["lat"].values, ds["lon"].values, indexing="ij")
-        return lat2.ravel().astype(float), lon2.ravel().astype(float), "latlon"
+        la, lo = ds["lat"], ds["lon"]
+        if la.ndim == 1 and la.dims == lo.dims and la.dims[0] not in ("lat", "lon"):  # (lndgrid,)
+            return np.asarray(la.values, float), np.asarray(lo.values, float), ("time", la.dims[0])
+        lat2, lon2 = np.meshgrid(la.values, lo.values, indexing="ij")
+        return lat2.ravel().astype(float), lon2.ravel().astype(float), ("time", "lat", "lon")
     raise UserError(f"{path}: no gridcell coordinates (grid1d_lat/grid1d_lon or lat/lon)")
 
 
-def _flat(ds, var: str, form: str, path: Path) -> np.ndarray:
-    """(time, gridcell) values of a history variable, either output form."""
+def _flat(ds, var: str, form: tuple[str, ...], path: Path) -> np.ndarray:
+    """(time, gridcell) values of a history variable, any output form."""
     if var not in ds.variables:
         raise UserError(f"{path}: variable {var} not in the history file (add it to hist_fincl in user_nl_clm)")
     a = ds[var]
-    if form == "gridcell":
-        if a.dims != ("time", "gridcell"):
-            raise UserError(f"{path}: {var} has dims {a.dims}, expected (time, gridcell)")
-        return np.asarray(a.values, float)
-    if a.dims != ("time", "lat", "lon"):
-        raise UserError(f"{path}: {var} has dims {a.dims}, expected (time, lat, lon)")
+    if a.dims != form:
+        raise UserError(f"{path}: {var} has dims {a.dims}, expected {form}")
     return np.asarray(a.values, float).reshape(a.shape[0], -1)

@@ -249,26 +249,27 @@ def make_split(n_member: int, n_gridcell: int, years: np.ndarray, seed: int, val
 
 
 def interval_years(files) -> np.ndarray:
-    """The year of each time step of history `files` (concatenated), by the START of its averaging
-    interval: CTSM stamps an average at the interval's end, so the last day of 2002 is stamped
-    2003-01-01 00:00 and must count in 2002. Uses `time_bounds`/`time_bnds` where the file has them,
-    else the time minus half the step (the median spacing of the stamps)."""
-    starts, units, calendar = [], None, None
-    raw = np.concatenate([h.times for h in files]) if files else np.array([])
-    half = 0.5 * float(np.median(np.diff(raw))) if raw.size > 1 else 0.0
+    """The year of each time step of history `files` (concatenated), by the day it describes
+    (`ctsmio.history.record_days`: CTSM stamps an average at the interval's end, so the last day of
+    2002 is stamped 2003-01-01 00:00 and must count in 2002). Uses `time_bounds`/`time_bnds` where
+    every file has them, else the stamps and their spacing."""
+    from ppe_ingest.ctsmio.history import record_days
+
+    times, bounds = [], []
     for h in files:
-        units, calendar = h.time_units, h.calendar
+        times.append(netCDF4.num2date(np.asarray(h.times, dtype=float), h.time_units, h.calendar))
         with NC_LOCK, netCDF4.Dataset(h.path) as ds:
             b = next((ds.variables[n] for n in ("time_bounds", "time_bnds") if n in ds.variables), None)
-            if b is not None and b.ndim == 2 and b.shape[0] == len(h.times):
-                t0 = np.asarray(b[:, 0], dtype=float)
-                if np.isfinite(t0).all():
-                    starts.append(t0)
-                    continue
-        starts.append(np.asarray(h.times, dtype=float) - half)
-    if not starts or not raw.size:
+            ok = b is not None and b.ndim == 2 and b.shape == (len(h.times), 2)
+            vals = np.ma.filled(np.asarray(b[:], dtype=float), np.nan) if ok else None
+        if bounds is not None and vals is not None and np.isfinite(vals).all():
+            bounds.append(netCDF4.num2date(vals, h.time_units, h.calendar))
+        else:
+            bounds = None
+    if not times or not sum(len(t) for t in times):
         return np.array([], int)
-    return np.array([d.year for d in netCDF4.num2date(np.concatenate(starts), units, calendar)])
+    days = record_days(np.concatenate(times), None if bounds is None else np.concatenate(bounds))
+    return np.array([d.year for d in days])
 
 
 class _Moments:
