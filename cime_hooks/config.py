@@ -48,6 +48,9 @@ DA_SCHEMA = {
     "parameters": Field(dict, each=PARAM_SCHEMA, help="name -> {location, min, max[, initial]}"),
     "base_paramfile": Field(str, None, nullable=True, path=True,
                             help="paramfile copied and edited each cycle (default: top-level paramfile)"),
+    "table": Field(str, None, nullable=True, path=True,
+                   help="parameter table (CSV) the DA writes by: locations, bounds, transforms, group "
+                        "parameters such as the CLM5 PPE's KCN (default: the shipped table)"),
     "steps": Field(int, 40, min=1, max=10000),
     "lr": Field(float, 0.05, gt=0),
 }

@@ -308,8 +308,10 @@ def _check_case_paths(cfg, root: Path, source: str) -> None:
 def _check_inputs(cfg, root: Path, source: str) -> None:
     """What the hooks would otherwise find wrong only inside the batch job: the DA's first guess
     (paramfile parameters present and scalar, namelist parameters given a value, inside
-    [min, max]), the emulator (loads, takes the DA parameters, gives the observed variable), a DA
-    state from an earlier config, and the observations (readable, holding the variable and mask)."""
+    [min, max]; the DA parameters against the parameter table; the first parameter set planned
+    as PRERUN writes it: group targets present, table bounds, physics), the emulator (loads, takes
+    the DA parameters, gives the observed variable), a DA state from an earlier config, and the
+    observations (readable, holding the variable and mask)."""
     obs = cfg["observations"]
     if obs is not None:
         from ppe_ingest.obs.io import read_observations
@@ -323,12 +325,13 @@ def _check_inputs(cfg, root: Path, source: str) -> None:
         return
     from ppe_ingest.ctsmio.user_nl import read_user_nl
 
-    from .params import initial_parameters
+    from .params import initial_parameters, plan_parameter_set
     from .state import latest, read_state, state_path
 
     user_nl = root / "user_nl_clm"
     try:
-        initial_parameters(cfg, read_user_nl(user_nl) if user_nl.is_file() else {})
+        first = initial_parameters(cfg, read_user_nl(user_nl) if user_nl.is_file() else {})
+        plan_parameter_set(root, cfg, first, "initial")  # written as PRERUN will write it, checked, nothing written
     except UserError as e:
         if str(e).startswith("da.parameters."):  # name the config the key is in
             raise UserError(f"{source}: {e}") from None

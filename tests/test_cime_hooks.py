@@ -158,7 +158,7 @@ def setup(tmp_path):
            "observations": {"file": "obs.nc", "variable": "QRUNOFF"},
            "da": {"forward": {"kind": "simulator"}, "steps": 10, "lr": 0.3,
                   "parameters": {"fff": {"location": "paramfile", "min": 0.1, "max": 5.0},
-                                 "baseflow_scalar": {"location": "namelist", "min": 1e-4, "max": 2e-2,
+                                 "baseflow_scalar": {"location": "namelist", "min": 5e-4, "max": 2e-2,
                                                      "initial": FIRST["baseflow_scalar"]}}}}
     (data / "hooks.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["cime", "install", str(root), "--config", str(data / "hooks.yaml"), "--cycles", "3"]) == 0
