@@ -10,6 +10,7 @@ the case untouched. Real files: the PPE's default member paramfile and its LHC p
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -163,3 +164,60 @@ REFUSED = [
 def test_bad_group_values_are_refused_by_install(tmp_path, ppe, name, change, mentions):
     check_refused(Case(name, _install_case(change), mentions=mentions,
                        inputs=("case", "hooks.yaml", "obs.nc"), outputs=("case/esm-emu",)), tmp_path)
+
+
+def test_a_da_cycle_updates_kcn_through_an_emulator_that_takes_it(tmp_path, ppe):
+    """A whole DA cycle (the installed hook, a fresh interpreter) with an emulator whose inputs
+    include KCN (and fff, held at the base paramfile's value): the update is recorded under KCN and
+    the next run's paramfile holds each target at its base value times the updated multiplier, KCN
+    itself nowhere."""
+    from emu_store import make_store
+    from emu_store import write_config as emu_config
+
+    from esm_emu.cli import main
+    from ppe_ingest.ctsmio.history import write_history
+    from ppe_ingest.ctsmio.surfdata import create_surfdata_1d
+
+    base, table = ppe
+    store = make_store(tmp_path / "store0.nc", n_member=4, n_grid=3, n_years=1)
+    names = {"baseflow_scalar": "fff", "medlynslope": "KCN"}  # the store's parameters as the PPE's fff and KCN
+    with xr.load_dataset(store) as ds:
+        ds = ds.assign_coords(param=[names[str(v)] for v in ds["param"].values],
+                              norm_var=[names.get(str(v), str(v)) for v in ds["norm_var"].values])
+        ds.to_netcdf(tmp_path / "store.nc")
+    assert main(["train", str(emu_config(tmp_path, tmp_path / "store.nc", train={"max_steps": 2, "val_every": 2})),
+                 "--quiet"]) == 0
+
+    root = make_case(tmp_path, name="case")
+    obs = tiny_obs(tmp_path / "obs.nc")  # two sites, ten days of QRUNOFF from 2001-01-01
+    lat, lon = [40.1, 41.3], [-105.2, -104.1]
+    create_surfdata_1d(tmp_path / "surfdata.nc", lat, lon,
+                       {"PCT_SAND": np.array([40.0, 60.0]), "FMAX": np.array([0.3, 0.4])})
+    cfg = config(base, table, {"KCN": {"location": "paramfile", "min": 0.5, "max": 8.0}},
+                 forward={"kind": "emulator", "checkpoint": str(tmp_path / "run" / "best.pt")}, steps=5, lr=0.3)
+    cfg.update(fsurdat=str(tmp_path / "surfdata.nc"), observations={"file": str(obs), "variable": "QRUNOFF"})
+    (tmp_path / "hooks.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli(["cime", "install", root, "--config", tmp_path / "hooks.yaml", "--cycles", "2"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    days = 10
+    series = {"RAIN": 3e-5, "SNOW": 0.0, "TBOT": 285.0, "FSDS": 200.0, "FLDS": 300.0, "QBOT": 0.006,
+              "PBOT": 95000.0, "WIND": 3.0, "QRUNOFF": 3e-5}
+    write_history(root / "run" / "case.clm2.h1.2001-01-01-00000.nc",
+                  {k: np.full((2, days), v) for k, v in series.items()}, lat, lon, 2001, "case", "test")
+    before = sha(base)
+    proc = subprocess.run([str(root / HOOKS / "esm_emu_da"), str(root), "0"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((root / "esm-emu" / "da_state.json").read_text())["cycles"][0]
+    assert record["parameters_before"] == {"KCN": 1.0}
+    kcn = record["parameters"]["KCN"]
+    assert 0.5 <= kcn <= 8.0 and kcn != 1.0
+    written = Path(read_user_nl(root / "user_nl_clm")["paramfile"])
+    assert written == root / "esm-emu" / "params" / "after_cycle_000" / base.name
+    got, ref = xr.load_dataset(written), xr.load_dataset(base)
+    assert "KCN" not in got.variables
+    for v in KCN:
+        np.testing.assert_allclose(got[v].values, ref[v].values * kcn, rtol=1e-12, atol=0)
+    assert sorted(v for v in ref.data_vars if not ref[v].equals(got[v])) == sorted(KCN)
+    assert sha(base) == before
