@@ -254,11 +254,14 @@ def _coverage_entry(pred, raw, obs, cal, r: int) -> dict:
 
 
 def _days_text(st: SequenceStore, keep: np.ndarray) -> str:
-    """The first scored time steps, as dates where the store's time axis decodes."""
+    """The first scored time steps, as the days they describe where the store's time axis decodes
+    (its stamps are CTSM's interval ends: `ctsmio.history.record_days`)."""
+    from ppe_ingest.ctsmio.history import record_days
+
     idx = np.flatnonzero(keep)[:3]
     try:
-        text = ", ".join(str(st.ds["time"].values[i])[:10] for i in idx)
-    except (KeyError, IndexError, TypeError, ValueError):
+        text = ", ".join(str(d)[:10] for d in record_days(st.ds["time"].values)[idx])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):  # an undecoded (numeric) axis
         text = ", ".join(f"step {i}" for i in idx)
     return (text + (", ..." if keep.sum() > 3 else "")) or "none"
 
