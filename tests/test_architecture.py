@@ -125,6 +125,8 @@ def _definitions(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name, home", [
     ("read_history", "ppe_ingest.ctsmio.history"),
+    ("record_days", "ppe_ingest.ctsmio.history"),
+    ("interval_start", "ppe_ingest.ctsmio.history"),
     ("nse", "esm_emu.metrics"),
     ("nearest_gridcell", "ppe_ingest.base.geometry"),
     ("great_circle_deg", "ppe_ingest.base.geometry"),
