@@ -10,9 +10,17 @@ Model, per output r (inputs and outputs as normalised by the emulator's scalers)
 ``y = m_r(x) + f_r(x) + e``, ``f_r ~ GP(0, sf2_r k(x, x'; ls_r))``, ``e ~ N(0, sn2_r)``, with
 `k` Matern-5/2 (default) or squared-exponential on ARD distances (one length scale per parameter
 and output) and `m_r` a constant or linear mean. Hyperparameters (log length scales, log signal
-and noise variances, mean coefficients) maximise the log marginal likelihood by Adam from
-`restarts` random starts; the best start is kept per output. Outputs are fitted in chunks so
-that many outputs (148 PFT x biome means) stay within memory.
+and noise variances, mean coefficients) maximise the log marginal likelihood from `restarts`
+starts; the best start is kept per output.
+
+Many outputs (148 PFT x biome means, 60 monthly means): every output and start is one row of ONE
+batched problem, since the likelihood of independent GPs is a sum over outputs. Each evaluation is
+one batched Cholesky and its inverse, with the gradient in closed form (no autograd graph through
+the factorisation, which cost about twice the factorisation and several N x N arrays per row); the
+mean coefficients are profiled out by generalised least squares; a batched projected L-BFGS gives
+each row its own curvature memory, step length and stopping test, and rows that have converged
+leave the batch. At most `fit_steps` iterations per row; rows are processed in memory-bounded
+chunks.
 
 The fitted state (training inputs and targets, hyperparameters) is saved as buffers; the
 Cholesky factor and the weights alpha = K^-1 (y - m) are recomputed after loading, so a
@@ -29,6 +37,96 @@ from .registry import register_model
 
 _JITTER = 1e-6
 _FITTED = ("x_train", "y_train", "log_ls", "log_sf2", "log_sn2", "mean_w", "mean_b")
+
+
+def _lbfgs(fg, z0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, max_iter: int, memory: int = 10,
+           ftol: float = 1e-4, window: int = 5, gtol: float = 1e-6):
+    """Minimise S independent functions at once: row s of z (S,D) by its own projected L-BFGS.
+
+    fg(z_rows, idx) -> (f, grad, extra) for the rows idx (a LongTensor into the batch). Each row keeps
+    its own curvature pairs, backtracking (Armijo) step and stopping test (f decreased by less than
+    ftol over the last `window` iterations, or projected gradient below gtol, or max_iter; f here is
+    a per-point NLL, so ftol = 1e-4 is 0.04 nats in all for 400 members); only the rows still
+    running are evaluated.
+    Bounds lo <= z <= hi by projection. Returns z, f and the extra of each row's last accepted point.
+    """
+    sn, d = z0.shape
+    dev = z0.device
+    z = torch.minimum(torch.maximum(z0, lo), hi)
+    every = torch.arange(sn, device=dev)
+    f, g, extra = fg(z, every)
+    s_h = torch.zeros(memory, sn, d, dtype=z.dtype, device=dev)
+    y_h = torch.zeros_like(s_h)
+    rho = torch.zeros(memory, sn, dtype=z.dtype, device=dev)  # 0 marks an empty slot
+    active = torch.isfinite(f)
+    f_past = torch.full((window, sn), math.inf, dtype=z.dtype, device=dev)  # f `window` iterations ago
+    for it in range(max_iter):
+        idx = torch.nonzero(active).squeeze(-1)
+        if len(idx) == 0:
+            break
+        za, ga = z[idx], g[idx]
+        # two-loop recursion over each row's own pairs (newest first: slot (it - 1 - j) % memory)
+        q = ga.clone()
+        al = []
+        order = [(it - 1 - j) % memory for j in range(min(it, memory))]
+        for k in order:
+            a_k = rho[k, idx] * (s_h[k, idx] * q).sum(-1)
+            q = q - a_k[:, None] * y_h[k, idx]
+            al.append(a_k)
+        if order:
+            k = order[0]
+            yy = (y_h[k, idx] ** 2).sum(-1)
+            gamma = torch.where((rho[k, idx] > 0) & (yy > 0), 1.0 / (rho[k, idx] * yy).clamp_min(1e-300),
+                                torch.ones_like(yy))
+        else:
+            gamma = 1.0 / ga.abs().amax(-1).clamp_min(1.0)  # first step moves at most 1 in log space
+        r = q * gamma[:, None]
+        for k, a_k in zip(reversed(order), reversed(al)):
+            b_k = rho[k, idx] * (y_h[k, idx] * r).sum(-1)
+            r = r + (a_k - b_k)[:, None] * s_h[k, idx]
+        step = -r
+        # free the coordinates held at a bound by a gradient pushing outwards
+        at_lo, at_hi = (za <= lo) & (ga > 0), (za >= hi) & (ga < 0)
+        step = torch.where(at_lo | at_hi, torch.zeros_like(step), step)
+        bad = (step * ga).sum(-1) >= 0  # not a descent direction: steepest descent, memory cleared
+        if bad.any():
+            step[bad] = torch.where((at_lo | at_hi)[bad], torch.zeros_like(ga[bad]), -ga[bad] * gamma[bad, None])
+            rho[:, idx[bad]] = 0.0
+        # backtracking line search, each row its own step length
+        t = torch.ones(len(idx), dtype=z.dtype, device=dev)
+        fa = f[idx]
+        z_new, f_new, g_new, e_new = za.clone(), fa.clone(), ga.clone(), extra[idx].clone()
+        todo = torch.ones(len(idx), dtype=torch.bool, device=dev)
+        for _ in range(20):
+            ti = torch.nonzero(todo).squeeze(-1)
+            if len(ti) == 0:
+                break
+            zt = torch.minimum(torch.maximum(za[ti] + t[ti, None] * step[ti], lo), hi)
+            ft, gt, et = fg(zt, idx[ti])
+            okay = torch.isfinite(ft) & (ft <= fa[ti] + 1e-4 * (ga[ti] * (zt - za[ti])).sum(-1))
+            acc = ti[okay]
+            z_new[acc], f_new[acc], g_new[acc], e_new[acc] = zt[okay], ft[okay], gt[okay], et[okay]
+            todo[acc] = False
+            t[ti[~okay]] *= 0.5
+        moved = ~todo
+        sk, yk = z_new - za, g_new - ga
+        sy = (sk * yk).sum(-1)
+        keep = moved & (sy > 1e-12)
+        slot = it % memory
+        s_h[slot, idx] = torch.where(keep[:, None], sk, torch.zeros_like(sk))
+        y_h[slot, idx] = torch.where(keep[:, None], yk, torch.zeros_like(yk))
+        rho[slot, idx] = torch.where(keep, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+        z[idx], f[idx], g[idx], extra[idx] = z_new, f_new, g_new, e_new
+        pg = torch.where(((z_new <= lo) & (g_new > 0)) | ((z_new >= hi) & (g_new < 0)), torch.zeros_like(g_new),
+                         g_new)
+        small = f_past[it % window, idx] - f_new <= ftol
+        f_past[it % window, idx] = f_new
+        # a row whose line search failed tries once more from steepest descent (memory cleared)
+        retry = ~moved & (rho[:, idx] > 0).any(0)
+        rho[:, idx[retry]] = 0.0
+        done = (~moved & ~retry) | (moved & small) | (pg.abs().amax(-1) <= gtol)
+        active[idx[done]] = False
+    return z, f, extra
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
@@ -80,59 +178,117 @@ class ExactGP(nn.Module):
                    fit_steps=cfg.get("fit_steps", 300), seed=cfg.get("seed", 0))
 
     # -- fitting ---------------------------------------------------------------------------
-    def _nll(self, x, y, log_ls, log_sf2, log_sn2, w, b):
-        """Mean negative log marginal likelihood per point, for each (batch) output: (S,)."""
-        n = x.shape[0]
-        k = torch.exp(log_sf2)[:, None, None] * _kernel(_sqdist(x, x, torch.exp(log_ls)), self.matern)
-        k = k + (torch.exp(log_sn2) + _JITTER)[:, None, None] * torch.eye(n, dtype=x.dtype)
-        r = y - (x @ w.T + b).T if self.linear_mean else y - b[:, None]
-        chol = torch.linalg.cholesky(k)
-        a = torch.cholesky_solve(r.unsqueeze(-1), chol).squeeze(-1)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        return (0.5 * (r * a).sum(-1) + 0.5 * logdet) / n + 0.5 * math.log(2 * math.pi)
+    def _design(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean-function regressors H (N,q): a constant, and the parameters for the linear mean."""
+        one = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+        return torch.cat([one, x], 1) if self.linear_mean else one
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8) -> dict:
-        """Fit each output's hyperparameters to x (N,P), y (N,R) by marginal likelihood; returns NLL per output."""
+    def _nll_grad(self, x, hx, y, z):
+        """Negative log marginal likelihood per point and its gradient, without autograd, for a batch of
+        independent GPs sharing the inputs x (N,P): targets y (S,N), hyperparameters z (S,P+2) =
+        (log length scales, log signal variance, log noise variance). The mean coefficients are
+        profiled out by generalised least squares (their maximum-likelihood values given z), so the
+        gradient in z is the partial one (envelope theorem) and the optimiser has P+2 unknowns, not
+        2P+3. Returns nll (S,), grad (S,P+2), beta (S,q); rows whose Cholesky fails get nll = inf."""
+        n, p = x.shape
+        ls2 = torch.exp(2.0 * z[:, :p])
+        sf2, sn2 = torch.exp(z[:, p]), torch.exp(z[:, p + 1])
+        d2 = _sqdist(x, x, ls2.sqrt())
+        if self.matern:
+            r = torch.sqrt(d2 + 1e-12) * math.sqrt(5.0)
+            e = torch.exp(-r)
+            kf = (1.0 + r + r * r / 3.0) * e
+            dk = -(5.0 / 6.0) * (1.0 + r) * e  # dk/d(d2)
+        else:
+            kf = torch.exp(-0.5 * d2)
+            dk = -0.5 * kf
+        del d2
+        kf = kf * sf2[:, None, None]
+        k = kf + torch.diag_embed((sn2 + _JITTER)[:, None].expand(-1, n))
+        chol, info = torch.linalg.cholesky_ex(k)
+        ok = info == 0
+        chol = torch.where(ok[:, None, None], chol, torch.eye(n, dtype=x.dtype, device=x.device))
+        del k
+        # K^-1 = L^-T L^-1 (a triangular solve and a product: faster than cholesky_inverse on CPU)
+        linv = torch.linalg.solve_triangular(chol, torch.eye(n, dtype=x.dtype, device=x.device).expand_as(chol),
+                                             upper=False)
+        kinv = linv.transpose(-1, -2) @ linv
+        del linv
+        # GLS mean: beta = (H' K^-1 H)^-1 H' K^-1 y
+        kih = kinv @ hx  # (S,N,q)
+        a = hx.T @ kih
+        a = a + 1e-10 * a.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(a.shape[-1], dtype=x.dtype,
+                                                                                          device=x.device)
+        beta = torch.linalg.solve(a, (kih * y[:, :, None]).sum(1))
+        res = y - beta @ hx.T
+        alpha = (kinv @ res.unsqueeze(-1)).squeeze(-1)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        nll = (0.5 * (res * alpha).sum(-1) + 0.5 * logdet) / n + 0.5 * math.log(2 * math.pi)
+        # dNLL/dz = tr((K^-1 - alpha alpha') dK/dz) / (2n)
+        w = kinv - alpha.unsqueeze(-1) * alpha.unsqueeze(-2)
+        del kinv
+        g_sf2 = (w * kf).sum((-2, -1))
+        g_sn2 = sn2 * w.diagonal(dim1=-2, dim2=-1).sum(-1)
+        m = w * dk * sf2[:, None, None]  # symmetric
+        del w, kf, dk
+        # sum_ij m_ij (x_ip - x_jp)^2 = 2 (m 1)' x_p^2 - 2 x_p' m x_p; d(d2)/d(log ls_p) = -2 (x_ip - x_jp)^2 / ls_p^2
+        quad = 2.0 * (m.sum(-1) @ (x * x)) - 2.0 * ((m @ x) * x).sum(-2)
+        g_ls = -2.0 * quad / ls2
+        grad = torch.cat([g_ls, g_sf2[:, None], g_sn2[:, None]], 1) * (0.5 / n)
+        nll = torch.where(ok & torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
+        grad = torch.where(torch.isfinite(nll)[:, None], grad, torch.zeros_like(grad))
+        return nll, grad, beta
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, memory_mb: float = 1024.0) -> dict:
+        """Fit each output's hyperparameters to x (N,P), y (N,R) by marginal likelihood; returns NLL per output.
+
+        Every output and random start is one row of a single batched problem (the likelihood is a sum
+        over independent outputs): one batched Cholesky per evaluation, gradients in closed form,
+        minimised by a batched projected L-BFGS in which each row keeps its own memory, step length
+        and stopping test, and converged rows leave the batch. Rows are processed in chunks of at most
+        `memory_mb` of N x N work arrays. Each output is fitted standardised (its mean and standard
+        deviation; the GP is equivariant to this) and its best start is kept."""
         x, y = x.detach().double(), y.detach().double()
         n, p = x.shape
+        nr, s = y.shape[1], self.restarts
+        mu, sd = y.mean(0), y.std(0, unbiased=False)
+        sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+        ys = ((y - mu) / sd).T  # (R,N)
+        hx = self._design(x)
         g = torch.Generator().manual_seed(self.seed)
-        nll_best = torch.empty(y.shape[1], dtype=torch.float64)
-        for lo in range(0, y.shape[1], chunk):
-            cols = slice(lo, min(lo + chunk, y.shape[1]))
-            yc = y[:, cols].T  # (C,N)
-            c, s = yc.shape[0], self.restarts
-            yb = yc.repeat(s, 1)  # (S*C, N), restart-major
-            log_ls = (math.log(1.0) + math.log(20.0) * torch.rand(s * c, p, generator=g, dtype=torch.float64))
-            log_ls[:c] = math.log(3.0)  # the first start: every length scale ~ the design's spread
-            params = [log_ls.requires_grad_(),
-                      torch.zeros(s * c, dtype=torch.float64).requires_grad_(),
-                      torch.full((s * c,), math.log(1e-2), dtype=torch.float64).requires_grad_(),
-                      torch.zeros(s * c, p, dtype=torch.float64).requires_grad_(),
-                      torch.zeros(s * c, dtype=torch.float64).requires_grad_()]
-            opt = torch.optim.Adam(params, lr=self.lr)
-            for _ in range(self.fit_steps):
-                opt.zero_grad()
-                loss = self._nll(x, yb, *params)
-                loss.sum().backward()
-                opt.step()
-                with torch.no_grad():
-                    params[0].clamp_(-3.0, 8.0)
-                    params[2].clamp_(math.log(1e-8), 2.0)
-            with torch.no_grad():
-                final = self._nll(x, yb, *params).reshape(s, c)
-                final = torch.where(torch.isfinite(final), final, torch.full_like(final, math.inf))
-                best = final.argmin(0)
-                pick = best * c + torch.arange(c)
-                nll_best[cols] = final.min(0).values
-                self.log_ls[cols] = params[0][pick]
-                self.log_sf2[cols] = params[1][pick]
-                self.log_sn2[cols] = params[2][pick]
-                self.mean_w[cols] = params[3][pick] if self.linear_mean else 0.0
-                self.mean_b[cols] = params[4][pick]
+        # starts, restart-major: the first every length scale ~ the design's spread, the others at random
+        z0 = torch.empty(s, nr, p + 2, dtype=torch.float64)
+        # drawn output by output, so an output's starts do not depend on how many outputs follow it
+        z0[..., :p] = math.log(20.0) * torch.rand(nr, s, p, generator=g, dtype=torch.float64).transpose(0, 1)
+        z0[0, :, :p] = math.log(3.0)
+        z0[..., p] = 0.0
+        z0[..., p + 1] = math.log(1e-2)
+        z0 = z0.reshape(s * nr, p + 2).to(x.device)
+        yb = ys.repeat(s, 1)
+        lo = torch.tensor([-3.0] * p + [-12.0, math.log(1e-8)], dtype=torch.float64, device=x.device)
+        hi = torch.tensor([8.0] * p + [12.0, 2.0], dtype=torch.float64, device=x.device)
+        chunk = max(1, int(memory_mb * 2**20 // (6 * 8 * n * n)))
+        zs, fs, bs = [], [], []
+        for a in range(0, s * nr, chunk):
+            rows = slice(a, min(a + chunk, s * nr))
+            z, f, b = _lbfgs(lambda zz, idx, yr=yb[rows]: self._nll_grad(x, hx, yr[idx], zz), z0[rows], lo, hi,
+                             self.fit_steps)
+            zs.append(z), fs.append(f), bs.append(b)
+        z, f, beta = torch.cat(zs).reshape(s, nr, -1), torch.cat(fs).reshape(s, nr), torch.cat(bs).reshape(s, nr, -1)
+        pick = f.argmin(0)
+        ar = torch.arange(nr, device=x.device)
+        z, f, beta = z[pick, ar], f[pick, ar], beta[pick, ar]
+        with torch.no_grad():
+            self.log_ls = z[:, :p].clone().to(self.log_ls.device)
+            self.log_sf2 = (z[:, p] + 2.0 * torch.log(sd)).to(self.log_sf2.device)
+            self.log_sn2 = (z[:, p + 1] + 2.0 * torch.log(sd)).to(self.log_sn2.device)
+            self.mean_b = (beta[:, 0] * sd + mu).to(self.mean_b.device)
+            self.mean_w = ((beta[:, 1:] * sd[:, None]) if self.linear_mean
+                           else torch.zeros(nr, p, dtype=torch.float64, device=x.device)).to(self.mean_w.device)
         self.x_train = x.clone()
         self.y_train = y.clone()
         self._refresh()
-        return {"nll": nll_best.tolist()}
+        return {"nll": (f + torch.log(sd)).tolist()}
 
     @torch.no_grad()
     def _refresh(self) -> None:
