@@ -158,6 +158,7 @@ class ExactGP(nn.Module):
             raise ValueError(f"kernel must be matern52 or rbf, got {kernel!r}")
         self.matern = kernel == "matern52"
         self.linear_mean = mean == "linear"
+        # lr: the step of the former Adam fit, kept so that old callers construct; L-BFGS chooses its own steps
         self.restarts, self.fit_steps, self.lr, self.seed = restarts, fit_steps, lr, seed
         self.n_param, self.n_response = n_param, n_response
         f8 = torch.float64
