@@ -108,6 +108,10 @@ def main():
     show = range(len(outputs)) if len(outputs) <= 12 else []
     for r in show:
         lines.append(f"{outputs[r]:24s} " + " ".join(f"{r2[k][r]:12.4f}" for k in kinds))
+    if len(outputs) > 12:  # too many to list: the lowest five of each kind
+        for k in kinds:
+            low = np.argsort(np.where(np.isfinite(r2[k]) | np.isneginf(r2[k]), r2[k], np.inf))[:5]
+            lines.append(f"lowest {k}: " + ", ".join(f"{outputs[r]} {r2[k][r]:.3f}" for r in low))
     if const:
         lines.append(f"{const} output(s) constant over all members (R2 undefined) left out of the statistics")
     if args.outputs:
