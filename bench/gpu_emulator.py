@@ -11,7 +11,7 @@ prepared run that fits a time budget, with the figures the CPU study is compared
    (emulator.tar.gz) and the figures, so that `esm-emu run` can continue the same run (invert,
    write-ctsm, report) on a CPU machine with the same seed's store.
 
-    python bench/gpu_emulator.py --out /tmp/g --seed 3 --budget-s 240 --ensemble 2 --keep $OUT
+    python bench/gpu_emulator.py --out DIR --seed 3 --budget-s 240 --ensemble 2 --keep $OUT
 """
 from __future__ import annotations
 

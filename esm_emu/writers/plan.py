@@ -294,18 +294,10 @@ class _Planner:
         spec = self._spec(name)
         targets = self._targets(name)
         if kind == "paramfile":
-            missing = [t for t in targets if t not in self.pf.variables]
-            if missing:
-                raise UserError(f"{self.pf.path}: {name}: variable {missing[0]} not found in the paramfile"
-                                + (f" (one of the variables {name} writes: {', '.join(targets)})"
-                                   if targets != [name] else ""))
+            _require(self.pf, "the paramfile", name, targets)
             return {t: spec.to_field(theta, self.pf.base(t)) if spec else theta for t in targets}
         if kind == "fsurdat":
-            missing = [t for t in targets if t not in self.fs.variables]
-            if missing:
-                raise UserError(f"{self.fs.path}: {name}: variable {missing[0]} not found in the surface dataset"
-                                + (f" (one of the variables {name} writes: {', '.join(targets)})"
-                                   if targets != [name] else ""))
+            _require(self.fs, "the surface dataset", name, targets)
             return {t: spec.to_field(theta, self.fs.field(t)) if spec else
                     np.broadcast_to(theta, self.fs.field(t).shape) for t in targets}
         if spec is None or targets == [name]:
@@ -648,3 +640,11 @@ class _Planner:
             return
         raise UserError(f"{at(i)} {name} = {v[i]:.6g} is outside its bounds {lo:.6g}..{hi:.6g} in {self.table.source} "
                         "(--allow-outside-table writes it anyway)")
+
+
+def _require(ds, what: str, name: str, targets: list) -> None:
+    """One line naming the first of `name`'s target variables that `ds` (a paramfile or fsurdat) lacks."""
+    missing = [t for t in targets if t not in ds.variables]
+    if missing:
+        raise UserError(f"{ds.path}: {name}: variable {missing[0]} not found in {what}"
+                        + (f" (one of the variables {name} writes: {', '.join(targets)})" if targets != [name] else ""))
