@@ -150,6 +150,30 @@ def test_boxcox_output_transform_round_trip_and_export(tmp_path):
     np.testing.assert_allclose(ts(xt).detach().numpy(), emu(xt).detach().numpy(), rtol=1e-4, atol=1e-9)
 
 
+def test_boxcox_negative_lambda_prediction_past_the_ceiling_stays_finite():
+    """With lambda < 0 the Box-Cox transform is bounded above; an emulator prediction at or past that
+    bound must back-transform to a finite value capped at 10x the largest training output (it gave
+    inf, and a CV minimum of -inf), while values inside the training range invert exactly."""
+    from esm_emu.models.tabular import OutputTransform
+
+    y = 1.0 / np.random.default_rng(3).uniform(0.05, 1.0, (200, 1))  # right-skewed: lambda < 0
+    tf = OutputTransform(1)
+    tf.fit(y)
+    assert tf.enabled.item() and tf.lam.item() < -0.1
+    yt = torch.tensor(y, dtype=torch.float32)
+    np.testing.assert_allclose(tf.inverse(tf(yt)).numpy(), y, rtol=1e-4)
+    ceiling = -1.0 / tf.lam.item()
+    t = torch.tensor([[ceiling * 0.999], [ceiling], [ceiling * 3.0]], dtype=torch.float32)
+    back, slope = tf.inverse_and_slope(t)
+    assert torch.isfinite(back).all() and torch.isfinite(slope).all()
+    assert (back <= 10.0 * y.max() * 1.001).all() and (back >= y.max()).all()
+    # a checkpoint saved before the ceiling loads (uncapped, as it was trained)
+    old = {k: v for k, v in tf.state_dict().items() if k != "base_floor"}
+    tf2 = OutputTransform(1)
+    tf2.load_state_dict(old)
+    assert tf2.base_floor.item() == 0.0 and tf2.lam.item() == tf.lam.item()
+
+
 def test_output_pca_many_outputs_fitted_on_few_components(tmp_path):
     """40 outputs that are mixtures of two functions of theta plus small independent noise (like PFT x
     biome means): with output_pca the GP fits the few components that carry the variance, predicts

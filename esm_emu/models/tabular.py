@@ -50,6 +50,12 @@ class OutputTransform(nn.Module):
         # outputs are divided by a scale (the training median) first: Box-Cox of ~1e-5 values (GPP in
         # gC/m2/s) would otherwise lose every digit in float32 (x^lam - 1 == -1)
         self.register_buffer("scale", torch.ones(n_response))
+        # With lam < 0 the transform is bounded above by -1/lam, and a prediction at or past that
+        # ceiling back-transforms to infinity (float32 overflow): base = 1 + lam t is floored at the
+        # base of CEILING x the largest training output (in units of scale), so y stays finite.
+        self.register_buffer("base_floor", torch.zeros(n_response))
+
+    CEILING = 10.0
 
     def fit(self, y) -> None:
         """Box-Cox lambdas by maximum likelihood (scipy) on training outputs y (N,R); outputs of mixed sign stay off."""
@@ -65,8 +71,11 @@ class OutputTransform(nn.Module):
             scale = float(np.median(sign * col))
             lam = float(stats.boxcox_normmax(sign * col / scale, method="mle"))
             if np.isfinite(lam):
-                self.enabled[r], self.sign[r], self.lam[r] = True, sign, float(np.clip(lam, -3.0, 5.0))
+                lam = float(np.clip(lam, -3.0, 5.0))
+                self.enabled[r], self.sign[r], self.lam[r] = True, sign, lam
                 self.scale[r] = scale
+                if lam < -1e-6:
+                    self.base_floor[r] = float((self.CEILING * (sign * col).max() / scale) ** lam)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = torch.where(self.enabled, self.sign * y / self.scale, torch.ones_like(y)).clamp_min(1e-30)
@@ -82,7 +91,8 @@ class OutputTransform(nn.Module):
         """y and dy/dt at t (for the delta-method variance)."""
         small = self.lam.abs() < 1e-6
         lam = torch.where(small, torch.ones_like(self.lam), self.lam)
-        base = (lam * torch.where(self.enabled, t, torch.zeros_like(t)) + 1.0).clamp_min(1e-12)
+        base = torch.maximum(lam * torch.where(self.enabled, t, torch.zeros_like(t)) + 1.0,
+                             self.base_floor.clamp_min(1e-12))
         y_pow = torch.pow(base, 1.0 / lam)
         te = torch.where(self.enabled & small, t, torch.zeros_like(t))
         y_exp = torch.exp(te)
@@ -94,6 +104,8 @@ class OutputTransform(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if prefix + "lam" not in state_dict:  # a checkpoint from before output transforms: identity
             return
+        if prefix + "base_floor" not in state_dict:  # from before the ceiling: uncapped, as it was trained
+            state_dict = {**state_dict, prefix + "base_floor": torch.zeros_like(self.base_floor)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
