@@ -127,7 +127,8 @@ print(json.dumps({k: v / n for k, v in cost.items() if k != "-"}))
 """
 
 
-def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress=None, memory_mb=None):
+def synthetic_run_ensemble(weather, sites, member_params, spinup_years, progress=None, memory_mb=None,
+                           physics_options=None):
     """Stand-in for `simulator.ppe.run_ensemble`: (M, G, T) float32 responses from forcing and parameters, cheaply."""
     import numpy as np
 
