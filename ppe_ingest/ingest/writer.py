@@ -9,15 +9,17 @@ written once; every later member's forcing is compared with it block by block as
 value, never stored; SHA-1 fingerprints of the forcing had cost half as much as reading it), and a
 difference that is not a bad value starts the store again with forcing per member.
 
-Where (`parallel.pool`): in this process by default (buffers reused member after member), or on
+Where (`parallel.pool`): in this process by default (two sets of buffers reused in turn: a writer
+thread writes one member while the next is read into the other set), or on
 dask.distributed workers (`esm-emu ingest --workers N`, `--scheduler`): workers read, convert,
 check and add up the statistics of whole members and return them; this process stays the one
 writer and takes the members in order, so the store (values, statistics, split, skip report) is
 the same bit for bit. At most `IN_FLIGHT_BYTES` of members are read ahead of the writer. No dask
 array graph: per member tasks are enough and the graph cost more than the reads at PPE sizes.
-Peak memory in this process is one member's data plus fixed costs (a 16 MiB mapped read window,
-1 MiB HDF5 chunk cache per variable: netCDF's default 64 MiB per variable kept ~11 full-size
-members of every variable resident). `open_ensemble` still gives the lazy dask view of a PPE.
+Peak memory in this process is two members' data (one being written, one read; one member when
+two would pass IN_FLIGHT_BYTES) plus fixed costs (a 16 MiB mapped read window, 1 MiB HDF5 chunk
+cache per variable: netCDF's default 64 MiB per variable kept ~11 full-size members of every
+variable resident). `open_ensemble` still gives the lazy dask view of a PPE.
 
 Storage: chunks (member=1, gridcell<=chunk_gridcell, time<=chunk_time), balanced so the last
 chunk is not mostly empty (400 gridcells -> 7 x 58, not 7 x 64 = 12% padding). Uncompressed by
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -650,10 +653,24 @@ def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars:
 
     plan = _MemberPlan.of(lay, opts.log_eps)
     moments = {v: _Moments() for v in lay.variables}
-    bufs = None if pool.parallel else _member_buffers(lay.variables, lay.G, lay.T)
+    n_sent = len(lay.variables) - (len(plan.forcing) if plan.shared_forcing else 0)
+    member_bytes = 4 * lay.G * lay.T * max(1, n_sent)
+    # In this process, two sets of buffers when two members fit in IN_FLIGHT_BYTES: one is read
+    # while the writer thread writes the other (write and read overlap); else one, written in turn.
+    n_sets = 0 if pool.parallel else (2 if 2 * member_bytes <= IN_FLIGHT_BYTES else 1)
+    buf_sets = [_member_buffers(lay.variables, lay.G, lay.T) for _ in range(n_sets)]
     kept: list[str] = []
     members = list(ppe.members)
     bar = _progress(total=len(members), desc="ingest", unit="member", enabled=opts.progress)
+    out = _SlabWriter(overlap=n_sets != 1)
+
+    def write(k: int, member: str, data: dict) -> None:
+        for v, a in data.items():
+            if lay.shared(v):
+                data_vars[v][:, :] = a  # the first kept member's forcing only
+            else:
+                data_vars[v][k, :, :] = a
+        vmem[k] = member
 
     def take(res: _MemberResult) -> None:
         bar.update(1)
@@ -662,18 +679,16 @@ def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars:
             return
         if res.forcing_same is False:
             raise _ForcingDiffers
-        k = len(kept)
-        for v, a in res.data.items():
-            if lay.shared(v):
-                data_vars[v][:, :] = a  # the first kept member's forcing only
-            else:
-                data_vars[v][k, :, :] = a
+        out.submit(write, len(kept), res.member, res.data)
         for v, mo in res.moments.items():
             moments[v].merge(mo)
-        vmem[k] = res.member
         kept.append(res.member)
 
+    n_tasks = [0]
+
     def task(m: str, ref) -> tuple:
+        bufs = buf_sets[n_tasks[0] % n_sets] if n_sets else None
+        n_tasks[0] += 1
         return ({t: ppe.files(m, t) for t in plan.by_tape}, m, plan, lay.split_of[m] == TRAIN, ref, bufs)
 
     try:
@@ -689,16 +704,56 @@ def _stream_members(ppe: Ppe, lay: _Layout, opts: WriteOptions, vmem, data_vars:
         shared = pool.share(ref)
         # members in flight bounded by memory as well as by workers: a 20,000-gridcell decade of 3
         # responses is 0.9 GB per member
-        n_sent = len(lay.variables) - (len(plan.forcing) if plan.shared_forcing else 0)
-        member_bytes = 4 * lay.G * lay.T * max(1, n_sent)
         window = max(2, IN_FLIGHT_BYTES // member_bytes)
         for res in pool.map(_process_member, (task(m, shared) for m in members[i:]), window=window):
             take(res)
+        out.close()
     finally:
+        out.close(raising=False)
         bar.close()
     if not kept:
         raise UserError(f"{ppe.root}: no member left to ingest; first problem: {ppe.report.lines()[0]}")
     return kept, moments
+
+
+class _SlabWriter:
+    """The store's one writer. With `overlap`, on a thread: writing member k overlaps reading member
+    k + 1 (netCDF4-python releases the GIL in nc_put_vara; NC_LOCK keeps netCDF-C single-threaded,
+    so a netCDF-4 input file is read between writes, not during one). At most one write in flight:
+    the caller's buffers of member k are free again once member k + 1 is submitted."""
+
+    def __init__(self, overlap: bool):
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="store-writer") if overlap else None
+        self._pending = None
+
+    def _locked(self, fn, *args) -> None:
+        with NC_LOCK:
+            fn(*args)
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        if self._ex is None:
+            self._locked(fn, *args)
+        else:
+            self._pending = self._ex.submit(self._locked, fn, *args)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            f, self._pending = self._pending, None
+            f.result()  # a write's error is raised here, in the caller
+
+    def close(self, raising: bool = True) -> None:
+        """Wait for the last write (its error raised unless `raising` is False: an error is on its way)."""
+        try:
+            if raising:
+                self.wait()
+            elif self._pending is not None:
+                self._pending.exception()
+                self._pending = None
+        finally:
+            if self._ex is not None:
+                self._ex.shutdown(wait=True)
+                self._ex = None
 
 
 @dataclass(frozen=True)
