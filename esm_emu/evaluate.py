@@ -113,7 +113,8 @@ def calibrate_run(run: str | Path, store: str | Path | None = None, max_series: 
     store = store or cfg.get("store")
     if store is None:
         raise UserError(f"{ckpt}: no training store recorded; pass --store")
-    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
+    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names,
+                       reading="stream")
     try:
         warmup = (cfg.get("data") or {}).get("warmup")
         entry = calibrate_spread(emu, st, st.warmup_days if warmup is None else int(warmup), max_series,
@@ -157,7 +158,20 @@ def evaluate_run(run: str | Path, out_dir: str | Path | None = None, store: str 
     if max_series is None:
         # checkpoints record the validated emulator section; the schema's default covers older ones
         max_series = int((cfg.get("evaluate") or {}).get("max_series", EVALUATE["max_series"].default))
-    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names)
+    # streamed: only the scored series are read (at most max_series per group), so the evaluation's
+    # memory does not grow with the store (a 64 x 200 x 5-year store: peak 0.79 GB against 1.15 GB
+    # loaded, the same scores, the same time)
+    st = SequenceStore(store, emu.forcing_names, emu.static_names, emu.param_names, emu.response_names,
+                       reading="stream")
+    try:
+        return _evaluate_sequence(emu, st, store, cfg, ckpt, out_dir, plots, batch_size, progress, max_series)
+    finally:
+        st.close()
+
+
+def _evaluate_sequence(emu, st: SequenceStore, store, cfg: dict, ckpt: Path, out_dir: Path, plots: bool,
+                       batch_size: int, progress: bool, max_series: int) -> dict:
+    """evaluate_run's work for a sequence emulator on an open store."""
     warmup = (cfg.get("data") or {}).get("warmup")
     warmup = st.warmup_days if warmup is None else warmup
     rows, summary, series = [], {}, {}

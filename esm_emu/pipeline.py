@@ -5,6 +5,8 @@ simulate a PPE with the built-in simulator (a CTSM stand-in) -> ingest -> train 
 read the synthetic observations at a subset of gridcells -> invert through the frozen emulator ->
 write CTSM files -> report. Each stage calls the library function its own command calls; a
 finished stage is recorded in DIR/stages.json so a rerun after a kill continues where it stopped.
+The simulator runs in a child process (`ppe_ingest.base.child.in_child`), so the memory its compiled
+step keeps is returned before training starts: the pipeline's peak is its largest stage's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.config import output_folder, split_sets
 from ppe_ingest.base.errors import UserError, user_error_from_os
+from ppe_ingest.base.memory import release_memory
 
 STAGES = ("simulate", "ingest", "train", "observations", "invert", "write-ctsm", "report")
 SECTIONS = ("simulate", "ingest", "emulator", "inverse")
@@ -60,6 +63,7 @@ class _Stages:
         return time.perf_counter()
 
     def record(self, name: str, t0: float, **info) -> None:
+        release_memory()  # what the stage freed goes back to the system before the next one starts
         self.done[name] = {"wall_s": round(time.perf_counter() - t0, 2), **info}
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.done, indent=2))
@@ -119,9 +123,11 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     if t0 is not None:
         if ppe.exists():  # a partial PPE from a killed run: start it over
             shutil.rmtree(ppe)
+        from ppe_ingest.base.child import in_child
         from ppe_ingest.simulator.ppe import simulate
 
-        simulate(section("simulate"), ppe, quiet=not progress)
+        # in a child process: the simulator's compiled step (inductor, ~250 MB) stays out of training
+        in_child(simulate, section("simulate"), ppe, quiet=not progress)
         stages.record("simulate", t0)
     if stop_after == "simulate":
         return stages.done
@@ -258,6 +264,7 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     from esm_emu.inverse.pipeline import run_from_config
     from esm_emu.propose import propose_wave
     from esm_emu.training.job import train_job
+    from ppe_ingest.base.child import in_child
     from ppe_ingest.ingest.append import append_wave
 
     wdir = out / "waves" / str(k)
@@ -274,7 +281,8 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
             shutil.rmtree(ppe)
         propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
                      base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
-        simulate_members(sim, int(sim.seed), ppe, progress)  # the first PPE's seed: its gridcells and weather
+        # the first PPE's seed: its gridcells and weather; in a child process, as the simulate stage
+        in_child(simulate_members, sim, int(sim.seed), ppe, progress)
         append_wave(ppe, store, seed=seed, progress=progress)
     with xr.open_dataset(store) as st:
         appended = {"members": st.sizes["member"]}

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.memory import release_memory
 
 from .config import EmulatorConfig
 
@@ -38,6 +39,7 @@ def train_job(cfg: EmulatorConfig, resume: bool = True, progress: bool = True, e
         return summary, None
     from ..evaluate import evaluate_run
 
+    release_memory()  # training's free heap, before the evaluation reads the store again
     run_dir = Path(summary["run_dir"])
     result = evaluate_run(run_dir, out_dir=run_dir / "eval",
                           plots=cfg.evaluate.plots if plots is None else plots, progress=progress)

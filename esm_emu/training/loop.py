@@ -21,6 +21,7 @@ from torch import nn
 
 from ppe_ingest.base.atomic import atomic_path
 from ppe_ingest.base.errors import UserError
+from ppe_ingest.base.memory import release_memory
 from ppe_ingest.store import TRAIN, VAL
 
 from ..checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
@@ -313,6 +314,7 @@ def train(cfg: dict, dist: Distributed | None = None, resume: bool = True, progr
         out = _train_ensemble(cfg, dist, resume, progress, config_text)
     else:
         out = _train_one(cfg, dist, resume, progress, config_text)
+        release_memory()
     if dist.is_root and out["stop"] != "sigterm" and not is_tabular(cfg["model"]):
         out["spread_calibration"] = _calibrate_spread(cfg, Path(cfg["run_dir"]) / BEST, progress)
     return out
@@ -365,6 +367,7 @@ def _train_ensemble(cfg, dist: Distributed, resume: bool, progress: bool, config
         if dist.is_root and progress:
             print(f"ensemble member {k + 1}/{K} (seed {int(t['seed']) + k})", flush=True)
         s = _train_one(sub, dist, resume, progress, None)
+        release_memory()  # the member's store and steps, before the next member loads its own
         summaries.append(s)
         if s["stop"] == "sigterm":
             break
