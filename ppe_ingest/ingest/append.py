@@ -50,8 +50,10 @@ def _check_same(store, wave, store_path, wave_dir) -> list[str]:
 
 
 def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, sets=(),
-                progress: bool = True) -> dict:
-    """Ingest ``wave_dir`` and append its members to the store at ``store_path``; return a summary."""
+                progress: bool = True, workers: int | None = None, scheduler: str | None = None,
+                scheduler_file: str | None = None) -> dict:
+    """Ingest ``wave_dir`` and append its members to the store at ``store_path``; return a summary.
+    `workers` / `scheduler` / `scheduler_file`: where the wave is read, as for `esm-emu ingest`."""
     import netCDF4
     import xarray as xr
 
@@ -67,7 +69,9 @@ def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, s
         raise UserError(f"{wave_dir}: not a PPE folder")
     with tempfile.TemporaryDirectory(prefix=".wave_", dir=store_path.parent) as tmpdir:
         wave_store = Path(tmpdir) / "wave_store.nc"
-        cfg = load_ingest_config(None, sets, {"ppe_dir": str(wave_dir), "out": str(wave_store), "seed": seed})
+        cfg = load_ingest_config(None, sets, {"ppe_dir": str(wave_dir), "out": str(wave_store), "seed": seed,
+                                              "workers": workers, "scheduler": scheduler,
+                                              "scheduler_file": scheduler_file})
         ingest_ppe(cfg, progress=progress)
         with xr.open_dataset(store_path) as store, xr.open_dataset(wave_store) as wave:
             names = _check_same(store, wave, store_path, wave_dir)

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         if args.source is None or not Path(args.source).is_dir():
             raise UserError(f"--append-to: give the wave's PPE folder as the positional (got {args.source!r})")
         res = append_wave(args.source, args.append_to, seed=args.seed or 0, sets=args.set,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler,
+                          scheduler_file=args.scheduler_file)
         print(f"appended {res['appended']} members ({res['first']} .. {res['last']}; {res['val']} to validation) "
               f"to {res['store']}: {res['members']} members")
         return 0
