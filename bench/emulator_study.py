@@ -32,6 +32,7 @@ from bench._record import record
 
 VARS = ["QRUNOFF", "EFLX_LH_TOT", "SOILWATER_10CM"]
 COMP = {"model.runoff": "components"}
+ONE = {**COMP, "train.ensemble": 1, "data.reading": "memory"}  # the quickstart trains 2 members; rows compare one
 RUNS = {  # name -> overrides of the quickstart emulator section (1000 steps, LSTM 64, loss both)
     "base": {},
     "comp": COMP,
@@ -46,6 +47,15 @@ RUNS = {  # name -> overrides of the quickstart emulator section (1000 steps, LS
     "window180": {**COMP, "data.window": 180, "data.batch_size": 64},
     "ealstm": {**COMP, "model.ea_gate": True},
     "transformer": {**COMP, "model.name": "transformer", "model.context": 365},
+    # On a PPE of 256 members (26 val, 26 test, 204 train): the training members of a 64-, 128- and
+    # 256-member PPE against the same held-out members, one emulator member each, and the kinds at 52.
+    "m52": {**ONE, "data.max_train_members": 52},
+    "m104": {**ONE, "data.max_train_members": 104},
+    "m204": {**ONE, "data.max_train_members": 204},
+    "m52_2x": {**ONE, "data.max_train_members": 52, "train.max_steps": 2000},
+    "m204_2x": {**ONE, "data.max_train_members": 204, "train.max_steps": 2000},
+    "ealstm_m52": {**ONE, "data.max_train_members": 52, "model.ea_gate": True},
+    "transformer_m52": {**ONE, "data.max_train_members": 52, "model.name": "transformer", "model.context": 365},
 }
 
 
