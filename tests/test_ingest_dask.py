@@ -185,11 +185,12 @@ def test_pool_runs_in_process_without_options():
 
 
 def test_append_to_reads_the_wave_where_the_cluster_options_say(ppe, one, tmp_path):
-    """`ingest WAVE --append-to STORE --scheduler ADDRESS` reads the wave on that cluster (it ignored
-    the options before): an address with no scheduler is refused in one line, the store untouched."""
+    """`ingest WAVE --append-to STORE --scheduler-file F` reads the wave on that cluster (the cluster
+    options were ignored before): a scheduler file that is not there is refused in one line naming it,
+    the store untouched."""
     store = tmp_path / "store.nc"
     shutil.copyfile(one[0], store)
     before = store.read_bytes()
-    r = run_cli(["ingest", ppe, "--append-to", store, "--no-progress", "--scheduler", "tcp://127.0.0.1:1"])
-    assert r.returncode == 2 and "--scheduler" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli(["ingest", ppe, "--append-to", store, "--no-progress", "--scheduler-file", tmp_path / "nowhere.json"])
+    assert r.returncode == 2 and "nowhere.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert store.read_bytes() == before
