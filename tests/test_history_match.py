@@ -2,8 +2,11 @@
 wave written in the PPE layout, read back by `esm-emu ingest` with its design values."""
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +32,28 @@ def test_implausibility_formula():
     np.testing.assert_allclose(imp, [[1.0, 0.0]])
 
 
+_TRAINED: list[Path] = []  # the toy run, trained once per test process and copied into each test's folder
+
+
 def _toy_run(tmp: Path) -> Path:
     """A GP of two outputs: a = s_fff (the unit-cube position of fff), b = s_hksat_sf."""
-    s = np.random.default_rng(0).uniform(0, 1, (50, 2))
-    xr.Dataset({"theta": (("member", "param"), LO + (HI - LO) * s), "y": (("member", "output"), s),
-                "theta_min": ("param", LO), "theta_max": ("param", HI)},
-               coords={"member": [f"M{i:03d}" for i in range(50)], "param": ["fff", "hksat_sf"],
-                       "output": ["a", "b"]}, attrs={"source_table": str(TABLE)}).to_netcdf(tmp / "store.nc")
-    cfg = {"emulator": {"store": str(tmp / "store.nc"), "run_dir": str(tmp / "run"),
-                        "model": {"name": "gp", "fit_steps": 60, "restarts": 1},
-                        "train": {"threads": 1}, "evaluate": {"at_end": False}}}
-    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli(["train", tmp / "cfg.yaml", "--quiet"])
-    assert r.returncode == 0, r.stderr
+    if not _TRAINED:
+        src = Path(tempfile.mkdtemp(prefix="esm_emu_toy_gp_"))
+        atexit.register(shutil.rmtree, src, True)
+        s = np.random.default_rng(0).uniform(0, 1, (50, 2))
+        xr.Dataset({"theta": (("member", "param"), LO + (HI - LO) * s), "y": (("member", "output"), s),
+                    "theta_min": ("param", LO), "theta_max": ("param", HI)},
+                   coords={"member": [f"M{i:03d}" for i in range(50)], "param": ["fff", "hksat_sf"],
+                           "output": ["a", "b"]}, attrs={"source_table": str(TABLE)}).to_netcdf(src / "store.nc")
+        cfg = {"emulator": {"store": str(src / "store.nc"), "run_dir": str(src / "run"),
+                            "model": {"name": "gp", "fit_steps": 60, "restarts": 1},
+                            "train": {"threads": 1}, "evaluate": {"at_end": False}}}
+        (src / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        r = run_cli(["train", src / "cfg.yaml", "--quiet"])
+        assert r.returncode == 0, r.stderr
+        _TRAINED.append(src)
+    shutil.copytree(_TRAINED[0] / "run", tmp / "run")
+    shutil.copyfile(_TRAINED[0] / "store.nc", tmp / "store.nc")
     (tmp / "targets.yaml").write_text(yaml.safe_dump(
         {"cutoff": 3.0, "targets": {"a": {"value": 0.5, "sd": 0.05, "source": "illustrative (test)"}}}))
     return tmp / "run"
