@@ -2,8 +2,12 @@
 `esm-emu sensitivity RUN_DIR` on a trained GP (real subprocess)."""
 from __future__ import annotations
 
+import atexit
 import csv
 import math
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,19 +54,27 @@ def test_agrees_with_salib_on_the_same_function():
     np.testing.assert_allclose(ours["ST"][0], si["ST"], atol=0.04)
 
 
+_TRAINED: list[Path] = []  # the toy GP run, trained once per test process and copied into each test's folder
+
+
 def _gp_run(tmp):
-    x = np.random.default_rng(0).uniform(0, 1, (60, 3))
-    y = np.stack([np.sin(3 * x[:, 0]) + 0.3 * x[:, 1], x[:, 2] ** 2], 1)
-    xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y),
-                "theta_min": ("param", np.zeros(3)), "theta_max": ("param", np.ones(3))},
-               coords={"member": [f"M{i:03d}" for i in range(60)], "param": ["a", "b", "c"],
-                       "output": ["f", "g"]}).to_netcdf(tmp / "store.nc")
-    cfg = {"emulator": {"store": str(tmp / "store.nc"), "run_dir": str(tmp / "run"),
-                        "model": {"name": "gp", "fit_steps": 80, "restarts": 1},
-                        "train": {"threads": 1}, "evaluate": {"at_end": False}}}
-    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli(["train", tmp / "cfg.yaml", "--quiet"])
-    assert r.returncode == 0, r.stderr
+    if not _TRAINED:
+        src = Path(tempfile.mkdtemp(prefix="esm_emu_sobol_gp_"))
+        atexit.register(shutil.rmtree, src, True)
+        x = np.random.default_rng(0).uniform(0, 1, (60, 3))
+        y = np.stack([np.sin(3 * x[:, 0]) + 0.3 * x[:, 1], x[:, 2] ** 2], 1)
+        xr.Dataset({"theta": (("member", "param"), x), "y": (("member", "output"), y),
+                    "theta_min": ("param", np.zeros(3)), "theta_max": ("param", np.ones(3))},
+                   coords={"member": [f"M{i:03d}" for i in range(60)], "param": ["a", "b", "c"],
+                           "output": ["f", "g"]}).to_netcdf(src / "store.nc")
+        cfg = {"emulator": {"store": str(src / "store.nc"), "run_dir": str(src / "run"),
+                            "model": {"name": "gp", "fit_steps": 80, "restarts": 1},
+                            "train": {"threads": 1}, "evaluate": {"at_end": False}}}
+        (src / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        r = run_cli(["train", src / "cfg.yaml", "--quiet"])
+        assert r.returncode == 0, r.stderr
+        _TRAINED.append(src)
+    shutil.copytree(_TRAINED[0] / "run", tmp / "run")
     return tmp / "run"
 
 
