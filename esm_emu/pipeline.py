@@ -5,8 +5,9 @@ simulate a PPE with the built-in simulator (a CTSM stand-in) -> ingest -> train 
 read the synthetic observations at a subset of gridcells -> invert through the frozen emulator ->
 write CTSM files -> report. Each stage calls the library function its own command calls; a
 finished stage is recorded in DIR/stages.json so a rerun after a kill continues where it stopped.
-The simulator runs in a child process (`ppe_ingest.base.child.in_child`), so the memory its compiled
-step keeps is returned before training starts: the pipeline's peak is its largest stage's.
+A simulator run big enough to compile its daily step runs in a child process
+(`ppe_ingest.base.child.in_child`), so the memory the compiled step keeps is returned before
+training starts: the pipeline's peak is its largest stage's.
 """
 from __future__ import annotations
 
@@ -123,11 +124,10 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     if t0 is not None:
         if ppe.exists():  # a partial PPE from a killed run: start it over
             shutil.rmtree(ppe)
-        from ppe_ingest.base.child import in_child
         from ppe_ingest.simulator.ppe import simulate
 
-        # in a child process: the simulator's compiled step (inductor, ~250 MB) stays out of training
-        in_child(simulate, section("simulate"), ppe, quiet=not progress)
+        sim = section("simulate")
+        _run_simulator(sim, sim["n_members"], simulate, sim, ppe, quiet=not progress)
         stages.record("simulate", t0)
     if stop_after == "simulate":
         return stages.done
@@ -223,6 +223,23 @@ def run_pipeline(config: str | Path, out: str | Path, seed: int | None = None, s
     return report
 
 
+def _run_simulator(sim, n_members: int, fn, *args, **kwargs):
+    """fn(*args) in a child process when the run is big enough for the simulator to compile its daily
+    step (physics.COMPILE_MIN_WORK gridcell-days): what the compiled step keeps resident (inductor,
+    ~250 MB) then leaves with the child instead of adding to training's peak. Smaller runs stay eager
+    and in this process (a child costs a few seconds of imports)."""
+    from ppe_ingest.base.child import in_child
+    from ppe_ingest.simulator.physics import COMPILE_MIN_WORK
+
+    gridcells = sim.get("n_gridcells") or len(sim.get("basins") or ()) or 1
+    work = n_members * gridcells * 365 * (sim["n_years"] + sim["spinup_years"])
+    return (in_child if work >= COMPILE_MIN_WORK else _call)(fn, *args, **kwargs)
+
+
+def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 def simulate_members(sim_cfg, seed: int, wave_dir: Path, progress: bool = False) -> int:
     """History files for the members of a wave (its design.csv), run by the built-in simulator on the
     first PPE's gridcells and weather: what running them as CTSM cases gives (hist/ in the wave)."""
@@ -264,7 +281,6 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     from esm_emu.inverse.pipeline import run_from_config
     from esm_emu.propose import propose_wave
     from esm_emu.training.job import train_job
-    from ppe_ingest.base.child import in_child
     from ppe_ingest.ingest.append import append_wave
 
     wdir = out / "waves" / str(k)
@@ -281,8 +297,8 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
             shutil.rmtree(ppe)
         propose_wave(prev_inv / "parameter_map.nc", inv_cfg.waves.members, ppe, table=out / "ppe" / "params.csv",
                      base_paramfile=out / "ppe" / "paramfile_default.nc", prefix=prefix, seed=seed)
-        # the first PPE's seed: its gridcells and weather; in a child process, as the simulate stage
-        in_child(simulate_members, sim, int(sim.seed), ppe, progress)
+        # the first PPE's seed: its gridcells and weather
+        _run_simulator(sim, inv_cfg.waves.members, simulate_members, sim, int(sim.seed), ppe, progress)
         append_wave(ppe, store, seed=seed, progress=progress)
     with xr.open_dataset(store) as st:
         appended = {"members": st.sizes["member"]}
