@@ -152,8 +152,8 @@ def test_boxcox_output_transform_round_trip_and_export(tmp_path):
 
 def test_boxcox_negative_lambda_prediction_past_the_ceiling_stays_finite():
     """With lambda < 0 the Box-Cox transform is bounded above; an emulator prediction at or past that
-    bound must back-transform to a finite value capped at 10x the largest training output (it gave
-    inf, and a CV minimum of -inf), while values inside the training range invert exactly."""
+    bound must back-transform to a finite value that grows with it (it gave inf, and a CV minimum of
+    -inf), while values inside the training range invert exactly."""
     from esm_emu.models.tabular import OutputTransform
 
     y = 1.0 / np.random.default_rng(3).uniform(0.05, 1.0, (200, 1))  # right-skewed: lambda < 0
@@ -166,12 +166,43 @@ def test_boxcox_negative_lambda_prediction_past_the_ceiling_stays_finite():
     t = torch.tensor([[ceiling * 0.999], [ceiling], [ceiling * 3.0]], dtype=torch.float32)
     back, slope = tf.inverse_and_slope(t)
     assert torch.isfinite(back).all() and torch.isfinite(slope).all()
-    assert (back <= 10.0 * y.max() * 1.001).all() and (back >= y.max()).all()
+    assert (back >= y.max()).all() and (torch.diff(back.ravel()) > 0).all()
     # a checkpoint saved before the ceiling loads (uncapped, as it was trained)
     old = {k: v for k, v in tf.state_dict().items() if k != "base_floor"}
     tf2 = OutputTransform(1)
     tf2.load_state_dict(old)
     assert tf2.base_floor.item() == 0.0 and tf2.lam.item() == tf.lam.item()
+
+
+def test_boxcox_prediction_past_the_training_range_continues_linearly():
+    """A left-skewed output (lambda > 0, like EFLX_LH_TOT) has a Box-Cox floor: a prediction just
+    under the training minimum back-transformed to ~0 with a huge variance. Past the training range
+    the transform continues linearly with its end slope, so it is continuous, monotone and invertible
+    there, and unchanged inside."""
+    from esm_emu.models.tabular import OutputTransform
+
+    y = 50.0 * np.random.default_rng(5).uniform(0.3, 1.0, (300, 1)) ** 0.2
+    tf = OutputTransform(1)
+    tf.fit(y)
+    lam = tf.lam.item()
+    assert tf.enabled.item() and lam > 1.0
+    yt = torch.tensor(y, dtype=torch.float32)
+    np.testing.assert_allclose(tf.inverse(tf(yt)).numpy(), y, rtol=1e-5)
+    floor = -1.0 / lam  # where the plain Box-Cox inverse reaches y = 0
+    lo, hi = tf.t_lo.item(), tf.t_hi.item()
+    t = torch.tensor([[floor - 0.5], [floor], [lo - 1e-3], [lo], [hi], [hi + 1e-3], [hi + 1.0]], dtype=torch.float32)
+    back, slope = tf.inverse_and_slope(t)
+    b = back.ravel().numpy()
+    assert np.all(np.diff(b) > 0) and torch.isfinite(slope).all()
+    assert abs(b[3] - y.min()) < 1e-3 * y.min() and abs(b[4] - y.max()) < 1e-3 * y.max()
+    assert abs(b[2] - b[3]) < 1e-3 * slope[3].item() * 1.01  # continuous at the range's end
+    assert b[1] > 0.5 * y.min()  # the old inverse gave 0 here
+    np.testing.assert_allclose(tf(back).numpy(), t.numpy(), rtol=1e-4, atol=1e-5)
+    # a checkpoint saved before the tails loads without them (as it was trained)
+    old = {k: v for k, v in tf.state_dict().items() if k not in ("x_lo", "x_hi", "t_lo", "t_hi")}
+    tf2 = OutputTransform(1)
+    tf2.load_state_dict(old)
+    assert tf2.t_lo.item() == -np.inf and tf2.lam.item() == lam
 
 
 def test_output_pca_many_outputs_fitted_on_few_components(tmp_path):
