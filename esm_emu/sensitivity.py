@@ -32,11 +32,16 @@ def saltelli_matrices(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def sobol_indices(f: Callable[[np.ndarray], np.ndarray], d: int, n: int = 4096, n_boot: int = 200,
-                  seed: int = 0, conf: float = 0.95) -> dict:
-    """Sobol indices of f: unit cube (M, d) -> (M, R). Returns arrays (R, d): S1, ST and their CI bounds."""
+                  seed: int = 0, conf: float = 0.95, draws: int = 1) -> dict:
+    """Sobol indices of f: unit cube (M, d) -> (M, R). Returns arrays (R, d): S1, ST and their CI bounds.
+
+    With ``draws`` > 1, f returns (M, R * draws): R outputs of `draws` functions each (output-major), e.g.
+    posterior draws of a GP emulator. The index is then the mean over the draws, and the interval pools
+    the bootstrap over the draws, so it holds the emulator's uncertainty as well as the Monte Carlo
+    error (Le Gratiet, Cannamela & Iooss 2014, SIAM/ASA JUQ 2, 336, sec. 3)."""
     a, b = saltelli_matrices(n, d, seed)
     fa, fb = np.atleast_2d(f(a).T).T, np.atleast_2d(f(b).T).T
-    fab = np.stack([np.atleast_2d(f(np.where(np.arange(d) == i, b, a)).T).T for i in range(d)])  # (d, n, R)
+    fab = np.stack([np.atleast_2d(f(np.where(np.arange(d) == i, b, a)).T).T for i in range(d)])  # (d, n, R*D)
 
     def est(rows):
         va, vb, vab = fa[rows], fb[rows], fab[:, rows]
@@ -44,16 +49,16 @@ def sobol_indices(f: Callable[[np.ndarray], np.ndarray], d: int, n: int = 4096, 
         var = np.where(var > 0, var, np.nan)
         s1 = np.mean(vb[None] * (vab - va[None]), 1) / var
         st = 0.5 * np.mean((va[None] - vab) ** 2, 1) / var
-        return s1.T, st.T  # (R, d)
+        return s1.T.reshape(-1, draws, d), st.T.reshape(-1, draws, d)  # (R, D, d)
 
     s1, st = est(np.arange(n))
     rng = np.random.default_rng([seed, 17])
     boots = [est(rng.integers(0, n, n)) for _ in range(n_boot)]
     q = [(1 - conf) / 2 * 100, (1 + conf) / 2 * 100]
-    b1 = np.percentile(np.stack([x[0] for x in boots]), q, axis=0)
-    bt = np.percentile(np.stack([x[1] for x in boots]), q, axis=0)
-    return {"S1": s1, "S1_lo": b1[0], "S1_hi": b1[1], "ST": st, "ST_lo": bt[0], "ST_hi": bt[1],
-            "n": n, "n_boot": n_boot, "conf": conf}
+    b1 = np.percentile(np.concatenate([x[0] for x in boots], 1), q, axis=1)  # pooled over resamples and draws
+    bt = np.percentile(np.concatenate([x[1] for x in boots], 1), q, axis=1)
+    return {"S1": s1.mean(1), "S1_lo": b1[0], "S1_hi": b1[1], "ST": st.mean(1), "ST_lo": bt[0], "ST_hi": bt[1],
+            "n": n, "n_boot": n_boot, "conf": conf, "draws": draws}
 
 
 def run_config(run_dir: Path) -> dict:
@@ -104,9 +109,39 @@ def emulator_function(emu, lo: np.ndarray, hi: np.ndarray, batch: int = 8192) ->
     return f
 
 
+def emulator_draws_function(emu, lo: np.ndarray, hi: np.ndarray, draws: int, seed: int = 0,
+                            batch: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+    """Unit cube (M, d) -> `draws` posterior functions of a GP emulator (M, R * draws), physical units,
+    output-major; the same draws on every call (esm_emu.models.gp.ExactGP.sample_paths)."""
+    import torch
+
+    from .models.gp import ExactGP
+
+    if not isinstance(emu.core, ExactGP):
+        raise UserError(f"--emulator-draws: needs a gp emulator without output_pca, this one is "
+                        f"{emu.model_cfg.get('name')!r}" + (" with output_pca" if emu.model_cfg.get("output_pca")
+                                                            else ""))
+    path = emu.core.sample_paths(draws, seed=seed)
+
+    def f(u: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(u), batch):
+                th = torch.tensor(lo + (hi - lo) * u[i:i + batch], dtype=torch.float32)
+                z = path(emu.norm.theta(th)).permute(0, 2, 1).float()  # (B, D, R) normalised
+                y = emu.out_tf.inverse(emu.norm.response.inverse(z))
+                out.append(y.permute(0, 2, 1).reshape(len(th), -1).double().numpy())
+        return np.concatenate(out)
+
+    return f
+
+
 def sensitivity_run(run_dir, out_dir=None, n: int = 4096, n_boot: int = 200, seed: int = 0,
-                    outputs=None, plot: bool = True) -> dict:
-    """Sobol indices of every output of the run's emulator; writes sobol.csv, sobol.json and sobol.png."""
+                    outputs=None, plot: bool = True, draws: int = 0) -> dict:
+    """Sobol indices of every output of the run's emulator; writes sobol.csv, sobol.json and sobol.png.
+
+    ``draws`` > 0 (gp only): the indices of that many posterior draws of the emulator, so the intervals
+    hold its own uncertainty too; 0: the indices of its predictive mean, Monte Carlo error only."""
     from .emulator import TabularEmulator, load_emulator
 
     run_dir = Path(run_dir)
@@ -123,8 +158,15 @@ def sensitivity_run(run_dir, out_dir=None, n: int = 4096, n_boot: int = 200, see
             raise UserError(f"--outputs: {bad[0]!r} is not an output of {run_dir} ({', '.join(names[:10])} ...)")
         sel = [names.index(o) for o in outputs]
     lo, hi = design_bounds(run_dir, emu.param_names)
-    base = emulator_function(emu, lo, hi)
-    res = sobol_indices(lambda u: base(u)[:, sel], len(lo), n, n_boot, seed)
+    if draws < 0:
+        raise UserError(f"--emulator-draws: {draws} must be >= 0")
+    if draws:
+        base = emulator_draws_function(emu, lo, hi, draws, seed)
+        cols = np.concatenate([np.arange(k * draws, (k + 1) * draws) for k in sel])
+        res = sobol_indices(lambda u: base(u)[:, cols], len(lo), n, n_boot, seed, draws=draws)
+    else:
+        base = emulator_function(emu, lo, hi)
+        res = sobol_indices(lambda u: base(u)[:, sel], len(lo), n, n_boot, seed)
     out_dir = Path(out_dir) if out_dir else run_dir / "sensitivity"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = ["output,param,S1,S1_lo,S1_hi,ST,ST_lo,ST_hi"]
@@ -136,7 +178,10 @@ def sensitivity_run(run_dir, out_dir=None, n: int = 4096, n_boot: int = 200, see
         Path(t).write_text("\n".join(rows) + "\n")
     meta = {"n": n, "n_boot": n_boot, "seed": seed, "conf": 0.95, "evaluations": n * (len(lo) + 2),
             "outputs": [names[k] for k in sel], "params": emu.param_names, "bounds_lo": lo.tolist(),
-            "bounds_hi": hi.tolist(), "method": "Saltelli 2010 first order, Jansen total, percentile bootstrap"}
+            "bounds_hi": hi.tolist(), "method": "Saltelli 2010 first order, Jansen total, percentile bootstrap",
+            "emulator_draws": draws,
+            "intervals": ("Monte Carlo error and the emulator's own (bootstrap pooled over its posterior draws)"
+                          if draws else "Monte Carlo error only (the emulator's predictive mean)")}
     with atomic_path(out_dir / "sobol.json") as t:
         Path(t).write_text(json.dumps(meta, indent=1))
     if plot:

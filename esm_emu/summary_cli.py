@@ -12,6 +12,9 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=4096, help="base sample size N (N (d + 2) emulator calls)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--outputs", nargs="+", help="only these outputs (default: all)")
+    p.add_argument("--emulator-draws", type=int, default=0, metavar="K",
+                   help="gp: indices of K posterior draws of the emulator, so the intervals also hold its own "
+                        "uncertainty (default 0: its mean, Monte Carlo error only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=_sensitivity)
@@ -39,7 +42,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap: {args.bootstrap} must be >= 1")
     res = sensitivity_run(args.run_dir, args.out, args.samples, args.bootstrap, args.seed, args.outputs,
-                          plot=not args.no_plots)
+                          plot=not args.no_plots, draws=args.emulator_draws)
     ind = res["indices"]
     for r, o in enumerate(res["outputs"][:10]):
         top = sorted(range(len(res["params"])), key=lambda j: -ind["ST"][r, j])[:3]

@@ -234,3 +234,27 @@ def test_output_pca_many_outputs_fitted_on_few_components(tmp_path):
     ts = torch.jit.load(str(export_torchscript(tmp_path / "run", tmp_path / "pca.pt")))
     x0 = torch.tensor(xt[:5], dtype=torch.float32)
     np.testing.assert_allclose(ts(x0).detach().numpy(), emu(x0).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["matern52", "rbf"])
+def test_posterior_draws_match_the_predictive_mean_and_variance(kernel):
+    """Whole-function posterior draws (for Sobol intervals that hold the emulator's error): their mean
+    is the GP's predictive mean and their spread its latent (noise-free) sd, near the data and far
+    from it; the same draws come back on every call."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 2, generator=g, dtype=torch.float64)
+    y = torch.stack([torch.sin(6 * x[:, 0]), x[:, 1] ** 2], 1) + 0.02 * torch.randn(60, 2, generator=g,
+                                                                                      dtype=torch.float64)
+    gp = ExactGP(2, 2, kernel=kernel, mean="constant", restarts=1, fit_steps=100)
+    gp.fit(x, y)
+    xt = torch.cat([torch.rand(200, 2, generator=g, dtype=torch.float64), 3.0 + torch.rand(20, 2, generator=g,
+                                                                                           dtype=torch.float64)])
+    m, v = gp.predict(xt)
+    latent_sd = (v - torch.exp(gp.log_sn2)).clamp_min(1e-12).sqrt()
+    path = gp.sample_paths(1000, 4096, seed=3)
+    f = path(xt)
+    assert f.shape == (220, 2, 1000)
+    torch.testing.assert_close(path(xt[:5]), f[:5], rtol=1e-9, atol=1e-9)  # the same draws (up to BLAS order)
+    assert ((f.mean(-1) - m).abs() < 0.15 * latent_sd + 1e-3).float().mean() > 0.95
+    ratio = f.std(-1) / latent_sd
+    assert 0.8 < ratio[:200].median() < 1.2 and 0.8 < ratio[200:].median() < 1.2  # far away: the prior's sd

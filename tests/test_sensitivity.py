@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import json
 import math
 import shutil
 import tempfile
@@ -91,10 +92,33 @@ def test_sensitivity_command_on_a_trained_gp(tmp_path):
     assert (run / "sensitivity" / "sobol.png").stat().st_size > 1000
 
 
+def test_emulator_draws_widen_the_intervals_by_the_emulators_own_error(tmp_path):
+    """`--emulator-draws K`: the indices of K posterior draws of the GP. Its intervals hold the Monte
+    Carlo error and the emulator's, so they are at least as wide as the predictive mean's, and the
+    indices stay those of the function (the draws agree with the mean where the data constrain it)."""
+    run = _gp_run(tmp_path)
+    base = ["sensitivity", run, "--samples", "512", "--bootstrap", "40", "--no-plots"]
+    r = run_cli([*base, "--out", tmp_path / "mean"])
+    assert r.returncode == 0, r.stderr
+    r = run_cli([*base, "--out", tmp_path / "draws", "--emulator-draws", "16"])
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for k in ("mean", "draws"):
+        rows[k] = {(w["output"], w["param"]): {c: float(w[c]) for c in ("ST", "ST_lo", "ST_hi")}
+                   for w in csv.DictReader((tmp_path / k / "sobol.csv").open())}
+    width = {k: np.array([v["ST_hi"] - v["ST_lo"] for v in rows[k].values()]) for k in rows}
+    assert np.median(width["draws"] / np.maximum(width["mean"], 1e-12)) > 1.0
+    assert all(abs(rows["draws"][key]["ST"] - rows["mean"][key]["ST"]) < 0.1 for key in rows["mean"])
+    meta = json.loads((tmp_path / "draws" / "sobol.json").read_text())
+    assert meta["emulator_draws"] == 16 and "emulator" in meta["intervals"]
+
+
 @pytest.mark.parametrize("case", [
     Case("not a run directory", lambda t: ["sensitivity", t], mentions=["best.pt"]),
     Case("unknown output", lambda t: ["sensitivity", _gp_run(t), "--outputs", "NOPE"], mentions=["NOPE"],
          outputs=["run/sensitivity"]),
+    Case("negative emulator draws", lambda t: ["sensitivity", _gp_run(t), "--emulator-draws", "-1"],
+         mentions=["--emulator-draws"], outputs=["run/sensitivity"]),
 ], ids=str)
 def test_bad_sensitivity_input_refused(case, tmp_path):
     check_refused(case, tmp_path)

@@ -331,3 +331,52 @@ class ExactGP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)[0]
+
+    @torch.jit.unused
+    def sample_paths(self, draws: int, features: int = 2048, seed: int = 0):
+        """`draws` functions from the GP posterior of the latent f (noise-free), each a whole function:
+        x (B,P) -> (B,R,draws), normalised units, consistent across calls (the same draws).
+
+        Pathwise conditioning (Wilson et al. 2020, ICML, eq. 7): a prior path from random Fourier
+        features plus its update by the data, f*(x) = m(x) + f0(x) + k(x,X) K_y^-1 (y - m(X) - f0(X) - e),
+        e ~ N(0, sn2). Features: for the Matern-5/2 kernel frequencies are multivariate Student-t with
+        5 degrees of freedom scaled by 1/ls (its spectral density); Gaussian for the RBF. Used to carry
+        the emulator's own uncertainty into quantities that need joint draws (Sobol indices)."""
+        x_tr = self.x_train
+        n, p = x_tr.shape
+        nr = self.n_response
+        g = torch.Generator().manual_seed(int(seed))
+        f8 = torch.float64
+        z = torch.randn(nr, features, p, generator=g, dtype=f8)
+        if self.matern:  # omega = z sqrt(5 / u), u ~ chi2(5)
+            u = (torch.randn(nr, features, 5, generator=g, dtype=f8) ** 2).sum(-1, keepdim=True)
+            z = z * torch.sqrt(5.0 / u)
+        omega = z / torch.exp(self.log_ls)[:, None, :]  # (R,L,P)
+        phase = 2 * math.pi * torch.rand(nr, features, 1, generator=g, dtype=f8)
+        amp = torch.sqrt(2.0 * torch.exp(self.log_sf2) / features)[:, None, None]  # (R,1,1)
+        w = torch.randn(nr, features, draws, generator=g, dtype=f8)
+        # the noise the Cholesky factor holds (sn2 + jitter), so the update is exact for the approximate prior
+        noise_sd = torch.sqrt(torch.exp(self.log_sn2) + _JITTER)[:, None, None]
+        eps = torch.randn(nr, n, draws, generator=g, dtype=f8) * noise_sd
+
+        def prior(xx: torch.Tensor) -> torch.Tensor:  # (B,P) -> (R,B,draws)
+            phi = torch.cos(omega @ xx.T.unsqueeze(0) + phase) * amp  # (R,L,B)
+            return phi.transpose(-1, -2) @ w
+
+        if n:
+            resid = (self.y_train.T - self._mean(x_tr).T).unsqueeze(-1) - prior(x_tr) - eps  # (R,N,draws)
+            v = torch.cholesky_solve(resid, self.chol)
+        mls = torch.exp(self.log_ls)
+
+        def path(xx: torch.Tensor) -> torch.Tensor:
+            xd = xx.to(f8)
+            out = self._mean(xd).T.unsqueeze(-1) + prior(xd)  # (R,B,draws)
+            if n:
+                out = out + (self._kern(xd, x_tr, mls) @ v)
+            return out.permute(1, 0, 2)
+
+        return path
+
+    @torch.jit.unused
+    def _kern(self, a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_sf2)[:, None, None] * _kernel(_sqdist(a, b, ls), self.matern)
