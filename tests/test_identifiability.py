@@ -46,3 +46,30 @@ def test_unidentified_parameter_returns_to_its_prior_with_a_prior_wide_interval(
     assert np.all(hi[:, 3] - lo[:, 3] > 0.9)
     assert np.allclose(post.u[:, 2], true[:, 2], atol=0.02)
     assert np.all(hi[:, 2] - lo[:, 2] < 0.1)
+
+
+def test_emulator_error_part_is_only_what_the_data_limit_does_not_explain():
+    """Held-out PPE series inverted through the forward model: with a perfect forward model the
+    error of p0 and p1 (an exact trade-off) is large but is all in the update's own posterior
+    variance, so the emulator adds ~nothing (it was counted twice before); a forward model that is
+    wrong (responses 30% off) adds a clear error on the parameter the data pin down."""
+    from esm_emu.inverse.inversion import forward_parameter_error
+
+    problem, _ = _toy()
+    rng = np.random.default_rng(5)
+    n, T = 40, 200
+    a, c = rng.normal(size=(n, T)), rng.normal(size=(n, T))
+    x = np.stack([a, a, c, np.zeros((n, T))], -1)
+    theta = rng.uniform(0.1, 0.9, (n, 4))
+    clean = (x * theta[:, None, :]).sum(-1)
+
+    def held(resp):
+        t32 = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
+        return {"forcing": t32(x), "static": torch.zeros(n, 0), "theta": t32(theta), "response": t32(resp[..., None])}
+
+    tm = np.ones(T, bool)
+    perfect = forward_parameter_error(problem, LinearForward(4), held(clean + 0.01 * rng.normal(size=(n, T))), tm)
+    raw_p0 = np.mean((0.5 - theta[:, 0]) ** 2)  # what p0's error is from the middle of the range
+    assert perfect[0] < 0.2 * raw_p0 and perfect[1] < 0.2 * raw_p0 and perfect[2] < 1e-3
+    wrong = forward_parameter_error(problem, LinearForward(4), held(1.3 * clean), tm)
+    assert wrong[2] > 10 * max(perfect[2], 1e-5)

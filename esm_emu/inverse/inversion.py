@@ -287,10 +287,13 @@ def trust_region(problem: InverseProblem, s: InversionSettings, design: Mapping 
 
 def forward_parameter_error(problem: InverseProblem, forward: ForwardModel, held_out: Mapping, time_mask,
                             extra_var=None) -> np.ndarray:
-    """(P,) mean squared unit-space error of each parameter when held-out PPE series (the simulator's
-    output at known parameters, no observation noise) are inverted through the forward model by the
-    same local update the observed sites get, from the middle of the range: the part of the
-    parameter error the emulator's own error causes."""
+    """(P,) unit-space error variance the forward model's own error adds to each parameter.
+
+    Held-out PPE series (the simulator's output at known parameters, no observation noise) are
+    inverted through the forward model by the same local update the observed sites get, from the
+    middle of the range. Their mean squared error holds what the data cannot tell (the update's own
+    posterior variance, already in every interval as the data part) and what the emulator's error
+    adds; only the excess over the posterior variance is returned, so it is not counted twice."""
     import dataclasses
 
     from .identifiability import local_update
@@ -302,8 +305,8 @@ def forward_parameter_error(problem: InverseProblem, forward: ForwardModel, held
                              lat=None, lon=None)
     u_true = problem.to_unit(held_out["theta"][:, problem.forward_index]).clamp(0, 1).numpy()
     u0 = np.full((n, P), 0.5)
-    u, _ = local_update(hp, forward, u0, np.arange(n), time_mask, u0, np.full((n, P), 1 / 12), extra_var)
-    return np.mean((u - u_true) ** 2, axis=0)
+    u, cov = local_update(hp, forward, u0, np.arange(n), time_mask, u0, np.full((n, P), 1 / 12), extra_var)
+    return np.maximum(np.mean((u - u_true) ** 2, axis=0) - np.mean(np.einsum("npp->np", cov), axis=0), 0.0)
 
 
 def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,
