@@ -174,11 +174,11 @@ def test_boxcox_negative_lambda_prediction_past_the_ceiling_stays_finite():
     assert tf2.base_floor.item() == 0.0 and tf2.lam.item() == tf.lam.item()
 
 
-def test_boxcox_prediction_past_the_training_range_continues_linearly():
+def test_boxcox_prediction_past_the_training_range_continues_smoothly():
     """A left-skewed output (lambda > 0, like EFLX_LH_TOT) has a Box-Cox floor: a prediction just
     under the training minimum back-transformed to ~0 with a huge variance. Past the training range
-    the transform continues linearly with its end slope, so it is continuous, monotone and invertible
-    there, and unchanged inside."""
+    the transform continues with its end value and slope (linearly above, log-linearly below, so a
+    positive output stays positive): continuous, monotone and invertible there, unchanged inside."""
     from esm_emu.models.tabular import OutputTransform
 
     y = 50.0 * np.random.default_rng(5).uniform(0.3, 1.0, (300, 1)) ** 0.2
@@ -197,6 +197,8 @@ def test_boxcox_prediction_past_the_training_range_continues_linearly():
     assert abs(b[3] - y.min()) < 1e-3 * y.min() and abs(b[4] - y.max()) < 1e-3 * y.max()
     assert abs(b[2] - b[3]) < 1e-3 * slope[3].item() * 1.01  # continuous at the range's end
     assert b[1] > 0.5 * y.min()  # the old inverse gave 0 here
+    far = tf.inverse(torch.tensor([[lo - 50.0]], dtype=torch.float32)).item()
+    assert 0 < far < b[0]  # far below the range an output stays of its sign (a linear tail went negative)
     np.testing.assert_allclose(tf(back).numpy(), t.numpy(), rtol=1e-4, atol=1e-5)
     # a checkpoint saved before the tails loads without them (as it was trained)
     old = {k: v for k, v in tf.state_dict().items() if k not in ("x_lo", "x_hi", "t_lo", "t_hi")}

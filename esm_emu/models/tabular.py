@@ -43,11 +43,13 @@ class OutputTransform(nn.Module):
     (the median of the predictive distribution) and its variance the delta-method variance.
     Disabled outputs (or a checkpoint from before this transform) pass through unchanged.
 
-    Outside the training outputs' range the transform continues linearly (its slope at the range's
-    ends): the Box-Cox curvature is fitted to those outputs only, and with lam > 0 (lam < 0) the
-    transform is bounded below (above), so a GP prediction just past the range back-transformed to 0
-    (infinity): on the CLM5 PPE an EFLX_LH_TOT member 6% under the training minimum came back as
-    0.007 W/m2 with sd 2e8, one fold's R2 0.70 against 0.91.
+    Outside the training outputs' range the Box-Cox curve is not used: it is fitted to those outputs
+    only, and with lam > 0 (lam < 0) it is bounded below (above), so a GP prediction just past the
+    range back-transformed to 0 (infinity): on the CLM5 PPE an EFLX_LH_TOT member 6% under the
+    training minimum came back as 0.007 W/m2 with sd 2e8, one fold's R2 0.70 against 0.91. Past the
+    top the inverse continues linearly; past the bottom log-linearly, x = x_lo exp(s (t - t_lo) / x_lo)
+    with the same value and slope s at the end, so an output of one sign keeps it (a linear lower
+    tail gave an MLP ensemble GPP of -0.13 gC/m2/s). At lam = 0 the lower tail is the log itself.
     """
 
     def __init__(self, n_response: int):
@@ -100,10 +102,13 @@ class OutputTransform(nn.Module):
         small = self.lam.abs() < 1e-6
         lam = torch.where(small, torch.ones_like(self.lam), self.lam)
         t = torch.where(small, torch.log(xc), (torch.pow(xc, lam) - 1.0) / lam)
-        # beyond the training range: dt/dx = x^(lam - 1) at the range's end
-        outside = (x != xc) & self.enabled
-        tail = torch.where(outside, (x - xc) * torch.pow(xc, torch.where(small, torch.zeros_like(lam), lam) - 1.0),
-                           torch.zeros_like(x))
+        # beyond the training range (the inverse's tails, inverted): dt/dx = x^(lam - 1) at the range's end;
+        # below it t - t_lo = x_lo^lam log(x / x_lo)
+        lam0 = torch.where(small, torch.zeros_like(lam), lam)
+        above = (x > xc) & self.enabled
+        below = (x < xc) & self.enabled
+        tail = torch.where(above, (x - xc) * torch.pow(xc, lam0 - 1.0), torch.zeros_like(x))
+        tail = torch.where(below, torch.pow(xc, lam0) * torch.log(x.clamp_min(1e-30) / xc), tail)
         return torch.where(self.enabled, t + tail, y)
 
     def inverse(self, t: torch.Tensor) -> torch.Tensor:
@@ -120,7 +125,10 @@ class OutputTransform(nn.Module):
         y_exp = torch.exp(te)
         y = torch.where(small, y_exp, y_pow)
         slope = torch.where(small, y_exp, y_pow / base)
-        y = y + slope * torch.where(self.enabled, t - tc, torch.zeros_like(t))  # linear beyond the range
+        d = torch.where(self.enabled, t - tc, torch.zeros_like(t))
+        # past the top: linear; past the bottom: log-linear (same value and slope at x_lo, stays > 0)
+        grow = torch.exp(slope / y * d.clamp_max(0.0))
+        y, slope = torch.where(d < 0, y * grow, y + slope * d), torch.where(d < 0, slope * grow, slope)
         return (torch.where(self.enabled, self.sign * self.scale * y, t),
                 torch.where(self.enabled, self.sign * self.scale * slope, torch.ones_like(t)))
 
