@@ -81,3 +81,19 @@ def test_method_choice_by_number_of_sites():
     assert choose_method("auto", 4) == "per_site"
     assert choose_method("auto", PER_SITE_MAX_SITES) == "g_z"
     assert choose_method("g_A", 2) == "g_A"
+
+
+def test_a_parameter_pushed_past_its_bound_keeps_the_datas_spread():
+    """Site s3's true a (5.0) lies above a table whose upper bound is 3.0: every bootstrap member ends
+    on the bound, and their spread is zero. The interval keeps the data's linearised posterior sd
+    there (not a vanishing one), and stays tight where the data pin a value inside the range."""
+    ent, obs = _data()
+    cfg = {"method": "per_site", "train_period": {"start": 2000, "end": 2000},
+           "test_period": {"start": 2001, "end": 2001}, "per_site": {"steps": 300, "lr": 0.1},
+           "dpl": {"warmup_days": 0}, "uncertainty": {"ensemble": 3, "mc_samples": 0}}
+    table = {"a": (0.1, 3.0, 1.0), "b": (0.0, 1.0, 0.5)}
+    pmap, m = run_inversion(cfg, ent, obs, Toy(), table, progress=False)
+    theta, std = pmap["theta"].values, pmap["theta_std"].values
+    assert theta[2, 0] > 2.9  # at the bound (the logit parametrisation approaches it)
+    assert std[2, 0] > 0.01 * (3.0 - 0.1)
+    assert std[0, 0] < 0.05 * (3.0 - 0.1)  # s1's a (0.5) is well inside and well constrained

@@ -241,6 +241,10 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
 
     t3 = _time.perf_counter()
     ident, post = _identify(problem, forward, s, theta, fit, emulator_error, held_out)
+    if s.method == "per_site":  # a site whose bootstrap members all end on a bound keeps the data's spread
+        from .per_site import with_data_spread
+
+        theta_std = with_data_spread(problem, theta, theta_std, ident.ratio)
     interval = None
     if post is not None:  # the estimate and its interval: data, ensemble and regionalisation together
         theta = torch.clamp(problem.from_unit(torch.as_tensor(post.u, dtype=torch.float32)), problem.lo, problem.hi)

@@ -177,6 +177,27 @@ def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 30
     return theta, theta_std, hist
 
 
+def with_data_spread(problem: InverseProblem, theta: torch.Tensor, theta_std: torch.Tensor,
+                     ratio_obs: np.ndarray) -> torch.Tensor:
+    """theta_std at the observed sites, at least the linearised posterior sd of the site's data.
+
+    The block-bootstrap members are point estimates: where every member ends on a bound (the data
+    push the parameter past it) their spread is zero, though the data only say the value is near
+    the bound. ``ratio_obs`` (n_observed, P): posterior-to-prior variance ratios at the solution
+    (esm_emu.inverse.identifiability.assess), so the posterior sd in unit space is sqrt(ratio / 12).
+    The larger of the two is kept (both estimate the same spread; adding them would count it twice).
+    """
+    obs = torch.as_tensor(np.asarray(problem.observed, bool))
+    if not bool(obs.any()):
+        return theta_std
+    u = problem.to_unit(theta[obs]).clamp(0, 1)
+    ratio = np.clip(np.nan_to_num(np.asarray(ratio_obs, np.float64), nan=1.0), 0.0, 1.0)
+    sd_u = torch.as_tensor(np.sqrt(ratio / 12.0), dtype=theta.dtype)
+    out = theta_std.clone()
+    out[obs] = torch.maximum(theta_std[obs], _unit_std_to_physical(problem, u, sd_u))
+    return out
+
+
 def _unit_std_to_physical(problem: InverseProblem, u: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
     """A std in unit space at u as a std in physical units (half the width of from_unit(u +- sd))."""
     hi = problem.from_unit((u + sd).clamp(0, 1))
