@@ -192,13 +192,19 @@ def summarize_runs(dirs: list[str]) -> list[str]:
             beats &= iq["nse"] > dq["nse"]
             lines.append(f"  {b}: NSE {dq['nse']:.3f} -> {iq['nse']:.3f}, KGE {dq['kge']:.3f} -> {iq['kge']:.3f}, "
                          f"bias {dq['bias']:+.2f} -> {iq['bias']:+.2f}")
-        pinned = []
+        pinned, bound = [], []
         for b, ps in (rep.get("calibrated_parameters") or {}).items():
             for name, pv in ps.items():
                 if pv["std"] == 0 or pv["std"] < 1e-6 * max(abs(pv["value"]), 1e-12):
                     pinned.append(f"{name}@{b}")
+                share = pv.get("std_share_of_range")
+                if pv.get("on_bound") and share is not None and share < 0.01:  # issue 12's CAMELS criterion
+                    bound.append(f"{name}@{b} (std {share:.2%} of range, posterior/prior variance "
+                                 f"{pv.get('posterior_to_prior_variance', float('nan')):.3g}: "
+                                 f"{'the data push it there' if pv.get('data_constrain_here') else 'NOT constrained'})")
         lines.append(f"  calibrated beats default on every basin: {beats}; parameters with (near) zero std: "
-                     f"{', '.join(pinned) or 'none'}")
+                     f"{', '.join(pinned) or 'none'}; on a bound with std < 1% of the range: "
+                     f"{', '.join(bound) or 'none'}")
     return lines
 
 

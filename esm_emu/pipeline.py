@@ -487,6 +487,7 @@ def _per_site_report(out: Path, inv_dir: Path, inv_metrics: dict, real_basins=No
     import xarray as xr
 
     from esm_emu.inverse.per_site import per_site_skill, site_names
+    from esm_emu.inverse.problem import unit_position
 
     pmap_path, obs_path = inv_dir / "parameter_map.nc", out / "observations" / "observations.nc"
     if not pmap_path.exists():
@@ -511,7 +512,20 @@ def _per_site_report(out: Path, inv_dir: Path, inv_metrics: dict, real_basins=No
               if p in params}
         soil = camels_soil_comparison(real_basins.camels_attributes, ids, sf)
         rep["soil_vs_camels"] = {d.pop("basin"): d for d in soil}
-        rep["calibrated_parameters"] = {i: {p: {"value": float(pmap["theta"].values[k, j]),
-                                                "std": float(pmap["theta_std"].values[k, j])}
-                                            for j, p in enumerate(params)} for k, i in enumerate(ids)}
+        lo, hi = pmap["param_min"].values.astype(float), pmap["param_max"].values.astype(float)
+        u, u_sd = unit_position(pmap["theta"].values, pmap["theta_std"].values, lo[None], hi[None])
+        local = pmap.get("posterior_to_prior_variance_local")
+        ratio = None if local is None else local.values
+        limit = 0.1 if local is None else float(local.attrs.get("identified_at_most", 0.1))
+
+        def entry(k, j):
+            # range shares on the scale the calibration searches (log for wide positive ranges); on a
+            # bound: within 1% of it (the per-site logits approach, never reach, it)
+            return {"value": float(pmap["theta"].values[k, j]), "std": float(pmap["theta_std"].values[k, j]),
+                    "lower": float(lo[j]), "upper": float(hi[j]), "on_bound": bool(min(u[k, j], 1 - u[k, j]) <= 0.01),
+                    "std_share_of_range": float(u_sd[k, j]),
+                    "posterior_to_prior_variance": None if ratio is None else float(ratio[k, j]),
+                    "data_constrain_here": None if ratio is None else bool(ratio[k, j] <= limit)}
+
+        rep["calibrated_parameters"] = {i: {p: entry(k, j) for j, p in enumerate(params)} for k, i in enumerate(ids)}
     return rep

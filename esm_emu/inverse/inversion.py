@@ -591,6 +591,13 @@ def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionS
             "comment": f"median posterior/prior variance <= {ident.max_variance_ratio} (linearised at the solution)"})
         pmap["posterior_to_prior_variance"] = ("param", ident.median_ratio, {
             "long_name": "median over observed entities of the posterior-to-prior variance ratio", "units": "1"})
+        local = np.full((len(problem.entity), problem.n_params), np.nan)
+        local[np.asarray(problem.observed, bool)] = ident.ratio
+        pmap["posterior_to_prior_variance_local"] = ((dim, "param"), local, {
+            "long_name": "posterior-to-prior variance ratio of each observed entity's own data", "units": "1",
+            "identified_at_most": float(ident.max_variance_ratio),
+            "comment": "linearised at the solution; below the identified threshold the data there constrain the "
+                       "parameter (a value on a bound is where they push it); NaN at unobserved entities"})
         pmap["posterior_correlation"] = (("param", "param2"), ident.corr, {
             "long_name": "median posterior correlation between parameters (unit space)", "units": "1"})
         pmap = pmap.assign_coords(param2=("param2", np.array(problem.param_names, dtype=object)))

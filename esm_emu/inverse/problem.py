@@ -18,6 +18,23 @@ from ..forward import ForwardModel
 QC_NAMES = ("{v}_mask", "{v}_qc", "qc_{v}", "qc", "mask")  # the obs schema uses VAR_mask (True = usable)
 
 
+LOG_SCALE_RATIO = 20.0  # a positive range spanning this many times is searched on a log scale
+
+
+def unit_position(value, std, lo, hi):
+    """(position in [0, 1], std in unit space) of physical values with their std, numpy, on the
+    scale the inversion searches (InverseProblem.to_unit): log for wide positive ranges."""
+    import numpy as np
+
+    value, std, lo, hi = (np.asarray(x, np.float64) for x in (value, std, lo, hi))
+    log = (lo > 0) & (hi >= LOG_SCALE_RATIO * np.where(lo > 0, lo, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span = np.where(log, np.log(np.where(log, hi / np.where(lo > 0, lo, 1.0), 2.0)), hi - lo)
+        u = np.where(log, np.log(np.maximum(value, 1e-30) / np.where(lo > 0, lo, 1.0)), value - lo) / span
+        u_std = np.where(log, std / np.maximum(value, 1e-30), std) / span
+    return u, u_std
+
+
 @dataclass
 class InverseProblem:
     """Everything the inverse models need, aligned on (entity, time)."""
@@ -58,7 +75,7 @@ class InverseProblem:
     @property
     def log_scale(self) -> torch.Tensor:
         """Parameters whose positive range spans >= 20x are mapped to [0,1] on a log scale."""
-        return (self.lo > 0) & (self.hi / self.lo.clamp_min(1e-30) >= 20)
+        return (self.lo > 0) & (self.hi / self.lo.clamp_min(1e-30) >= LOG_SCALE_RATIO)
 
     def _log_bounds(self):
         # safe values where the parameter is linear, so torch.where never sees NaN gradients
