@@ -98,6 +98,9 @@ def run_one(name: str, sets: dict, args, store) -> dict:
         c0 = time.process_time()
         s = train(cfg, Distributed(), resume=False, progress=False)
         cpu = time.process_time() - c0
+        if s["stop"] == "sigterm":  # training stops gracefully on SIGTERM; the study must stop too
+            print(f"emulator_study: SIGTERM during run {name}; stopping (no further runs)", file=sys.stderr)
+            raise SystemExit(128 + 15)
         nse, n = held_out_nse(Path(tmp), store)
     tail = s["losses"][-50:]
     return {"name": name, "sets": sets, "steps": s["steps"], "stop": s["stop"], "cpu_s": cpu,
