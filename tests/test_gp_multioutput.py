@@ -115,3 +115,19 @@ def test_memory_bound_and_output_scale_change_nothing():
     assert torch.isfinite(m2).all() and torch.isfinite(v2).all()
     np.testing.assert_allclose(m2[:, 3].numpy(), 7.0, atol=1e-6)
     np.testing.assert_allclose(m2[:, :3].numpy(), m0.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_predict_in_output_chunks_is_the_same_prediction():
+    """predict takes outputs a few at a time (bounded memory for many outputs x many points): the
+    chunked mean and variance are those of all outputs at once."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(80, 3, generator=g, dtype=torch.float64)
+    y = torch.stack([torch.sin(3 * x[:, 0] + k) + 0.1 * x[:, 1] * k for k in range(7)], 1)
+    gp = ExactGP(3, 7, restarts=1, fit_steps=30)
+    gp.fit(x, y)
+    xt = torch.rand(50, 3, generator=g, dtype=torch.float64)
+    m_all, v_all = gp.predict(xt)
+    gp.predict_elements = 50 * 80 * 2  # two outputs per chunk
+    m, v = gp.predict(xt)
+    torch.testing.assert_close(m, m_all, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(v, v_all, rtol=1e-12, atol=1e-12)

@@ -36,6 +36,7 @@ from torch import nn
 from .registry import register_model
 
 _JITTER = 1e-6
+_PREDICT_ELEMENTS = 2 ** 25  # cross-covariance numbers per output chunk in predict (256 MB in float64)
 _FITTED = ("x_train", "y_train", "log_ls", "log_sf2", "log_sn2", "mean_w", "mean_b")
 
 
@@ -161,6 +162,7 @@ class ExactGP(nn.Module):
         # lr: the step of the former Adam fit, kept so that old callers construct; L-BFGS chooses its own steps
         self.restarts, self.fit_steps, self.lr, self.seed = restarts, fit_steps, lr, seed
         self.n_param, self.n_response = n_param, n_response
+        self.predict_elements = _PREDICT_ELEMENTS  # an attribute: TorchScript reads no int globals
         f8 = torch.float64
         self.register_buffer("x_train", torch.zeros(0, n_param, dtype=f8))
         self.register_buffer("y_train", torch.zeros(0, n_response, dtype=f8))
@@ -316,18 +318,30 @@ class ExactGP(nn.Module):
         return x @ self.mean_w.T + self.mean_b
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictive mean and variance of y (latent variance + noise), each (B,R), normalised units."""
+        """Predictive mean and variance of y (latent variance + noise), each (B,R), normalised units.
+
+        Outputs are taken a few at a time so the (outputs, B, N) cross-covariances stay under
+        `predict_elements` numbers (146 PFT x biome outputs at B = 8192 would take 3.8 GB at once)."""
         xd = x.to(torch.float64)
         m = self._mean(xd)
         sf2 = torch.exp(self.log_sf2)
-        if self.x_train.shape[0] == 0:
+        n = self.x_train.shape[0]
+        if n == 0:
             var = (sf2 + torch.exp(self.log_sn2)).expand(m.shape)
             return m.to(x.dtype), var.to(x.dtype)
-        ks = sf2[:, None, None] * _kernel(_sqdist(xd, self.x_train, torch.exp(self.log_ls)), self.matern)
-        mean = m + (ks @ self.alpha.unsqueeze(-1)).squeeze(-1).T
-        v = torch.linalg.solve_triangular(self.chol, ks.transpose(-1, -2), upper=False)
-        var = (sf2[:, None] - (v * v).sum(-2)).clamp_min(0.0) + torch.exp(self.log_sn2)[:, None]
-        return mean.to(x.dtype), var.T.to(x.dtype)
+        ls = torch.exp(self.log_ls)
+        step = max(1, self.predict_elements // max(1, xd.shape[0] * n))
+        means: list[torch.Tensor] = []
+        variances: list[torch.Tensor] = []
+        for a in range(0, self.n_response, step):
+            b = min(a + step, self.n_response)
+            ks = sf2[a:b, None, None] * _kernel(_sqdist(xd, self.x_train, ls[a:b]), self.matern)
+            means.append((ks @ self.alpha[a:b].unsqueeze(-1)).squeeze(-1))
+            v = torch.linalg.solve_triangular(self.chol[a:b], ks.transpose(-1, -2), upper=False)
+            variances.append((sf2[a:b, None] - (v * v).sum(-2)).clamp_min(0.0)
+                             + torch.exp(self.log_sn2[a:b])[:, None])
+        mean = m + torch.cat(means, 0).T
+        return mean.to(x.dtype), torch.cat(variances, 0).T.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)[0]
