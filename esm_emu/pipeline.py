@@ -302,11 +302,13 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
         append_wave(ppe, store, seed=seed, progress=progress)
     with xr.open_dataset(store) as st:
         appended = {"members": st.sizes["member"]}
+    release_memory()  # the append's buffers go back before fine-tuning loads the grown store
     emu = section("emulator").override({"run_dir": str(wdir / "emulator"),
                                         "train.init_from": str(prev_emu / "best.pt"),
                                         "train.max_steps": inv_cfg.waves.train_steps,
                                         "train.warmup_steps": 0})
     summary, _ = train_job(emu, resume=True, progress=progress, plots=False)
+    release_memory()
     inv = section("inverse").override({"out": str(wdir / "inverse"), "ablation": inv_cfg.waves.ablation,
                                        "forward.checkpoint": str(wdir / "emulator" / "best.pt")})
     run_from_config(inv, progress=progress, spinup_years=sim.spinup_years)
