@@ -15,6 +15,7 @@ import datetime
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import Iterator
 
@@ -24,6 +25,7 @@ import torch.distributed as tdist
 from ppe_ingest.base.errors import UserError
 
 # Environment variables that MPI launchers set in every rank they start.
+ABORT_GRACE_S = 1.0  # seconds between a rank's error message and MPI_Abort (see Distributed.abort)
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE")
 
 
@@ -192,6 +194,10 @@ class Distributed:
         sys.stderr.flush()
         sys.stdout.flush()
         if self.mpi_comm is not None:
+            # the launcher forwards a rank's stderr asynchronously, and MPI_Abort can take the job down
+            # before it has: an MPICH hydra job lost the one-line error about 1 time in 12. A moment's
+            # grace lets it through.
+            time.sleep(ABORT_GRACE_S)
             self.mpi_comm.Abort(1)
         os._exit(1)  # torchrun: the agent sees the exit and stops the other ranks
 
