@@ -50,7 +50,7 @@ def test_config_sections_validate_and_choose_per_site_routing(shared_data):
     shared_data("camels_us", "neuralhydrology_test_data", "camels_us")
     sim = load_simulate_config(CFG, check_files=False)
     inv = load_inverse_config(CFG, check_files=False)
-    assert sim.grid == "camels" and sim.truth is None and sim.physics["frozen_soil"]
+    assert sim.grid == "camels" and sim.truth is None and sim.physics["canopy_longwave"]
     assert len(sim.basins) == 4
     assert inv.routing["QRUNOFF"] == "gamma" and choose_method(inv.method, len(sim.basins)) == "per_site"
     # the calibration and test periods come from the config and can be moved

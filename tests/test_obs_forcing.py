@@ -104,3 +104,34 @@ def test_plumber_met_to_ctsm_daily(shared_data, tmp_path):
         nc["Tair"].units = "degC"
     with pytest.raises(UserError, match=r"DK-Fou_bad_Met.nc: Tair: units 'degC'"):
         read_plumber_met(bad)
+
+
+def test_clear_sky_shortwave_matches_fao56_and_clouds_raise_longwave():
+    """FAO-56 Example 8: Ra on 3 September (day 246) at 20 S is 32.2 MJ/m2/day, so the clear-sky
+    shortwave at sea level is 0.75 of it. Under full cloud (no shortwave reaching the ground) the
+    longwave is that of a black body at the air temperature; under a clear sky it is unchanged."""
+    from ppe_ingest.obs.forcing import clear_sky_shortwave, cloudy_sky_longwave
+
+    rso = clear_sky_shortwave(-20.0, 246, 0.0)
+    assert rso == pytest.approx(0.75 * 32.2e6 / 86400, rel=0.005)
+    assert clear_sky_shortwave(60.0, 172, 0.0) > clear_sky_shortwave(60.0, 355, 0.0) > 0
+    t, vp = np.array([268.0, 268.0, 268.0]), np.array([300.0, 300.0, 300.0])
+    clear = longwave_idso(t, vp)
+    lw = cloudy_sky_longwave(clear, t, np.array([200.0, 100.0, 0.0]), np.array([200.0, 200.0, 200.0]))
+    assert lw[0] == pytest.approx(clear[0])
+    assert lw[2] == pytest.approx(5.67e-8 * 268.0 ** 4)
+    assert lw[1] == pytest.approx(0.5 * (clear[1] + lw[2]))
+
+
+def test_camels_longwave_counts_the_clouds_its_shortwave_implies(shared_data):
+    """On a real Daymet file, the cloud-raised FLDS is never below the clear-sky value, and is
+    well above it on the dullest days (the ones a clear-sky formula gets most wrong)."""
+    path = shared_data("camels_us", "neuralhydrology_test_data", "camels_us", "basin_mean_forcing",
+                       "daymet", "01022500_lump_cida_forcing_leap.txt")
+    cloudy, _ = read_camels_forcing(path)
+    clear, _ = read_camels_forcing(path, clouds=False)
+    gain = (cloudy.FLDS - clear.FLDS).values
+    assert np.all(gain >= -1e-9)
+    dull = cloudy.FSDS.values < np.quantile(cloudy.FSDS.values, 0.1)
+    assert gain[dull].mean() > 30.0
+    assert "Crawford & Duchon" in cloudy.FLDS.attrs["derived"] and "raised" not in clear.FLDS.attrs["derived"]

@@ -36,8 +36,8 @@ def _tws(state):
     return state["H2OCAN"] + state["H2OSNO"] + state["H2OSOI_LIQ"].sum(1) + state["WA"]
 
 
-@pytest.mark.parametrize("options", [{}, {"frozen_soil": True}, {"aquifer": True}],
-                         ids=["default", "frozen_soil", "aquifer"])
+@pytest.mark.parametrize("options", [{}, {"frozen_soil": True}, {"aquifer": True}, {"canopy_longwave": True}],
+                         ids=["default", "frozen_soil", "aquifer", "canopy_longwave"])
 def test_water_balance_closes_per_gridcell_year(world, options):
     sites, weather = world
     forcing, static = forcing_tensors(weather), static_tensors(sites)
@@ -254,3 +254,53 @@ def test_aquifer_drains_the_column_into_a_slow_store(world):
     second = slice(365, None)
     swing = [q[:, second].diff(dim=1).abs().mean(1) for q in (aq["QRUNOFF"], base["QRUNOFF"])]
     assert torch.all(swing[0] <= swing[1] * 1.001) and torch.any(swing[0] < 0.8 * swing[1]), swing
+
+
+def _freeze(theta: float, days: int, tair_c: float = -10.0):
+    """The ice fraction day by day of a top layer holding `theta` (m3/m3) under air at `tair_c`,
+    no snow, starting at 2 C; frozen_soil on with e_ice = 1 (impedance = exp(-ln(10) icefrac))."""
+    sites = builtin_sites(1, seed=0)
+    c = physics._prepare(static_tensors(sites), {"e_ice": 1.0}, 1, {"frozen_soil": True})
+    k = physics._day_constants(c)
+    w_top = torch.tensor([theta]) * k.dz_top_mm
+    x = physics.DayTerms._make(torch.tensor([tair_c + physics.TFRZ]) if f == "tbot" else None
+                               for f in physics.DayTerms._fields)
+    tsoi, ice = torch.tensor([physics.TFRZ + 2.0]), []
+    for _ in range(days):
+        tsoi, imped = physics._soil_temperature(tsoi, torch.zeros(1), w_top, x, k)
+        ice.append(float(-torch.log10(imped)))
+    watsat = float(k.wsat[0] / k.dz_top_mm)
+    return np.array(ice), watsat
+
+
+def test_frozen_soil_freezes_its_water_before_it_cools_and_counts_ice_against_porosity():
+    """The latent heat of the soil's water holds it at 0 C while it freezes (CTSM's phase change:
+    a wetter soil takes longer), and the ice fraction is ice volume over porosity (CTSM icefrac =
+    vol_ice / watsat): a half-saturated soil never gets past 0.5, a saturated one reaches 1."""
+    wet, watsat = _freeze(0.0, 1)
+    wet, _ = _freeze(0.95 * watsat, 400)
+    half, _ = _freeze(0.5 * watsat, 400)
+    assert wet[0] == 0.0 and half[0] == 0.0                       # above 0 C on the first day: no ice
+    assert half.max() == pytest.approx(0.5, abs=1e-6) and wet.max() == pytest.approx(0.95, abs=1e-6)
+    # days until half of its water is ice: the wet soil takes longer (more latent heat to give up)
+    assert np.argmax(wet >= 0.475) > 1.3 * np.argmax(half >= 0.25) > 10
+    assert np.all(np.diff(wet) >= -1e-12)                          # steady cold: ice only grows
+
+
+def test_canopy_longwave_melts_snow_under_a_canopy_sooner(world):
+    """canopy_longwave off: results unchanged. On: the canopy, at the air temperature, radiates more
+    onto the snow than a clear winter sky, so the snowy sites' pack peaks lower and is gone sooner;
+    more so under a denser canopy."""
+    sites, weather = world
+    forcing, static = forcing_tensors(weather), static_tensors(sites)
+    base = run_land(forcing, static, {})
+    assert torch.equal(run_land(forcing, static, {}, physics={"canopy_longwave": False})["QRUNOFF"], base["QRUNOFF"])
+    on = run_land(forcing, static, {}, physics={"canopy_longwave": True})
+    snowy = slice(0, N_SITES // 2)
+    assert torch.all(on["H2OSNO"][snowy].max(1).values < base["H2OSNO"][snowy].max(1).values)
+    assert torch.all((on["H2OSNO"][snowy] > 1).sum(1) < (base["H2OSNO"][snowy] > 1).sum(1))
+    dense = dict(static, LAI_MAX=static["LAI_MAX"] * 0 + 6.0, LAI_MIN=static["LAI_MIN"] * 0 + 5.0)
+    sparse = dict(static, LAI_MAX=static["LAI_MAX"] * 0 + 0.5, LAI_MIN=static["LAI_MIN"] * 0 + 0.2)
+    gain = [run_land(forcing, s, {}, physics={"canopy_longwave": True})["H2OSNO"][snowy].sum()
+            - run_land(forcing, s, {})["H2OSNO"][snowy].sum() for s in (dense, sparse)]
+    assert gain[0] < gain[1] < 0, gain

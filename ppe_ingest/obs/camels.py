@@ -118,7 +118,7 @@ def read_camels_forcing_table(path: os.PathLike | str) -> tuple[pd.DataFrame, di
 
 
 def read_camels_forcing(path: os.PathLike | str, source: str | None = None, *,
-                        wind: float = 2.0, longwave: str = "idso",
+                        wind: float = 2.0, longwave: str = "idso", clouds: bool = True,
                         all_snow_t: float = 0.0, all_rain_t: float = 2.0) -> tuple[xr.Dataset, dict]:
     """CTSM forcing (time) from a CAMELS basin-mean forcing file, and its header.
 
@@ -126,6 +126,8 @@ def read_camels_forcing(path: os.PathLike | str, source: str | None = None, *,
     ("daymet", "nldas", "maurer") defaults to what the file name says.  Srad in these files is
     the daylight-period average, so FSDS = srad*dayl/86400.  The CAMELS NLDAS files carry the
     daily mean temperature in both Tmax and Tmin; TBOT = (tmax+tmin)/2 is right for both.
+    FLDS is the clear-sky formula raised by the cloud that srad implies at the header's latitude
+    (`clouds=False`: clear sky only; under-counts a cloudy winter's longwave by tens of W/m2).
     """
     df, header = read_camels_forcing_table(path)
     src = source or header["source"] or "daymet"
@@ -133,7 +135,7 @@ def read_camels_forcing(path: os.PathLike | str, source: str | None = None, *,
     ds = daily_basin_to_ctsm(df.prcp.values, df.srad.values, df.tmax.values, df.tmin.values,
                              df.vp.values, df.dayl.values, header["elevation"], df.index.values,
                              wind=wind, longwave=longwave, all_snow_t=all_snow_t, all_rain_t=all_rain_t,
-                             source=f"CAMELS {src}")
+                             source=f"CAMELS {src}", latitude=header["lat"] if clouds else None)
     ds.attrs.update({"source": f"CAMELS {src} basin-mean forcing", "basin": header["basin"] or "",
                      "lat": header["lat"], "elevation": header["elevation"], "area_km2": header["area_km2"],
                      "input_file": header["path"]})

@@ -5,6 +5,7 @@ PBOT (Pa), WIND (m/s).  Derived or defaulted fields say so in their ``derived`` 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ppe_ingest.base.errors import UserError
@@ -62,6 +63,27 @@ def longwave_brutsaert(tbot_k, vp_pa):
 LONGWAVE = {"idso": longwave_idso, "brutsaert": longwave_brutsaert}
 
 
+def clear_sky_shortwave(lat_deg: float, day_of_year, elevation: float):
+    """Daily-mean clear-sky shortwave (W/m2): FAO-56 Eq. 37, Rso = (0.75 + 2e-5 z) Ra, with the
+    extraterrestrial radiation Ra from latitude and day of year (FAO-56 Eqs. 21-25)."""
+    j = np.asarray(day_of_year, dtype=float)
+    phi = np.deg2rad(float(lat_deg))
+    dr = 1.0 + 0.033 * np.cos(2 * np.pi * j / 365.0)
+    delta = 0.409 * np.sin(2 * np.pi * j / 365.0 - 1.39)
+    ws = np.arccos(np.clip(-np.tan(phi) * np.tan(delta), -1.0, 1.0))
+    ra = (1367.0 / np.pi) * dr * (ws * np.sin(phi) * np.sin(delta) + np.cos(phi) * np.cos(delta) * np.sin(ws))
+    return (0.75 + 2e-5 * float(elevation)) * np.clip(ra, 0.0, None)
+
+
+def cloudy_sky_longwave(flds_clear, tbot_k, fsds, fsds_clear):
+    """Downward longwave under cloud (W/m2), Crawford & Duchon (1999, J. Appl. Meteor. 38:474):
+    eps = c + (1 - c) eps_clear, i.e. c sigma T^4 + (1 - c) FLDS_clear, with the cloud fraction
+    c = 1 - FSDS / clear-sky FSDS (0..1). Where the clear-sky shortwave is under 10 W/m2 (polar
+    night) the clear-sky value is kept."""
+    c = np.where(fsds_clear > 10.0, np.clip(1.0 - fsds / np.maximum(fsds_clear, 1e-9), 0.0, 1.0), 0.0)
+    return c * STEBOL * tbot_k ** 4 + (1.0 - c) * flds_clear
+
+
 def _attrs(name: str, **extra) -> dict:
     a = hist_attrs(name)
     a.update(extra)
@@ -71,11 +93,13 @@ def _attrs(name: str, **extra) -> dict:
 def daily_basin_to_ctsm(prcp, srad, tmax, tmin, vp, dayl, elevation: float, time, *,
                         wind: float = DEFAULT_WIND, longwave: str = "idso",
                         all_snow_t: float = ALL_SNOW_T, all_rain_t: float = ALL_RAIN_T,
-                        source: str = "daymet") -> xr.Dataset:
+                        source: str = "daymet", latitude: float | None = None) -> xr.Dataset:
     """CTSM forcing (time) from CAMELS-style daily basin means.
 
     prcp mm/day, srad W/m2 averaged over the daylight period (Daymet convention, also used in
     the CAMELS NLDAS/Maurer files), tmax/tmin degrees C, vp Pa, dayl s, elevation m.
+    With `latitude` (degrees) the clear-sky longwave is raised by the cloud the shortwave implies
+    (cloudy_sky_longwave); without it FLDS is the clear-sky formula's.
     """
     if longwave not in LONGWAVE:
         raise UserError(f"longwave: unknown method {longwave!r} (choose from {', '.join(LONGWAVE)})")
@@ -87,13 +111,18 @@ def daily_basin_to_ctsm(prcp, srad, tmax, tmin, vp, dayl, elevation: float, time
     pbot = np.full_like(tbot, pressure_from_elevation(elevation))
     qbot = specific_humidity(vp, pbot)
     flds = LONGWAVE[longwave](tbot, vp)
+    sky = "clear-sky formula"
+    if latitude is not None:
+        doy = pd.DatetimeIndex(np.asarray(time)).day_of_year.values
+        flds = cloudy_sky_longwave(flds, tbot, fsds, clear_sky_shortwave(latitude, doy, elevation))
+        sky = "clear-sky formula raised by cloud (Crawford & Duchon 1999, cloud from FSDS / FAO-56 clear-sky FSDS)"
     ramp = f"CTSM repartitioning ramp on daily-mean TBOT, all snow <= {all_snow_t} C, all rain >= {all_rain_t} C"
     data = {
         "RAIN": (rain, _attrs("RAIN", derived=f"{source} prcp/86400; {ramp}")),
         "SNOW": (snow, _attrs("SNOW", derived=f"{source} prcp/86400; {ramp}")),
         "TBOT": (tbot, _attrs("TBOT", derived=f"{source} (tmax+tmin)/2 + 273.15")),
         "FSDS": (fsds, _attrs("FSDS", derived=f"{source} srad*dayl/86400 (daylight average to daily mean)")),
-        "FLDS": (flds, _attrs("FLDS", derived=f"{longwave} clear-sky formula from TBOT and vp (not observed)")),
+        "FLDS": (flds, _attrs("FLDS", derived=f"{longwave} {sky} from TBOT and vp (not observed)")),
         "QBOT": (qbot, _attrs("QBOT", derived=f"{source} vp with PBOT: 0.622 e/(p - 0.378 e)")),
         "PBOT": (pbot, _attrs("PBOT", derived=f"FAO-56 Eq. 7 from basin elevation {elevation:g} m (not observed)")),
         "WIND": (np.full_like(tbot, float(wind)),

@@ -25,7 +25,8 @@ TRUTH = {
 
 # Physics options of the built-in simulator (physics.PHYSICS_OPTIONS), all off (the quickstart twin).
 PHYSICS = {"frozen_soil": Field(bool, False, help="CLM5 ice impedance of infiltration in frozen topsoil"),
-           "aquifer": Field(bool, False, help="groundwater store below bedrock (CLM4.5 unconfined aquifer)")}
+           "aquifer": Field(bool, False, help="groundwater store below bedrock (CLM4.5 unconfined aquifer)"),
+           "canopy_longwave": Field(bool, False, help="the canopy's longwave onto the snow below it (CTSM emv)")}
 
 SCHEMA = {
     "case": Field(str, "esmemu_sim", help="case name in history file names"),

@@ -78,14 +78,23 @@ STATE_VARS = ("H2OCAN", "H2OSNO", "FSNO", "INT_SNOW", "H2OSOI_LIQ", "T30", "TSOI
 #     into it by gravity (the layers' own k(s) = hksat s**(2b+3), integrated exactly over the day), and
 #     it empties into the stream as a linear reservoir with an e-folding time of AQUIFER_TAU_DAYS
 #     (CLM4.5 drains it by water-table depth; a linear store is this stand-in's daily simplification).
-PHYSICS_OPTIONS = ("frozen_soil", "aquifer")
+#   canopy_longwave: the snow under a canopy receives the canopy's own longwave, emitted at the air
+#     temperature, in place of the sky's (CTSM CanopyFluxesMod/SoilFluxesMod: the ground gets
+#     (1 - emv) FLDS + emv sigma Tv^4 with emv = 1 - exp(-(elai + esai)/avmuir), avmuir = 1).
+PHYSICS_OPTIONS = ("frozen_soil", "aquifer", "canopy_longwave")
 AQUIFER_TAU_DAYS = 45.0
-# Top-soil temperature: relaxes to the air temperature with an e-folding time of TSOI_TAU_DAYS,
-# slowed under snow by exp(-H2OSNO / SNOW_INSULATION_MM) (a snowpack insulates the soil); the
-# ice fraction ramps from 0 at TFRZ to 1 at TFRZ - ICE_RAMP_K.
+# Top-soil heat: TSOI holds the top layer's heat content as a temperature (K). Above TFRZ it is the
+# temperature; below, the first LAT kelvin of cooling freeze the layer's water at TFRZ (the latent
+# heat of fusion, as CTSM's SoilTemperatureMod phase change: the "zero curtain" of a freezing wet
+# soil), with LAT = rho_w HFUS theta / C_v; below TFRZ - LAT the frozen soil cools. The temperature
+# relaxes to the air's with an e-folding time of TSOI_TAU_DAYS, slowed under snow by
+# exp(-H2OSNO / SNOW_INSULATION_MM) (a snowpack insulates the soil). The ice fraction is CTSM's
+# icefrac = vol_ice / watsat (SoilHydrologyMod), with vol_ice the frozen share of the layer's water.
 TSOI_TAU_DAYS = 10.0
 SNOW_INSULATION_MM = 50.0
-ICE_RAMP_K = 2.0
+CSOL_V = 2.2e6        # J/m3/K, soil solids (CTSM csol: 2.128e6 sand .. 2.385e6 clay)
+CLIQ_V = 4.188e6      # J/m3/K, liquid water (CTSM cpliq * denh2o)
+LATENT_V = 1000.0 * HFUS   # J/m3 per unit volumetric water frozen (denh2o * hfus)
 
 
 def check_physics(physics: Mapping | None) -> dict[str, bool]:
@@ -207,6 +216,7 @@ def _prepare(static: Mapping, params: Mapping, B: int, physics: Mapping | None =
         # ln(10) * e_ice where frozen_soil is on, 0 (no impedance, bit-identical results) where off
         ice_coef=p["e_ice"] * (math.log(10.0) * float(check_physics(physics)["frozen_soil"])),
         aq_on=torch.full((B,), float(check_physics(physics)["aquifer"]), dtype=torch.float64),
+        canopy_lw=torch.full((B,), float(check_physics(physics)["canopy_longwave"]), dtype=torch.float64),
     )
 
 
@@ -246,6 +256,7 @@ class TermConstants(NamedTuple):
     accum_factor: torch.Tensor
     medlynslope: torch.Tensor
     tortuosity: torch.Tensor             # CTSM (Moldrup) tortuosity of the dry surface layer
+    canopy_lw: torch.Tensor              # 1 with the canopy_longwave option, else 0
 
 
 class DayTerms(NamedTuple):
@@ -328,7 +339,8 @@ def _term_constants(c: dict) -> TermConstants:
     return TermConstants(
         ga_coef=c["ga_coef"], lai_min=c["lai_min"], lai_range=c["lai_max"] - c["lai_min"], sai=c["sai"],
         liq_canopy_storage_scalar=p["liq_canopy_storage_scalar"], interception_fraction=p["interception_fraction"],
-        accum_factor=p["accum_factor"], medlynslope=p["medlynslope"], tortuosity=c["tort"])
+        accum_factor=p["accum_factor"], medlynslope=p["medlynslope"], tortuosity=c["tort"],
+        canopy_lw=c["canopy_lw"])
 
 
 def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt: TermConstants) -> DayTerms:
@@ -366,7 +378,11 @@ def _terms(tbot, pbot, qbot, wind, flds, fsds, rain, snow, t30, kt: TermConstant
     # snow edges), longwave of a 0 C surface and sensible heat; gated around 0 C.
     ga_snow = (VKC ** 2 / math.log(ZREF / ZSNO) ** 2) * wind
     sw_snow = fsds * torch.exp(-0.3 * vai)
-    melt_a = sw_snow * (0.5 * (1 - ALB_GROUND)) + (0.97 * (flds - SB * TFRZ ** 4) + rho * CPAIR * ga_snow * tc)
+    # Longwave onto the snow: the sky's through the canopy gaps and the canopy's own at the air
+    # temperature (CTSM: (1 - emv) FLDS + emv sigma Tv^4, emv = 1 - exp(-(elai + esai)/avmuir), avmuir = 1).
+    emv = (1.0 - torch.exp(-vai)) * kt.canopy_lw
+    lw_snow = flds + emv * (SB * tbot ** 4 - flds)
+    melt_a = sw_snow * (0.5 * (1 - ALB_GROUND)) + (0.97 * (lw_snow - SB * TFRZ ** 4) + rho * CPAIR * ga_snow * tc)
     melt_b = sw_snow * ((1 - ALB_SNOW) - 0.5 * (1 - ALB_GROUND))
     melt_gate = torch.sigmoid(tc) * (SECSPDAY / HFUS)          # W/m2 -> mm/day of melt
     es_snow = torch.where(tc < 0.0, es, 611.2)                 # over the snow: at most 0 C
@@ -578,13 +594,18 @@ def _baseflow(w: list, hsat, k: DayConstants) -> torch.Tensor:
     return qdrai
 
 
-def _soil_temperature(tsoi, swe, x: DayTerms, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-soil temperature relaxed toward the air (slower under snow) and the ice impedance of
-    infiltration, 10**(-e_ice * icefrac) (CLM5), icefrac ramping from 0 at TFRZ to 1 at TFRZ - ICE_RAMP_K.
-    Returns (tsoi, impedance); the impedance is exactly 1 when frozen_soil is off (ice_coef = 0)."""
+def _soil_temperature(tsoi, swe, w_top, x: DayTerms, k: DayConstants) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-soil heat content relaxed toward the air (slower under snow), its water freezing at TFRZ
+    before the soil cools further, and the ice impedance of infiltration 10**(-e_ice * icefrac)
+    (CLM5). Returns (tsoi, impedance); the impedance is exactly 1 when frozen_soil is off (ice_coef = 0)."""
+    theta = w_top / k.dz_top_mm                                   # volumetric water of the top layer
+    watsat = k.wsat[0] / k.dz_top_mm
+    lat = LATENT_V * theta / ((1.0 - watsat) * CSOL_V + theta * CLIQ_V)   # K of cooling that freeze it all
+    temp = torch.where(tsoi >= TFRZ, tsoi, (tsoi + lat).clamp(max=TFRZ))
     rate = (1.0 / TSOI_TAU_DAYS) * torch.exp(-swe * (1.0 / SNOW_INSULATION_MM))
-    tsoi = tsoi + (x.tbot - tsoi) * rate
-    icefrac = ((TFRZ - tsoi) * (1.0 / ICE_RAMP_K)).clamp(0.0, 1.0)
+    tsoi = tsoi + (x.tbot - temp) * rate
+    frozen = ((TFRZ - tsoi) / lat.clamp_min(1e-6)).clamp(0.0, 1.0)
+    icefrac = (frozen * theta / watsat).clamp(0.0, 1.0)
     return tsoi, torch.exp(-k.ice_coef * icefrac)
 
 
@@ -616,7 +637,7 @@ def _day(state: DayState, x: DayTerms, k: DayConstants) -> tuple[DayState, torch
     wcan, qvege, fwet, num_can = _canopy_evaporation(wcan, sn.rnet, x)
     et_tr = _transpiration_demand(num_can, fwet, sn.fsno_vis, btran, x)
     esoil = _soil_evaporation_demand(W[0], sn.rnet, sn.fsno, x, k)
-    tsoi, impedance = _soil_temperature(tsoi, sn.swe, x, k)
+    tsoi, impedance = _soil_temperature(tsoi, sn.swe, W[0], x, k)
     qover, infil = _surface_runoff(drip, sn.melt, fsat, x, k, impedance)
     ws = list(k.wsat.unbind(0))                                # one unbind: the same gradient sums
     w, qover = _infiltrate(W, infil, qover, ws)
