@@ -236,14 +236,20 @@ def local_update(problem: InverseProblem, forward: ForwardModel, u_all: np.ndarr
     return u, cov
 
 
-def krige(lat, lon, values: np.ndarray, lat_new, lon_new, lengths=(1.0, 2.0, 4.0, 8.0, 16.0)):
+def krige(lat, lon, values: np.ndarray, lat_new, lon_new, lengths=(1.0, 2.0, 4.0, 8.0, 16.0),
+          noise: np.ndarray | None = None):
     """Simple kriging of (n,) values at points to new points on the sphere: exponential covariance
     of great-circle distance, length scale and nugget share by maximum marginal likelihood.
-    Returns (mean (m,), variance (m,)); zero mean (the values are residuals of a regression)."""
+    ``noise`` (n,): the known error variance of each value (a local estimate's posterior variance);
+    it is kept out of the field's variance, so the variance returned is that of the field itself at
+    the new points, not of another noisy estimate there. Returns (mean (m,), variance (m,)); zero
+    mean (the values are residuals of a regression)."""
     from ppe_ingest.base.geometry import great_circle_deg
 
     v = np.asarray(values, np.float64)
-    s2 = float(np.mean(v ** 2))
+    e = np.zeros(len(v)) if noise is None else np.clip(np.asarray(noise, np.float64), 0.0, None)
+    # the field's variance: the values' mean square less their known noise (at least a tenth of it)
+    s2 = max(float(np.mean(v ** 2)) - float(e.mean()), 0.1 * float(np.mean(v ** 2)))
     if len(v) < 3 or s2 <= 0:
         return np.zeros(len(lat_new)), np.full(len(lat_new), s2)
     d = great_circle_deg(lat[:, None], lon[:, None], lat[None], lon[None])
@@ -251,7 +257,7 @@ def krige(lat, lon, values: np.ndarray, lat_new, lon_new, lengths=(1.0, 2.0, 4.0
     best = None
     for L in lengths:
         for nug in (0.05, 0.2, 0.5):
-            K = s2 * ((1 - nug) * np.exp(-d / L) + nug * np.eye(len(v)))
+            K = s2 * ((1 - nug) * np.exp(-d / L) + nug * np.eye(len(v))) + np.diag(e)
             try:
                 c = np.linalg.cholesky(K)
             except np.linalg.LinAlgError:

@@ -128,7 +128,7 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
         if not unobs.any():
             break
         if lat is not None and lon is not None:
-            m, v = krige(lat[obs], lon[obs], resid[:, j], lat[unobs], lon[unobs])
+            m, v = krige(lat[obs], lon[obs], resid[:, j], lat[unobs], lon[unobs], noise=data_var[obs, j])
         else:
             m, v = np.zeros(unobs.sum()), np.full(unobs.sum(), np.mean(resid[:, j] ** 2))
         u[unobs, j] = u_blind[unobs, j] + m
