@@ -218,7 +218,9 @@ def main():
     ap.add_argument("--routing", default="gamma", choices=("gamma", "none"))
     ap.add_argument("--test-year", default="all", help="2000, 2001, 2002 or all (each in turn)")
     ap.add_argument("--params", default=",".join(PARAMS))
-    ap.add_argument("--physics", default="", help="simulator physics options, e.g. frozen_soil,aquifer")
+    ap.add_argument("--physics", default=None,
+                    help="simulator physics options, e.g. canopy_longwave,frozen_soil ('' = none; "
+                         "default: those configs/camels_basins.yaml turns on)")
     ap.add_argument("--warmup-days", type=int, default=180)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="", help="label of this variant in RESULTS.md")
@@ -252,6 +254,10 @@ def main():
     from esm_emu.inverse.problem import build_problem
     from esm_emu.routing import with_routing
 
+    if a.physics is None:
+        from ppe_ingest.simulator.config import load_simulate_config
+        cfg = Path(__file__).resolve().parents[1] / "configs" / "camels_basins.yaml"
+        a.physics = ",".join(k for k, on in load_simulate_config(cfg, check_files=False).physics.items() if on)
     physics = {k: True for k in a.physics.split(",") if k}
     t0 = time.perf_counter()
     d = build(root, per_basin=a.per_basin, emu_steps=a.emu_steps if a.forward == "emulator" else 1, seed=a.seed,
