@@ -118,7 +118,7 @@ def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 30
     """Calibrate every observed site's parameters; returns (theta (N, P), theta_std (N, P), loss history per member).
 
     All members and sites run as one batch through the forward model, only up to the last
-    calibration day. theta is the members' mean, theta_std their spread (law of total variance
+    calibration day. theta is the members' mean in unit space, theta_std their spread (law of total variance
     over members is just their variance here: each member is a point estimate).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -172,7 +172,9 @@ def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 30
     with torch.no_grad():
         u = torch.sigmoid(z)                                                  # (M, S, P)
         th = problem.from_unit(u.reshape(M * S, P)).reshape(M, S, P)
-        theta[t] = th.mean(0)
+        # the members' centre in the space the calibration searches (log for wide ranges): a
+        # physical mean of log-scaled values is pulled toward the largest member
+        theta[t] = problem.from_unit(u.mean(0))
         theta_std[t] = th.std(0, unbiased=False) if M > 1 else torch.zeros(S, P)
     return theta, theta_std, hist
 
