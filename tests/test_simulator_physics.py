@@ -269,15 +269,14 @@ def _freeze(theta: float, days: int, tair_c: float = -10.0):
     for _ in range(days):
         tsoi, imped = physics._soil_temperature(tsoi, torch.zeros(1), w_top, x, k)
         ice.append(float(-torch.log10(imped)))
-    watsat = float(k.wsat[0] / k.dz_top_mm)
-    return np.array(ice), watsat
+    return np.array(ice), float(k.wsat[0] / k.dz_top_mm)
 
 
 def test_frozen_soil_freezes_its_water_before_it_cools_and_counts_ice_against_porosity():
     """The latent heat of the soil's water holds it at 0 C while it freezes (CTSM's phase change:
     a wetter soil takes longer), and the ice fraction is ice volume over porosity (CTSM icefrac =
     vol_ice / watsat): a half-saturated soil never gets past 0.5, a saturated one reaches 1."""
-    wet, watsat = _freeze(0.0, 1)
+    watsat = float(physics._prepare(static_tensors(builtin_sites(1, seed=0)), {}, 1)["watsat"][0])
     wet, _ = _freeze(0.95 * watsat, 400)
     half, _ = _freeze(0.5 * watsat, 400)
     assert wet[0] == 0.0 and half[0] == 0.0                       # above 0 C on the first day: no ice
@@ -288,15 +287,17 @@ def test_frozen_soil_freezes_its_water_before_it_cools_and_counts_ice_against_po
 
 
 def test_canopy_longwave_melts_snow_under_a_canopy_sooner(world):
-    """canopy_longwave off: results unchanged. On: the canopy, at the air temperature, radiates more
-    onto the snow than a clear winter sky, so the snowy sites' pack peaks lower and is gone sooner;
-    more so under a denser canopy."""
+    """canopy_longwave acts on snow only: with all precipitation as rain nothing changes. With snow the
+    canopy, at the air temperature, radiates more onto the snow than a clear winter sky, so the pack
+    peaks lower and is gone sooner; more so under a denser canopy."""
     sites, weather = world
     forcing, static = forcing_tensors(weather), static_tensors(sites)
     base = run_land(forcing, static, {})
-    assert torch.equal(run_land(forcing, static, {}, physics={"canopy_longwave": False})["QRUNOFF"], base["QRUNOFF"])
     on = run_land(forcing, static, {}, physics={"canopy_longwave": True})
     snowy = slice(0, N_SITES // 2)
+    rain_only = dict(forcing, RAIN=forcing["RAIN"] + forcing["SNOW"], SNOW=torch.zeros_like(forcing["SNOW"]))
+    assert torch.equal(run_land(rain_only, static, {}, physics={"canopy_longwave": True})["QRUNOFF"],
+                       run_land(rain_only, static, {})["QRUNOFF"])
     assert torch.all(on["H2OSNO"][snowy].max(1).values < base["H2OSNO"][snowy].max(1).values)
     assert torch.all((on["H2OSNO"][snowy] > 1).sum(1) < (base["H2OSNO"][snowy] > 1).sum(1))
     dense = dict(static, LAI_MAX=static["LAI_MAX"] * 0 + 6.0, LAI_MIN=static["LAI_MIN"] * 0 + 5.0)

@@ -183,6 +183,7 @@ def _prepare(static: Mapping, params: Mapping, B: int, physics: Mapping | None =
         else:
             p[k] = torch.full((B,), dflt, dtype=torch.float64)
 
+    opts = check_physics(physics)
     soil = soil_properties(st, p)
     watsat, bsw, sucsat, hksat = soil["watsat"], soil["bsw"], soil["sucsat"], soil["hksat"]
     dz2 = layer_thickness(p["zbedrock"])                    # (B, L) m
@@ -214,9 +215,9 @@ def _prepare(static: Mapping, params: Mapping, B: int, physics: Mapping | None =
         n_melt=p["n_melt_coef"] / st["STD_ELEV"].clamp_min(10.0),   # CTSM: n_melt_coef / max(10, std_elev)
         slope_tan=torch.tan(st["SLOPE"] * math.pi / 180.0),
         # ln(10) * e_ice where frozen_soil is on, 0 (no impedance, bit-identical results) where off
-        ice_coef=p["e_ice"] * (math.log(10.0) * float(check_physics(physics)["frozen_soil"])),
-        aq_on=torch.full((B,), float(check_physics(physics)["aquifer"]), dtype=torch.float64),
-        canopy_lw=torch.full((B,), float(check_physics(physics)["canopy_longwave"]), dtype=torch.float64),
+        ice_coef=p["e_ice"] * (math.log(10.0) * float(opts["frozen_soil"])),
+        aq_on=torch.full((B,), float(opts["aquifer"]), dtype=torch.float64),
+        canopy_lw=torch.full((B,), float(opts["canopy_longwave"]), dtype=torch.float64),
     )
 
 
