@@ -279,6 +279,7 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     import xarray as xr
 
     from esm_emu.inverse.pipeline import run_from_config
+    from esm_emu.inverse.warm import STATE_FILE
     from esm_emu.propose import propose_wave
     from esm_emu.training.job import train_job
     from ppe_ingest.ingest.append import append_wave
@@ -306,12 +307,17 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     emu = section("emulator").override({"run_dir": str(wdir / "emulator"),
                                         "train.init_from": str(prev_emu / "best.pt"),
                                         "train.max_steps": inv_cfg.waves.train_steps,
-                                        "train.warmup_steps": 0})
+                                        "train.warmup_steps": 0,
+                                        # the grown store is read from the file batch by batch: a wave's
+                                        # members add to the disk, not to the resident memory
+                                        "data.reading": "stream"})
     summary, _ = train_job(emu, resume=True, progress=progress, plots=False)
     release_memory()
     inv = section("inverse").override({"out": str(wdir / "inverse"), "ablation": inv_cfg.waves.ablation,
                                        "forward.checkpoint": str(wdir / "emulator" / "best.pt")})
-    run_from_config(inv, progress=progress, spinup_years=sim.spinup_years)
+    warm = prev_inv / STATE_FILE if inv_cfg.waves.dpl_steps else None
+    run_from_config(inv, progress=progress, spinup_years=sim.spinup_years,
+                    warm_from=warm if warm is not None and warm.exists() else None, warm_steps=inv_cfg.waves.dpl_steps)
     return {"store_members": appended["members"], "train_steps": summary["steps"]}
 
 

@@ -135,6 +135,29 @@ def test_run_inversion_gives_map_with_uncertainty_and_better_held_out_year(twin,
         assert (tmp_path / f).stat().st_size > 0
 
 
+def test_a_wave_starts_where_the_previous_inversion_ended(twin, tmp_path):
+    """A PPE wave's inversion continues the previous one: same dPL members and embedding, fewer steps."""
+    obs = observations(twin, OBSERVED)
+    base = {"params": PARAMS, "method": "g_z", "train_period": {"start": 2000, "end": 2000},
+            "test_period": {"start": 2001, "end": 2001}, "kgssl": {"steps": 10, "window_days": 180},
+            "dpl": {"steps": 40, "warmup_days": 60}, "uncertainty": {"ensemble": 2, "mc_samples": 2}}
+    _, cold = run_inversion(inverse_config(base), twin["entities"], obs, twin["forward"], twin["table"],
+                            out_dir=tmp_path / "w0", progress=False, sources=["twin"])
+    state = tmp_path / "w0" / "inverse_state.pt"
+    assert state.is_file()
+    _, warm = run_inversion(inverse_config(base), twin["entities"], obs, twin["forward"], twin["table"],
+                            out_dir=tmp_path / "w1", progress=False, sources=["twin"], warm_from=state, warm_steps=5)
+    assert warm["warm_start"] == {"dpl_steps": 5, "kgssl_embedding_reused": True}
+    assert "kgssl_s" not in warm["wall_s"]  # the embedding is the previous wave's
+    for c, w in zip(cold["training"]["dpl_loss"], warm["training"]["dpl_loss"]):
+        assert len(w) == 5
+        # the first warm step is scored at the previous wave's end, not at a fresh network's start
+        assert w[0] < c[0] and w[0] <= 1.5 * np.mean(c[-5:])
+    with pytest.raises(UserError, match="inverse_state.pt: inferred parameters"):
+        run_inversion(inverse_config({**base, "params": PARAMS[:2]}), twin["entities"], obs, twin["forward"],
+                      twin["table"], progress=False, sources=["twin"], warm_from=state)
+
+
 def test_training_through_the_builtin_simulator_passes_gradients(twin):
     ent = twin["entities"].isel(gridcell=slice(0, 3), time=slice(0, 60))
     sim = twin["simulator"]

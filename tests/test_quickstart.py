@@ -29,6 +29,7 @@ emulator:
   train: {max_steps: 12, val_every: 6, checkpoint_every: 6, warmup_steps: 2, ensemble: 2}
   evaluate: {plots: false}
 inverse:
+  method: g_z                 # the quickstart's (auto would calibrate 6 sites one by one)
   params: [fff, FMAX, hksat_sf]
   variables: [QRUNOFF]
   train_period: {start: 2000, end: 2001}
@@ -37,7 +38,7 @@ inverse:
   kgssl: {steps: 5, hidden: 8, embedding: 4, window_days: 200}
   dpl: {steps: 5, warmup_days: 60}
   uncertainty: {ensemble: 2, mc_samples: 2}
-  waves: {count: 1, members: 3, train_steps: 4}
+  waves: {count: 1, members: 3, train_steps: 4, dpl_steps: 3}
 """
 
 
@@ -94,6 +95,11 @@ def test_waves_grow_the_store_and_report_each_wave(quick):
         assert {"r", "coverage"} <= set(w["parameter_recovery"]["unobserved"]["fff"])
     # the top level describes the final wave
     assert report["parameter_recovery"] == report["waves"]["1"]["parameter_recovery"]
+    # the wave's inversion started from the first one's networks, for waves.dpl_steps steps
+    assert (out / "inverse" / "inverse_state.pt").is_file()
+    wave = json.loads((out / "waves" / "1" / "inverse" / "metrics.json").read_text())
+    assert wave["warm_start"]["dpl_steps"] == 3
+    assert all(len(h) == 3 for h in wave["training"]["dpl_loss"])
 
 
 def test_ctsm_files_carry_the_inferred_map(quick):

@@ -71,6 +71,9 @@ WAVES = {
     "count": Field(int, 0, min=0, max=20, help="run pipeline: PPE waves after the first inversion (0: none)"),
     "members": Field(int, 16, min=1, max=100_000, help="members per wave, drawn from the posterior region"),
     "train_steps": Field(int, 150, min=1, max=10_000_000, help="fine-tuning steps of the emulator per wave"),
+    "dpl_steps": Field(int, 50, min=0, max=1_000_000,
+                       help="dPL steps per wave, started from the previous wave's networks (0: a cold start "
+                            "with inverse.dpl.steps and a new KGSSL embedding)"),
     "ablation": Field(bool, False, help="also run the ablation in each wave's inversion"),
 }
 

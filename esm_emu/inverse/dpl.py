@@ -81,13 +81,14 @@ def score_mask(problem: InverseProblem, period: np.ndarray, warmup_days: int) ->
 
 def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z: torch.Tensor | None = None,
               has_z: torch.Tensor | None = None, seed: int = 0, progress=None, on_step=None, trust=None,
-              sites=None):
+              sites=None, init: dict | None = None):
     """Train g_A (z None) or g_z on the observed entities; returns (net, history).
 
     ``on_step(step, net)``, when given, is called after every optimiser step (benchmarks use it).
     ``trust`` (esm_emu.inverse.trust.TrustRegion) adds its design-coverage penalty on the network's
     output at every entity and, where the forward model gives an ensemble spread, its disagreement
-    penalty. ``sites`` restricts training to those observed entities (the rest held out).
+    penalty. ``sites`` restricts training to those observed entities (the rest held out). ``init``
+    (a ParamNet state dict of the same shape, e.g. the previous PPE wave's) is where training starts.
 
     Under ``mpiexec -n N`` (or torchrun) each rank runs the forward model on its share of each step's
     sites (`Distributed.shard`); the simulations are gathered so every rank computes the one loss,
@@ -109,6 +110,8 @@ def train_dpl(problem: InverseProblem, forward: ForwardModel, cfg: DPLConfig, z:
         raise UserError(f"inverse.dpl: {min(len(obs_idx), cfg.batch or len(obs_idx))} observed sites per step "
                         f"cannot be shared by {dist.world_size} ranks (run fewer ranks)")
     net = ParamNet(problem.attrs.shape[1], problem.n_params, 0 if z is None else z.shape[1], cfg.hidden, cfg.dropout)
+    if init is not None:
+        net.load_state_dict(init)
     dist.broadcast_parameters(net)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1), eta_min=cfg.lr * 0.05)

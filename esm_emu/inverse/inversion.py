@@ -185,7 +185,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
                   table, out_dir=None, truth: xr.Dataset | None = None, progress: bool = True,
                   sources: Sequence[str] = (), design: Mapping | None = None,
                   emulator_error: Mapping | None = None,
-                  reference: ForwardModel | None = None, held_out: Mapping | None = None) -> tuple[xr.Dataset, dict]:
+                  reference: ForwardModel | None = None, held_out: Mapping | None = None,
+                  warm_from=None, warm_steps: int | None = None) -> tuple[xr.Dataset, dict]:
     """Infer theta at every entity from observations at some of them.
 
     ``cfg`` is the ``inverse:`` section (see ``esm_emu.inverse.config``; validated here, so an
@@ -199,7 +200,9 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     of inverting ``held_out`` PPE series (forcing, static, theta, response of test members) through
     the forward model, where the answer is known; ``reference``, in a twin
     experiment, is the true model (the built-in simulator): the truth's and the estimates' skill
-    through it is reported beside the forward model's own.
+    through it is reported beside the forward model's own. ``warm_from`` (a previous PPE wave's
+    ``inverse_state.pt``) starts the dPL members from that wave's weights, on its KGSSL embedding
+    (no KGSSL pretraining), for ``warm_steps`` steps (default inverse.dpl.steps).
     """
     t0 = _time.perf_counter()
     walls = {}
@@ -217,8 +220,16 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     s = _replace(s, method=choose_method(s.method, int(problem.observed.sum())))  # auto: few sites -> per_site
     walls["prepare_s"] = _time.perf_counter() - t0
 
-    pre = None
-    if s.method in ("g_z", "kgssl") or s.ablation:
+    pre, warm = None, None
+    if warm_from is not None and s.method in ("g_z", "g_A"):
+        from .warm import load_state
+
+        warm = load_state(warm_from, problem.param_names, problem.entity, s.uncertainty.ensemble)
+        if warm_steps:
+            s = _replace(s, dpl=_replace(s.dpl, steps=int(warm_steps)))
+        if warm["z"] is not None:
+            pre = Pretrained(warm["z"], warm["has_z"], warm["kg_theta"], warm["kg_history"])
+    if pre is None and (s.method in ("g_z", "kgssl") or s.ablation):
         t1 = _time.perf_counter()
         pre = pretrain(problem, forward, s.kgssl, s.seed, progress)
         walls["kgssl_s"] = _time.perf_counter() - t1
@@ -235,7 +246,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
                                                   screen=ps["screen"])
     else:
         fit = fit_dpl(problem, forward, s, pre, s.method, s.uncertainty.ensemble, s.uncertainty.mc_samples,
-                      s.method, progress, trust=trust, holdout=s.uncertainty.holdout)
+                      s.method, progress, trust=trust, holdout=s.uncertainty.holdout,
+                      init_states=warm["nets"] if warm is not None else None)
         theta, theta_std, dpl_hist = fit
     walls["dpl_s"] = _time.perf_counter() - t2
 
@@ -252,6 +264,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     metrics = evaluate(problem, forward, s, theta, dpl_hist, pre)
     metrics["identifiability"] = ident.to_dict()
     metrics["identifiable"] = {p: bool(v) for p, v in zip(problem.param_names, ident.identified)}
+    if warm is not None:
+        metrics["warm_start"] = {"dpl_steps": s.dpl.steps, "kgssl_embedding_reused": pre is not None}
     metrics["trust_region"] = trust.summary(problem.to_unit(theta).clamp(0, 1).numpy())
     if emulator_error:
         metrics["forward_model_held_out_rmse"] = dict(emulator_error)
@@ -271,6 +285,11 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     pmap = _parameter_map(problem, forward, s, theta, theta_std, cfg, sources, ident, interval)
     if out_dir is not None and _active().is_root:  # under mpiexec every rank has the result; rank 0 writes
         write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth)
+        if fit is not None:  # where the next PPE wave's inversion starts
+            from .warm import save_state
+
+            save_state(out_dir, problem.param_names, problem.entity, fit.states,
+                       *((pre.z, pre.has_z, pre.theta, pre.history) if s.method == "g_z" else (None,) * 4))
     return pmap, metrics
 
 
@@ -410,10 +429,11 @@ class DPLFit:
     """An inverse ensemble: unpacks as (theta mean, theta std, loss histories); also holds each
     member's unit-space draws and the regionalisation variance from its held-out observed sites."""
 
-    def __init__(self, mean, std, hists, u_members, regional_var, u_blind=None):
+    def __init__(self, mean, std, hists, u_members, regional_var, u_blind=None, states=None):
         self.mean, self.std, self.hists = mean, std, hists
         self.u_members, self.regional_var = u_members, regional_var
         self.u_blind = u_blind  # (N, P) members' mean without the embedding: what an unobserved entity gets
+        self.states = states or []  # each member's network weights (the next PPE wave starts from them)
 
     def __iter__(self):
         return iter((self.mean, self.std, self.hists))
@@ -424,15 +444,17 @@ class DPLFit:
 
 def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, pre: Pretrained | None,
             kind: str, n_members: int, n_mc: int, tag: str, progress: bool = False, trust=None,
-            holdout: float = 0.0) -> DPLFit:
+            holdout: float = 0.0, init_states: Sequence[dict] | None = None) -> DPLFit:
     """An ensemble of dPL networks (g_A, or g_z on the KGSSL embedding).
 
     With ``holdout`` > 0 and several members, member m leaves out its own share of the observed
     sites (disjoint folds). At those sites its estimate, made as at an unobserved gridcell (no
     embedding), is compared with the other members' (which saw the site's data): the mean square
     difference is the regionalisation variance that intervals at unobserved gridcells carry.
+    ``init_states`` (one per member) start each member from given weights (the previous wave's):
+    the folds depend on the seed only, so a member never sees its held-out sites in any wave.
     """
-    samples, hists, u_members, blinds = [], [], [], []
+    samples, hists, u_members, blinds, states = [], [], [], [], []
     zin, hin = (pre.z, pre.has_z) if kind == "g_z" else (None, None)
     obs_idx = np.flatnonzero(problem.observed)
     folds = [np.array([], int)] * n_members
@@ -446,7 +468,8 @@ def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings
         for m in range(n_members):
             sites = np.setdiff1d(obs_idx, folds[m]) if len(folds[m]) else None
             net, h = _dpl.train_dpl(problem, forward, s.dpl, zin, hin, seed=s.seed + 1000 * m, progress=bar,
-                                    trust=trust, sites=sites)
+                                    trust=trust, sites=sites, init=init_states[m] if init_states else None)
+            states.append(net.state_dict())
             draw = _dpl.predict(net, problem, zin, hin, n_mc)
             samples.append(draw)
             u_members.append(problem.to_unit(draw).clamp(0, 1).numpy())
@@ -466,7 +489,7 @@ def fit_dpl(problem: InverseProblem, forward: ForwardModel, s: InversionSettings
             ref = np.mean([o.mean(0) if o.ndim == 3 else o for o in others], axis=0)[idx]
             diffs.append(u - ref)
         regional = np.mean(np.concatenate(diffs) ** 2, axis=0)
-    return DPLFit(mean, std, hists, u_members, regional, np.mean(blinds, axis=0))
+    return DPLFit(mean, std, hists, u_members, regional, np.mean(blinds, axis=0), states)
 
 
 def evaluate(problem: InverseProblem, forward: ForwardModel, s: InversionSettings, theta: torch.Tensor,

@@ -158,13 +158,15 @@ def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0)
     return {"forcing": t32(forcing), "static": t32(static), "theta": t32(theta), "response": t32(resp)}
 
 
-def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int = 0):
+def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int = 0, warm_from=None,
+                    warm_steps: int | None = None):
     """Load everything a validated ``inverse:`` section names, invert, write outputs; return (map, metrics).
 
     Its paths (observations included) are already resolved and checked by the validation; their
     kinds are checked here before anything heavy is imported. In a twin experiment (``truth``
     given, forward model an emulator of the built-in simulator) the simulator, spun up for
     ``spinup_years`` as the PPE was, is the true model the skill is also measured with.
+    ``warm_from``/``warm_steps``: a previous wave's inverse state to start from (run_inversion).
     """
     check_inputs(cfg)
 
@@ -209,4 +211,4 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
                          emulator_error=forward_held_out_error(cfg.store, forward, cfg.variables,
                                                                cfg.dpl.warmup_days),
                          held_out=held_out_series(cfg.store, forward, cfg.variables, seed=cfg.seed),
-                         reference=reference)
+                         reference=reference, warm_from=warm_from, warm_steps=warm_steps)

@@ -1,0 +1,47 @@
+"""The inverse networks' state between PPE waves: wave k's dPL members start from wave k-1's, on
+the same KGSSL embedding, so a wave refines the previous estimate instead of learning it again."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppe_ingest.base.atomic import atomic_path
+from ppe_ingest.base.errors import UserError
+
+STATE_FILE = "inverse_state.pt"
+
+
+def save_state(out_dir, params, entity, nets: list, z, has_z, kg_theta, kg_history) -> Path:
+    """Write the dPL members' weights and the embedding they read (``inverse_state.pt``)."""
+    path = Path(out_dir) / STATE_FILE
+    payload = {"params": list(params), "entity": [str(e) for e in np.asarray(entity)],
+               "nets": [{k: v.detach().clone() for k, v in n.items()} for n in nets],
+               "z": None if z is None else z.detach().clone(),
+               "has_z": None if has_z is None else has_z.detach().clone(),
+               "kg_theta": None if kg_theta is None else kg_theta.detach().clone(),
+               "kg_history": kg_history}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_state(path, params, entity, n_members: int) -> dict:
+    """A previous wave's state, checked against this inversion: same parameters, entities and
+    ensemble size (else a UserError naming the file and what differs)."""
+    from ..checkpoint import read_torch_file
+
+    path = Path(path)
+    st = read_torch_file(path, what="inverse state")
+    if not isinstance(st, dict) or "nets" not in st:
+        raise UserError(f"{path}: not an esm-emu inverse state")
+    if list(st.get("params", [])) != list(params):
+        raise UserError(f"{path}: inferred parameters {st.get('params')} differ from this inversion's {list(params)}")
+    ent = [str(e) for e in np.asarray(entity)]
+    if list(st.get("entity", [])) != ent:
+        raise UserError(f"{path}: its {len(st.get('entity', []))} entities are not this inversion's {len(ent)}")
+    if len(st["nets"]) != n_members:
+        raise UserError(f"{path}: {len(st['nets'])} dPL members, this inversion has {n_members} "
+                        "(inverse.uncertainty.ensemble)")
+    return st
