@@ -317,7 +317,8 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
                                        "forward.checkpoint": str(wdir / "emulator" / "best.pt")})
     warm = prev_inv / STATE_FILE if inv_cfg.waves.dpl_steps else None
     run_from_config(inv, progress=progress, spinup_years=sim.spinup_years,
-                    warm_from=warm if warm is not None and warm.exists() else None, warm_steps=inv_cfg.waves.dpl_steps)
+                    warm_from=warm if warm is not None and warm.exists() else None, warm_steps=inv_cfg.waves.dpl_steps,
+                    held_out_prefix=prefix)
     return {"store_members": appended["members"], "train_steps": summary["steps"]}
 
 

@@ -81,9 +81,11 @@ def store_design(path) -> dict | None:
     return {str(p): th.sel({PARAM: p}).values.astype(float) for p in th[PARAM].values}
 
 
-def _test_members(path, forward, variables):
+def _test_members(path, forward, variables, prefix: str | None = None):
     """(store, indices of its held-out test members) for an emulator forward model whose store has
-    test members and every observed variable; None otherwise."""
+    test members and every observed variable; None otherwise. With ``prefix`` (a PPE wave's member
+    prefix) only that wave's test members, where it has any: the emulator's error where the
+    calibration went."""
     if not path or forward.kind != "emulator":
         return None
     import numpy as np
@@ -93,15 +95,20 @@ def _test_members(path, forward, variables):
 
     ds = open_xarray(path, "inverse.store")
     test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
+    if prefix:
+        names = np.array([str(m) for m in ds["member"].values])
+        mine = test[np.char.startswith(names[test], prefix)]
+        test = mine if len(mine) else test
     if not len(test) or any(v not in ds.data_vars for v in variables):
         return None
     return ds, test
 
 
-def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64) -> dict | None:
+def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64,
+                           prefix: str | None = None) -> dict | None:
     """RMSE of the emulator on the store's held-out (test) members, per observed variable, over
     its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
-    found = _test_members(path, forward, variables)
+    found = _test_members(path, forward, variables, prefix)
     if found is None:
         return None
     ds, test = found
@@ -129,11 +136,12 @@ def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max
     return {v: float(np.sqrt(sq[k] / n[k])) for k, v in enumerate(variables) if n[k]}
 
 
-def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0) -> dict | None:
+def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0,
+                    prefix: str | None = None) -> dict | None:
     """``n_series`` (member, gridcell) series of the store's held-out (test) members: forcing, static
     fields, the parameters the member ran with and its responses, for measuring what inverting
     through the emulator gets wrong where the answer is known (None without a store or test members)."""
-    found = _test_members(path, forward, variables)
+    found = _test_members(path, forward, variables, prefix)
     if found is None:
         return None
     ds, test = found
@@ -159,14 +167,15 @@ def held_out_series(path, forward, variables, n_series: int = 48, seed: int = 0)
 
 
 def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int = 0, warm_from=None,
-                    warm_steps: int | None = None):
+                    warm_steps: int | None = None, held_out_prefix: str | None = None):
     """Load everything a validated ``inverse:`` section names, invert, write outputs; return (map, metrics).
 
     Its paths (observations included) are already resolved and checked by the validation; their
     kinds are checked here before anything heavy is imported. In a twin experiment (``truth``
     given, forward model an emulator of the built-in simulator) the simulator, spun up for
     ``spinup_years`` as the PPE was, is the true model the skill is also measured with.
-    ``warm_from``/``warm_steps``: a previous wave's inverse state to start from (run_inversion).
+    ``warm_from``/``warm_steps``: a previous wave's inverse state to start from (run_inversion);
+    ``held_out_prefix``: the emulator's error is measured on that wave's test members (_test_members).
     """
     check_inputs(cfg)
 
@@ -209,6 +218,7 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
     return run_inversion(cfg, entities, observations, forward, table, out_dir=cfg.out, truth=truth,
                          progress=progress, sources=list(cfg.observations), design=store_design(cfg.store),
                          emulator_error=forward_held_out_error(cfg.store, forward, cfg.variables,
-                                                               cfg.dpl.warmup_days),
-                         held_out=held_out_series(cfg.store, forward, cfg.variables, seed=cfg.seed),
+                                                               cfg.dpl.warmup_days, prefix=held_out_prefix),
+                         held_out=held_out_series(cfg.store, forward, cfg.variables, seed=cfg.seed,
+                                                  prefix=held_out_prefix),
                          reference=reference, warm_from=warm_from, warm_steps=warm_steps)

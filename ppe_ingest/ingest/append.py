@@ -7,7 +7,8 @@ dimension of a copy of the store that then replaces it (atomic rename). The stor
 statistics and gridcell/year splits stay as they are, so an emulator trained on the store keeps
 its scaling and can be fine-tuned on the grown store; the wave's members join the train split
 except a ``val_members`` share that joins the validation split (validation then also covers
-where the wave went).
+where the wave went) and a ``test_members`` share that joins the test split (held out: the
+emulator's error where the calibration went, which the next inversion's intervals carry).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def _check_same(store, wave, store_path, wave_dir) -> list[str]:
     return names
 
 
-def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, sets=(),
+def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, sets=(), test_members: float = 0.1,
                 progress: bool = True, workers: int | None = None, scheduler: str | None = None,
                 scheduler_file: str | None = None) -> dict:
     """Ingest ``wave_dir`` and append its members to the store at ``store_path``; return a summary.
@@ -58,7 +59,7 @@ def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, s
     import xarray as xr
 
     from ppe_ingest.base.netcdf import require_netcdf
-    from ppe_ingest.store import MEMBER, PARAM, SPLIT_MEMBER, THETA, TRAIN, VAL
+    from ppe_ingest.store import MEMBER, PARAM, SPLIT_MEMBER, TEST, THETA, TRAIN, VAL
 
     from .config import load_ingest_config
     from .pipeline import ingest_ppe
@@ -81,9 +82,14 @@ def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, s
             n_old = store.sizes[MEMBER]
         n = len(w_members)
         split = np.full(n, TRAIN, np.int8)
+        rng = np.random.default_rng([seed, 31])
         k = int(round(val_members * n)) if val_members < 1 else int(val_members)
         if k:
-            split[np.random.default_rng([seed, 31]).choice(n, min(k, n), replace=False)] = VAL
+            split[rng.choice(n, min(k, n), replace=False)] = VAL
+        k = int(round(test_members * n)) if test_members < 1 else int(test_members)
+        free = np.flatnonzero(split == TRAIN)
+        if k and len(free) > k:  # at least one member stays in training
+            split[rng.choice(free, k, replace=False)] = TEST
         with atomic_path(store_path) as tmp:
             shutil.copyfile(store_path, tmp)
             with netCDF4.Dataset(wave_store) as src, netCDF4.Dataset(tmp, "a") as dst:
@@ -100,4 +106,4 @@ def append_wave(wave_dir, store_path, val_members: float = 0.1, seed: int = 0, s
                 dst.setncattr("history", f"{dst.getncattr('history') if 'history' in dst.ncattrs() else ''}\n"
                               f"appended wave {wave_dir} ({n} members: {w_members[0]} .. {w_members[-1]})".strip())
     return {"store": str(store_path), "appended": n, "members": n_old + n, "val": int((split == VAL).sum()),
-            "first": w_members[0], "last": w_members[-1]}
+            "test": int((split == TEST).sum()), "first": w_members[0], "last": w_members[-1]}
