@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             lines.append(f"  {p:16s} {d['generative_r']:.2f} / {d['oracle_r']:.2f} / {d['attributes_only_r']:.2f} "
                          f"/ {inf}")
     record("Twin: the ceiling on recovery at unobserved gridcells", lines,
-           "python bench/twin_ceiling.py " + " ".join(f"DIR/{r.name}" for r in args.runs))
+           "bench/twin_ceiling.py " + " ".join(f"DIR/{r.name}" for r in args.runs))
     return 0
 
 
