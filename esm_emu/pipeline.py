@@ -398,12 +398,14 @@ def write_report(out: Path, stages: dict, inv_cfg, final_inv: Path | None = None
     }
     if n_waves:
         report["waves"] = {}
+        first = (stages.get("wave-1") or {}).get("store_members")
         for k in range(n_waves + 1):
             d = Path(inv_cfg.out) if k == 0 else out / "waves" / str(k) / "inverse"
             e = (out / "emulator" if k == 0 else out / "waves" / str(k) / "emulator") / "eval" / "metrics.json"
             report["waves"][str(k)] = {**inversion_summary(_read_json(d / "metrics.json")),
                                        "emulator": _median_skill(_read_json(e)),
-                                       "ppe_members": (stages.get(f"wave-{k}") or {}).get("store_members")}
+                                       "ppe_members": (stages.get(f"wave-{k}") or {}).get("store_members") if k
+                                       else first and first - inv_cfg.waves.members}  # each wave adds its members
     report.update(_per_site_report(out, inv_dir, inv_metrics, real_basins))
     report["wall_s"]["total"] = round(sum(v for v in report["wall_s"].values() if v), 2)
     copies = [(src, rep_dir / f"emulator_{src.name}") for src in sorted(emu_eval.glob("*.png"))]
@@ -443,6 +445,17 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(f"  {v} held-out-year median NSE ({label}): default {_f(dflt)} -> inferred "
                          f"{_f(d['nse_median'])}" + (f" (truth {_f(tru)}; share of reachable gain {_f(share)})"
                                                      if tru is not None else ""))
+    waves = report.get("waves") or {}
+    if len(waves) > 1:  # what each PPE wave bought: the fit through the true model and recovery after it
+        for k, w in sorted(waves.items(), key=lambda kv: int(kv[0])):
+            sk = (w.get("skill_held_out_years_true_model") or w.get("skill_held_out_years") or {})
+            q = (sk.get("inferred") or {}).get("QRUNOFF", {}).get("nse_median")
+            share = (sk.get("reachable_gain_share") or {}).get("QRUNOFF")
+            rec = (w.get("parameter_recovery") or {}).get("unobserved") or {}
+            rs = " ".join(f"{p} {d['r']:.2f}" for p, d in rec.items() if isinstance(d, dict) and "r" in d)
+            lines.append(f"  wave {k} ({w.get('ppe_members') or '?'} PPE members): QRUNOFF held-out NSE {_f(q)}"
+                         + (f" (share {_f(share)})" if share is not None else "")
+                         + (f"; r unobserved: {rs}" if rs else ""))
     lines.append(f"  wall time {report['wall_s']['total']:.0f} s")
     return lines
 

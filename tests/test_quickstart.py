@@ -95,6 +95,12 @@ def test_waves_grow_the_store_and_report_each_wave(quick):
         assert {"r", "coverage"} <= set(w["parameter_recovery"]["unobserved"]["fff"])
     # the top level describes the final wave
     assert report["parameter_recovery"] == report["waves"]["1"]["parameter_recovery"]
+    assert [report["waves"][k]["ppe_members"] for k in ("0", "1")] == [6, 9]
+    from esm_emu.pipeline import summary_lines
+
+    lines = summary_lines(report)  # the terminal says what each wave bought
+    assert any(x.startswith("  wave 0 (6 PPE members): QRUNOFF held-out NSE") for x in lines), lines
+    assert any(x.startswith("  wave 1 (9 PPE members)") and "r unobserved: fff" in x for x in lines), lines
     # the wave's inversion started from the first one's networks, for waves.dpl_steps steps
     assert (out / "inverse" / "inverse_state.pt").is_file()
     wave = json.loads((out / "waves" / "1" / "inverse" / "metrics.json").read_text())
