@@ -73,3 +73,20 @@ def test_kriging_keeps_the_estimates_noise_out_of_the_field_variance():
     cov = {k: np.concatenate(v).mean() for k, v in inside.items()}
     assert 0.85 <= cov[True] <= 0.95, cov
     assert cov[False] > cov[True] and np.mean(width[False]) > 1.1 * np.mean(width[True]), (cov, width)
+
+
+def test_an_identified_parameter_moves_along_its_trade_off_when_its_partner_returns_to_the_prior():
+    """Data that fix only a + b (an exact trade-off): when b, not identified, is pulled back toward
+    the prior mean, a moves by the posterior covariance so that a + b, what the data say, is kept."""
+    from esm_emu.inverse.uncertainty import along_trade_off
+
+    J = np.array([[1.0, 1.0]])
+    post = np.linalg.inv(12 * np.eye(2) + J.T @ J / 1e-4)          # uniform prior var 1/12, tiny noise
+    u_loc = np.array([[0.30, 0.70], [0.55, 0.25]])
+    cov = np.stack([post, post])
+    ratio = np.tile(np.diag(post) * 12, (2, 1))                     # posterior/prior variance: ~0.5 each
+    out = along_trade_off(u_loc, cov, ratio, np.array([False, True]))
+    assert np.allclose(out[:, 1], u_loc[:, 1]), "the unidentified value itself is shrunk later, not here"
+    shrunk_b = (1 - ratio[:, 1]) * u_loc[:, 1] + ratio[:, 1] * 0.5
+    np.testing.assert_allclose(out[:, 0] + shrunk_b, u_loc.sum(1), atol=2e-3)
+    assert np.allclose(along_trade_off(u_loc, cov, ratio, np.array([False, False])), u_loc)

@@ -100,6 +100,28 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
     return np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)
 
 
+def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """(S, P) the observed sites' estimates with every identified parameter moved along its trade-off
+    with the unidentified ones, by the site's posterior covariance, as far as those are pulled back
+    toward the prior (`shrink_to_prior`): the conditional mean given the unidentified values that the
+    map will carry, so the pair still fits the data instead of keeping an identified value that only
+    fitted the unidentified one's drift."""
+    from .identifiability import shrink_to_prior
+
+    weak = np.asarray(weak, bool)
+    if not weak.any() or weak.all():
+        return u_loc
+    ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, 1.0)
+    delta = shrink_to_prior(u_loc, ratio)[:, weak] - u_loc[:, weak]                 # (S, W)
+    strong = ~weak
+    c_sw = cov[:, strong][:, :, weak]                                                # (S, I, W)
+    c_ww = cov[:, weak][:, :, weak] + 1e-12 * np.eye(int(weak.sum()))[None]          # (S, W, W)
+    out = u_loc.copy()
+    shift = np.einsum("siw,sw->si", c_sw, np.linalg.solve(c_ww, delta[..., None])[..., 0])
+    out[:, strong] = np.clip(u_loc[:, strong] + shift, 0.0, 1.0)
+    return out
+
+
 def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarray, observed: np.ndarray,
                       u_loc: np.ndarray, cov_loc: np.ndarray, ratio_obs: np.ndarray, identified: np.ndarray,
                       lat=None, lon=None, emulator_var: np.ndarray | None = None) -> Posterior:
@@ -120,6 +142,7 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     obs = np.asarray(observed, bool)
     u, var = u_hat.astype(np.float64).copy(), np.zeros((N, P))
     data_var, reg = np.zeros((N, P)), np.zeros((N, P))
+    u_loc = along_trade_off(u_loc, cov_loc, np.asarray(ratio_obs, np.float64), ~np.asarray(identified, bool))
     u[obs] = u_loc
     data_var[obs] = np.einsum("npp->np", cov_loc)
     resid = u_loc - u_blind[obs]
