@@ -40,12 +40,16 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1.0, 3.0, 10.0, 30.0, 1
     return lambda xn: (xn - xm) @ w + ym
 
 
-def generative_oracle(sites, truth, observed: np.ndarray, length_deg: float, margin: float = 0.05) -> dict:
+def generative_oracle(sites, truth, observed: np.ndarray, length_deg: float) -> dict:
     """Each parameter at the unobserved gridcells from its true values at the observed ones, by the
     conditional mean of the process the truth was drawn from (its linked attribute known everywhere)."""
+    import inspect
+
     from scipy.special import ndtr, ndtri
 
-    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise
+    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise, true_parameter_maps
+
+    margin = inspect.signature(true_parameter_maps).parameters["margin"].default  # the maps' own
 
     lat, lon = sites["grid1d_lat"].values, sites["grid1d_lon"].values
     x = np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)
@@ -101,22 +105,21 @@ def ceiling(run: Path, length_deg: float = 6.0) -> dict:
     u_true = problem.to_unit(torch.as_tensor(true, dtype=torch.float32)).double().numpy()
     o, un = problem.observed, ~problem.observed
     a = problem.attrs.double().numpy()
+    def r_unobserved(j: int, u_col: np.ndarray) -> float:  # r(true, estimate) in physical units
+        u = np.full_like(u_true, 0.5)
+        u[:, j] = np.clip(u_col, 0, 1)
+        est = problem.from_unit(torch.as_tensor(u, dtype=torch.float32)).double().numpy()[:, j]
+        return float(np.corrcoef(true[un, j], est[un])[0, 1])
+
     out = {}
     for j, p in enumerate(params):
-        f = ridge_loo(a[o], u_true[o, j])
-        reg = f(a)
+        reg = ridge_loo(a[o], u_true[o, j])(a)
         m, _ = krige(problem.lat[o], problem.lon[o], u_true[o, j] - reg[o], problem.lat[un], problem.lon[un])
         pred = reg.copy()
         pred[un] += m
-        est = np.full_like(u_true, 0.5)
-        est[:, j] = np.clip(pred, 0, 1)
-        phys = problem.from_unit(torch.as_tensor(est, dtype=torch.float32)).double().numpy()[:, j]
         inferred = ((metrics.get("parameter_recovery") or {}).get("unobserved") or {}).get(p, {}).get("r")
-        out[p] = {"generative_r": gen[p], "oracle_r": float(np.corrcoef(true[un, j], phys[un])[0, 1]),
-                  "attributes_only_r": float(np.corrcoef(true[un, j], problem.from_unit(torch.as_tensor(
-                      np.where(np.arange(len(params)) == j, np.clip(reg, 0, 1)[:, None], 0.5),
-                      dtype=torch.float32)).double().numpy()[un, j])[0, 1]),
-                  "inferred_r": inferred}
+        out[p] = {"generative_r": gen[p], "oracle_r": r_unobserved(j, pred),
+                  "attributes_only_r": r_unobserved(j, reg), "inferred_r": inferred}
     return out
 
 

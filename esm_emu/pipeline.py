@@ -315,10 +315,10 @@ def run_wave(k: int, out: Path, section, wiring: dict, inv_cfg, progress: bool) 
     release_memory()
     inv = section("inverse").override({"out": str(wdir / "inverse"), "ablation": inv_cfg.waves.ablation,
                                        "forward.checkpoint": str(wdir / "emulator" / "best.pt")})
-    warm = prev_inv / STATE_FILE if inv_cfg.waves.dpl_steps else None
+    warm = prev_inv / STATE_FILE  # absent where the previous inversion was no dPL (per-site calibration)
     run_from_config(inv, progress=progress, spinup_years=sim.spinup_years,
-                    warm_from=warm if warm is not None and warm.exists() else None, warm_steps=inv_cfg.waves.dpl_steps,
-                    held_out_prefix=prefix)
+                    warm_from=warm if inv_cfg.waves.dpl_steps and warm.exists() else None,
+                    warm_steps=inv_cfg.waves.dpl_steps, held_out_prefix=prefix)
     return {"store_members": appended["members"], "train_steps": summary["steps"]}
 
 

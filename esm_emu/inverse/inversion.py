@@ -288,8 +288,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         if fit is not None:  # where the next PPE wave's inversion starts
             from .warm import save_state
 
-            save_state(out_dir, problem.param_names, problem.entity, fit.states,
-                       *((pre.z, pre.has_z, pre.theta, pre.history) if s.method == "g_z" else (None,) * 4))
+            save_state(out_dir, problem.param_names, problem.entity, fit.states, pre if s.method == "g_z" else None)
     return pmap, metrics
 
 

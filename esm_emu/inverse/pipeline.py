@@ -91,12 +91,12 @@ def _test_members(path, forward, variables, prefix: str | None = None):
     import numpy as np
 
     from ppe_ingest.base.netcdf import open_xarray
-    from ppe_ingest.store import SPLIT_MEMBER, TEST
+    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST
 
     ds = open_xarray(path, "inverse.store")
     test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
     if prefix:
-        names = np.array([str(m) for m in ds["member"].values])
+        names = np.array([str(m) for m in ds[MEMBER].values])
         mine = test[np.char.startswith(names[test], prefix)]
         test = mine if len(mine) else test
     if not len(test) or any(v not in ds.data_vars for v in variables):

@@ -13,15 +13,14 @@ from ppe_ingest.base.errors import UserError
 STATE_FILE = "inverse_state.pt"
 
 
-def save_state(out_dir, params, entity, nets: list, z, has_z, kg_theta, kg_history) -> Path:
-    """Write the dPL members' weights and the embedding they read (``inverse_state.pt``)."""
+def save_state(out_dir, params, entity, nets: list, pre=None) -> Path:
+    """Write the dPL members' weights and the KGSSL embedding they read (``pre``, an
+    inversion.Pretrained, or None for g_A) as ``inverse_state.pt``."""
     path = Path(out_dir) / STATE_FILE
-    payload = {"params": list(params), "entity": [str(e) for e in np.asarray(entity)],
-               "nets": [{k: v.detach().clone() for k, v in n.items()} for n in nets],
-               "z": None if z is None else z.detach().clone(),
-               "has_z": None if has_z is None else has_z.detach().clone(),
-               "kg_theta": None if kg_theta is None else kg_theta.detach().clone(),
-               "kg_history": kg_history}
+    payload = {"params": list(params), "entity": [str(e) for e in np.asarray(entity)], "nets": list(nets),
+               "z": None, "has_z": None, "kg_theta": None, "kg_history": None}
+    if pre is not None:
+        payload.update(z=pre.z, has_z=pre.has_z, kg_theta=pre.theta, kg_history=pre.history)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
