@@ -39,7 +39,7 @@ from inverse_twin import PARAMS, make_twin, observations
 from bench._record import record
 from esm_emu.inverse.baseline_sceua import calibrate_site
 from esm_emu.inverse.dpl import DPLConfig, masked_loss, predict, score_mask, simulate, train_dpl
-from esm_emu.inverse.per_site import _logit, screen_candidates, weighted_nse_loss
+from esm_emu.inverse.per_site import screen_candidates, weighted_nse_loss
 from esm_emu.inverse.problem import build_problem
 
 
@@ -50,14 +50,19 @@ def per_site_objective(problem, forward, theta, idx, tmask):
                          for i in range(len(idx))])
 
 
+def scored_days(tmask):
+    """(days up to the last scored one, their weights (1, 1, T, 1) for weighted_nse_loss)."""
+    last = int(np.flatnonzero(tmask.numpy()).max()) + 1
+    return last, tmask[:last].float()[None, None, :, None]
+
+
 def refine_per_site(problem, forward, theta0, idx, tmask, steps, batch, lr, seed, on_step):
     """Each site's own parameters, started at g_A's and fitted by Adam on its 1 - NSE, minibatches
     of sites through the frozen forward model (g_A finds the region, this finds each site's optimum)."""
     gen = np.random.default_rng(seed)
-    z = _logit(problem.to_unit(theta0).clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
+    z = torch.logit(problem.to_unit(theta0).clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
-    last = int(np.flatnonzero(tmask.numpy()).max()) + 1
-    w = tmask[:last].float()[None, None, :, None]
+    last, w = scored_days(tmask)
     for step in range(steps):
         b = idx if not batch or batch >= len(idx) else gen.choice(idx, batch, replace=False)
         t = torch.as_tensor(b)
@@ -74,7 +79,7 @@ def refine_per_site(problem, forward, theta0, idx, tmask, steps, batch, lr, seed
 def eval_cost(problem, forward, idx, tmask, sizes, repeats=3):
     """Seconds per site for one forward run (no gradient) and one forward + backward, by batch size:
     what batching buys on this machine."""
-    last = int(np.flatnonzero(tmask.numpy()).max()) + 1
+    last, _ = scored_days(tmask)
     out = []
     for n in sizes:
         t = torch.as_tensor(idx[:n])
@@ -166,8 +171,7 @@ def main():
 
         start = torch.as_tensor(th_ga)
         if a.screen:
-            last = int(np.flatnonzero(tmask.numpy()).max()) + 1
-            w = tmask[:last].float()[None, None, :, None]
+            last, w = scored_days(tmask)
             best = p.from_unit(screen_candidates(p, fwd, idx, last, w, a.screen, 1,
                                                  torch.Generator().manual_seed(a.seed))[0])
             spent[0] += time.perf_counter() - t_start[0]
