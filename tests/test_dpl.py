@@ -129,6 +129,10 @@ def test_run_inversion_gives_map_with_uncertainty_and_better_held_out_year(twin,
         for p_ in PARAMS:
             c = m["recovery"][where][p_]["coverage"]
             assert 0.0 <= c <= 1.0
+    # each part of the interval is reported where it applies: the data's at the 16 observed gridcells,
+    # the regionalisation's at the 8 unobserved ones (a median over all 24 would read zero for it)
+    parts = m["uncertainty_parts_unit_sd_median"]
+    assert all(parts["data"][p_] > 0 and parts["regionalisation"][p_] > 0 for p_ in PARAMS), parts
     assert set(m["ablation"]) == {"kgssl", "g_A", "g_z"}
     assert set(np.unique(pmap["cluster"].values)) <= {0, 1, 2}
     for f in ("parameter_map.nc", "metrics.json", "true_vs_inferred.png", "hydrographs.png", "training_curves.png"):

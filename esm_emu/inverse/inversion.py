@@ -270,8 +270,10 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     if emulator_error:
         metrics["forward_model_held_out_rmse"] = dict(emulator_error)
     if post is not None:
+        # each part's median where it applies (data and emulator: observed entities; regionalisation: unobserved)
         metrics["uncertainty_parts_unit_sd_median"] = {
-            k: {p: float(np.sqrt(np.median(v[:, j]))) for j, p in enumerate(problem.param_names)}
+            k: {p: float(np.sqrt(np.median(v[:, j][v[:, j] > 0]))) if (v[:, j] > 0).any() else 0.0
+                for j, p in enumerate(problem.param_names)}
             for k, v in post.parts.items()}
     if truth is not None:
         ref = None
