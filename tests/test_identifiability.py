@@ -73,3 +73,37 @@ def test_emulator_error_part_is_only_what_the_data_limit_does_not_explain():
     assert perfect[0] < 0.2 * raw_p0 and perfect[1] < 0.2 * raw_p0 and perfect[2] < 1e-3
     wrong = forward_parameter_error(problem, LinearForward(4), held(1.3 * clean), tm)
     assert wrong[2] > 10 * max(perfect[2], 1e-5)
+
+
+def test_a_wave_with_few_test_members_measures_the_emulator_error_on_all_of_them(tmp_path):
+    """A wave's own test members measure the emulator's error where the calibration went only when
+    there are enough of them to measure a variance: 2 (a 16-member wave) fall back to all the store's
+    test members; 8 are used alone."""
+    import xarray as xr
+
+    from esm_emu.inverse.pipeline import MIN_HELD_OUT_MEMBERS, _test_members
+    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST, TRAIN
+
+    class Emulator:
+        kind = "emulator"
+
+    def store(n_wave_test):
+        names = [f"LHC{i:04d}" for i in range(20)] + [f"WB{i:04d}" for i in range(16)]
+        split = np.full(len(names), TRAIN, np.int8)
+        split[[3, 7, 11]] = TEST                                   # three of the first PPE
+        split[20:20 + n_wave_test] = TEST                          # the wave's
+        ds = xr.Dataset({SPLIT_MEMBER: (MEMBER, split), "QRUNOFF": ((MEMBER, "time"), np.zeros((len(names), 4)))},
+                        coords={MEMBER: names})
+        path = tmp_path / f"store{n_wave_test}.nc"
+        ds.to_netcdf(path)
+        return path, names
+
+    assert MIN_HELD_OUT_MEMBERS == 8
+    path, names = store(2)
+    _, test = _test_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
+    assert sorted(names[i] for i in test) == ["LHC0003", "LHC0007", "LHC0011", "WB0000", "WB0001"]
+    path, names = store(8)
+    _, test = _test_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
+    assert [names[i] for i in test] == [f"WB{i:04d}" for i in range(8)]
+    _, test = _test_members(path, Emulator(), ["QRUNOFF"])           # the first inversion: every test member
+    assert len(test) == 11

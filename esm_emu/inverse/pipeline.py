@@ -81,11 +81,18 @@ def store_design(path) -> dict | None:
     return {str(p): th.sel({PARAM: p}).values.astype(float) for p in th[PARAM].values}
 
 
+# The fewest held-out parameter vectors an emulator error variance is measured on: from n vectors a
+# variance carries a relative sampling error of about sqrt(2/n), 50 % at 8. A wave of 16 members holds
+# 2 test members; their 2 vectors gave fff's emulator part 0.00 on one quickstart seed and 0.27 on
+# another (bench/RESULTS.md, "Quickstart twin: seed 44 ...").
+MIN_HELD_OUT_MEMBERS = 8
+
+
 def _test_members(path, forward, variables, prefix: str | None = None):
     """(store, indices of its held-out test members) for an emulator forward model whose store has
     test members and every observed variable; None otherwise. With ``prefix`` (a PPE wave's member
-    prefix) only that wave's test members, where it has any: the emulator's error where the
-    calibration went."""
+    prefix) only that wave's test members, the emulator's error where the calibration went, where it
+    has at least MIN_HELD_OUT_MEMBERS of them; else all the store's test members."""
     if not path or forward.kind != "emulator":
         return None
     import numpy as np
@@ -98,7 +105,7 @@ def _test_members(path, forward, variables, prefix: str | None = None):
     if prefix:
         names = np.array([str(m) for m in ds[MEMBER].values])
         mine = test[np.char.startswith(names[test], prefix)]
-        test = mine if len(mine) else test
+        test = mine if len(mine) >= MIN_HELD_OUT_MEMBERS else test
     if not len(test) or any(v not in ds.data_vars for v in variables):
         return None
     return ds, test
@@ -175,7 +182,8 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
     given, forward model an emulator of the built-in simulator) the simulator, spun up for
     ``spinup_years`` as the PPE was, is the true model the skill is also measured with.
     ``warm_from``/``warm_steps``: a previous wave's inverse state to start from (run_inversion);
-    ``held_out_prefix``: the emulator's error is measured on that wave's test members (_test_members).
+    ``held_out_prefix``: the emulator's error is measured on that wave's test members where it has
+    enough of them, else on all the store's (_test_members).
     """
     check_inputs(cfg)
 
