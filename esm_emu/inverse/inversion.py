@@ -270,10 +270,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     if emulator_error:
         metrics["forward_model_held_out_rmse"] = dict(emulator_error)
     if post is not None:
-        # each part's median where it applies (data and emulator: observed entities; regionalisation: unobserved)
         metrics["uncertainty_parts_unit_sd_median"] = {
-            k: {p: float(np.sqrt(np.median(v[:, j][v[:, j] > 0]))) if (v[:, j] > 0).any() else 0.0
-                for j, p in enumerate(problem.param_names)}
+            k: {p: _sd_median_where_counted(v[:, j]) for j, p in enumerate(problem.param_names)}
             for k, v in post.parts.items()}
     if truth is not None:
         ref = None
@@ -292,6 +290,13 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
 
             save_state(out_dir, problem.param_names, problem.entity, fit.states, pre if s.method == "g_z" else None)
     return pmap, metrics
+
+
+def _sd_median_where_counted(var: np.ndarray) -> float:
+    """Median sd of one interval part over the entities it is counted at (data and emulator: observed;
+    regionalisation: unobserved); 0 where it is counted nowhere."""
+    counted = var[var > 0]
+    return float(np.sqrt(np.median(counted))) if counted.size else 0.0
 
 
 def trust_region(problem: InverseProblem, s: InversionSettings, design: Mapping | None):

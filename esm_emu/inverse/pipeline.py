@@ -83,8 +83,8 @@ def store_design(path) -> dict | None:
 
 # The fewest held-out parameter vectors an emulator error variance is measured on: from n vectors a
 # variance carries a relative sampling error of about sqrt(2/n), 50 % at 8. A wave of 16 members holds
-# 2 test members; their 2 vectors gave fff's emulator part 0.00 on one quickstart seed and 0.27 on
-# another (bench/RESULTS.md, "Quickstart twin: seed 44 ...").
+# 2 test members; their 2 vectors gave fff's emulator part 0.00 on one quickstart seed (bench/RESULTS.md,
+# "Quickstart twin: the emulator's parameter error from all test members when a wave holds few").
 MIN_HELD_OUT_MEMBERS = 8
 
 
