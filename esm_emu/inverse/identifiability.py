@@ -169,6 +169,36 @@ def shrink_to_prior(u: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     return (1 - ratio) * u + ratio * PRIOR_MEAN
 
 
+def shrink_jointly(u: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``shrink_to_prior`` for several parameters at once: (u*, A) with u* = 0.5 + A (u - 0.5) and
+    A = I - 12 C, C (..., W, W) their posterior covariance under the uniform prior.
+
+    The linear-Gaussian posterior mean given the data's estimate ``u``: a combination the data fix
+    (a short axis of C) stays where it is; one they cannot tell (a long axis) returns to the prior
+    mean. Two parameters that trade off (fff with FMAX) thus slide along their valley to the point
+    nearest the middle of the range instead of each being pulled to the middle and leaving the
+    valley. With a diagonal C this is ``shrink_to_prior`` with ratio 12 C_jj."""
+    cov = np.asarray(cov, np.float64)
+    A = np.eye(cov.shape[-1]) - PRIOR_PRECISION * cov
+    d = np.asarray(u, np.float64) - PRIOR_MEAN
+    return PRIOR_MEAN + np.einsum("...ij,...j->...i", A, d), A
+
+
+def typical_covariance(cov: np.ndarray) -> np.ndarray:
+    """(P, P) one posterior covariance for entities without data: the median variance and the median
+    correlation over the observed entities' (n, P, P), made positive semi-definite."""
+    cov = np.asarray(cov, np.float64)
+    var = np.nanmedian(np.einsum("npp->np", cov), axis=0)
+    sd = np.sqrt(np.einsum("npp->np", cov))
+    corr = np.nanmedian(cov / np.maximum(sd[:, :, None] * sd[:, None, :], 1e-30), axis=0)
+    np.fill_diagonal(corr, 1.0)
+    w, v = np.linalg.eigh(np.nan_to_num((corr + corr.T) / 2))
+    corr = (v * np.clip(w, 0, None)) @ v.T
+    corr /= np.sqrt(np.outer(np.diag(corr), np.diag(corr))).clip(1e-12)
+    s = np.sqrt(np.clip(np.nan_to_num(var, nan=1 / PRIOR_PRECISION), 0, 1 / PRIOR_PRECISION))
+    return corr * np.outer(s, s)
+
+
 def _weights(obs: np.ndarray, res: np.ndarray, extra_var) -> np.ndarray:
     """(n, V) inverse error variance per entity and variable: pooled residual variance (+ extra),
     inflated by the entity's lag-1 residual autocorrelation."""

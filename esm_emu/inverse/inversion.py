@@ -371,7 +371,7 @@ def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettin
     if held_out is not None:
         emu_var = forward_parameter_error(problem, forward, held_out, tm)
     post = posterior_refined(u_hat, ens_var, fit.u_blind, problem.observed, u_loc, cov, ident.ratio,
-                             ident.identified, problem.lat, problem.lon, emu_var)
+                             ident.identified, problem.lat, problem.lon, emu_var, cov_prior=ident.cov)
     return ident, post
 
 

@@ -100,19 +100,18 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
     return np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)
 
 
-def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak: np.ndarray) -> np.ndarray:
+def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak: np.ndarray,
+                    cov_prior: np.ndarray | None = None) -> np.ndarray:
     """(S, P) the observed sites' estimates with every identified parameter moved along its trade-off
     with the unidentified ones, by the site's posterior covariance, as far as those are pulled back
-    toward the prior (`shrink_to_prior`): the conditional mean given the unidentified values that the
-    map will carry, so the pair still fits the data instead of keeping an identified value that only
-    fitted the unidentified one's drift."""
-    from .identifiability import shrink_to_prior
-
+    toward the prior (`shrink_to_prior`, or `shrink_jointly` with ``cov_prior`` (S, P, P), the sites'
+    posterior covariance under the uniform prior): the conditional mean given the unidentified values
+    that the map will carry, so the pair still fits the data instead of keeping an identified value
+    that only fitted the unidentified one's drift."""
     weak = np.asarray(weak, bool)
     if not weak.any() or weak.all():
         return u_loc
-    ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, 1.0)
-    delta = shrink_to_prior(u_loc, ratio)[:, weak] - u_loc[:, weak]                 # (S, W)
+    delta = _shrunk_weak(u_loc, ratio, weak, cov_prior) - u_loc[:, weak]           # (S, W)
     strong = ~weak
     c_sw = cov[:, strong][:, :, weak]                                                # (S, I, W)
     c_ww = cov[:, weak][:, :, weak] + 1e-12 * np.eye(int(weak.sum()))[None]          # (S, W, W)
@@ -122,9 +121,29 @@ def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak:
     return out
 
 
+def _weak_covariance(ratio: np.ndarray, weak: np.ndarray, cov_prior: np.ndarray | None) -> np.ndarray:
+    """(N, W, W) the unidentified parameters' posterior covariance under the uniform prior: ``cov_prior``
+    where given, else diagonal from the variance ratios (each parameter on its own)."""
+    from .identifiability import PRIOR_PRECISION
+
+    if cov_prior is not None:
+        return np.asarray(cov_prior, np.float64)[:, weak][:, :, weak]
+    r = np.clip(np.nan_to_num(np.asarray(ratio, np.float64), nan=1.0), 0.0, 1.0)[:, weak]
+    return np.einsum("nw,wv->nwv", r / PRIOR_PRECISION, np.eye(int(weak.sum())))
+
+
+def _shrunk_weak(u: np.ndarray, ratio: np.ndarray, weak: np.ndarray, cov_prior: np.ndarray | None) -> np.ndarray:
+    """(N, W) the unidentified parameters returned toward the prior, jointly (esm_emu.inverse.identifiability.
+    shrink_jointly)."""
+    from .identifiability import shrink_jointly
+
+    return shrink_jointly(np.asarray(u, np.float64)[:, weak], _weak_covariance(ratio, weak, cov_prior))[0]
+
+
 def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarray, observed: np.ndarray,
                       u_loc: np.ndarray, cov_loc: np.ndarray, ratio_obs: np.ndarray, identified: np.ndarray,
-                      lat=None, lon=None, emulator_var: np.ndarray | None = None) -> Posterior:
+                      lat=None, lon=None, emulator_var: np.ndarray | None = None,
+                      cov_prior: np.ndarray | None = None) -> Posterior:
     """The estimate and its spread everywhere, in unit space.
 
     Observed entities: their own posterior (``u_loc``, ``cov_loc``: the data on top of the regional
@@ -132,17 +151,21 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     network's value without an embedding (``u_blind``) plus the kriged (lat/lon) residual of the
     observed entities' posteriors from it, with the ensemble and kriging variances. A parameter
     the data do not identify is pulled toward the prior mean by its posterior/prior variance ratio
-    and keeps at least that share of the prior's variance: near the middle, prior-wide.
+    and keeps at least that share of the prior's variance: near the middle, prior-wide. With
+    ``cov_prior`` (n_observed, P, P), the observed entities' posterior covariance under the uniform
+    prior, the unidentified parameters return together (`shrink_jointly`): a combination of them the
+    data fix is kept (unobserved entities use the typical covariance).
     ``emulator_var`` (P,): the parameter error inverting through the emulator causes where the
     answer is known (held-out PPE members), added everywhere.
     """
-    from .identifiability import PRIOR_PRECISION, krige, shrink_to_prior
+    from .identifiability import PRIOR_PRECISION, krige, shrink_jointly, typical_covariance
 
     N, P = u_hat.shape
     obs = np.asarray(observed, bool)
     u, var = u_hat.astype(np.float64).copy(), np.zeros((N, P))
     data_var, reg = np.zeros((N, P)), np.zeros((N, P))
-    u_loc = along_trade_off(u_loc, cov_loc, np.asarray(ratio_obs, np.float64), ~np.asarray(identified, bool))
+    u_loc = along_trade_off(u_loc, cov_loc, np.asarray(ratio_obs, np.float64), ~np.asarray(identified, bool),
+                            cov_prior)
     u[obs] = u_loc
     data_var[obs] = np.einsum("npp->np", cov_loc)
     resid = u_loc - u_blind[obs]
@@ -162,9 +185,18 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     ratio = np.broadcast_to(np.nanmedian(ratio_obs, axis=0), (N, P)).copy()
     ratio[obs] = ratio_obs
     ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 0.0, 1.0)
-    weak = ~np.asarray(identified, bool)[None, :] & np.ones((N, 1), bool)
-    u = np.clip(np.where(weak, shrink_to_prior(u, ratio), u), 0, 1)
-    var = np.where(weak, var * (1 - ratio) ** 2 + ratio / PRIOR_PRECISION, var)
+    weak = ~np.asarray(identified, bool)
+    if weak.any():
+        full_cov = None
+        if cov_prior is not None:
+            full_cov = np.broadcast_to(typical_covariance(cov_prior), (N, P, P)).copy()
+            full_cov[obs] = cov_prior
+        C = _weak_covariance(ratio, weak, full_cov)
+        u_w, A = shrink_jointly(u[:, weak], C)
+        u[:, weak] = u_w
+        # the shrunk estimate's error: its own variance carried through A, plus what the prior keeps
+        var[:, weak] = np.einsum("nwv,nv->nw", A ** 2, var[:, weak]) + np.einsum("nww->nw", C)
+    u = np.clip(u, 0, 1)
     var = np.minimum(var, 1 / PRIOR_PRECISION)
     return Posterior(u, np.sqrt(var), {"data": data_var, "ensemble": ens_var, "regionalisation": reg,
                                        "emulator": np.array(emu)})
