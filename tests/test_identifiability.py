@@ -107,3 +107,31 @@ def test_a_wave_with_few_test_members_measures_the_emulator_error_on_all_of_them
     assert [names[i] for i in test] == [f"WB{i:04d}" for i in range(8)]
     _, test = _test_members(path, Emulator(), ["QRUNOFF"])           # the first inversion: every test member
     assert len(test) == 11
+
+
+def test_the_emulator_part_weighs_held_out_series_as_the_observations_are_weighed():
+    """An emulator error that mimics a shift of a weakly felt parameter (p1) drives a noise-free held-out
+    inversion far; given the observed sites' error variance, the held-out series are trusted no more than
+    the observations and the same error adds far less, down to nothing once it is lost in their noise."""
+    from esm_emu.inverse.inversion import forward_parameter_error
+
+    rng = np.random.default_rng(5)
+    n, T = 40, 200
+    a, b, c = rng.normal(size=(n, T)), rng.normal(size=(n, T)), rng.normal(size=(n, T))
+    x = np.stack([a, 0.05 * b, c, np.zeros((n, T))], -1)              # p1 barely felt
+    problem = toy_problem(x, (x * 0.5).sum(-1))
+    theta = rng.uniform(0.1, 0.9, (n, 4))
+    resp = (x * theta[:, None, :]).sum(-1) + 0.02 * b                 # the emulator's error looks like p1 + 0.4
+
+    t32 = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
+    held = {"forcing": t32(x), "static": torch.zeros(n, 0), "theta": t32(theta), "response": t32(resp[..., None])}
+    tm = np.ones(T, bool)
+    alone = forward_parameter_error(problem, LinearForward(4), held, tm)
+    noisy = forward_parameter_error(problem, LinearForward(4), held, tm, np.array([0.05]))
+    lost = forward_parameter_error(problem, LinearForward(4), held, tm, np.array([0.2]))
+    assert alone[1] > 0.1
+    assert noisy[1] < 0.25 * alone[1]
+    assert lost[1] < 1e-3
+    # observations exactly as noisy as the emulator's own error: weighed alike, that error is not counted twice
+    own = np.array([np.mean((0.02 * b) ** 2)])
+    np.testing.assert_allclose(forward_parameter_error(problem, LinearForward(4), held, tm, own), alone, rtol=0.05)

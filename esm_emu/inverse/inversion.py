@@ -315,14 +315,18 @@ def trust_region(problem: InverseProblem, s: InversionSettings, design: Mapping 
 
 
 def forward_parameter_error(problem: InverseProblem, forward: ForwardModel, held_out: Mapping, time_mask,
-                            extra_var=None) -> np.ndarray:
+                            error_var=None) -> np.ndarray:
     """(P,) unit-space error variance the forward model's own error adds to each parameter.
 
     Held-out PPE series (the simulator's output at known parameters, no observation noise) are
     inverted through the forward model by the same local update the observed sites get, from the
     middle of the range. Their mean squared error holds what the data cannot tell (the update's own
     posterior variance, already in every interval as the data part) and what the emulator's error
-    adds; only the excess over the posterior variance is returned, so it is not counted twice."""
+    adds; only the excess over the posterior variance is returned, so it is not counted twice.
+    ``error_var`` (V,): the error variance the observed sites' update weighs their data by; the
+    held-out series are given the same (their own emulator error plus the rest), else noise-free
+    series would be trusted more than any observation and their parameters driven further by the
+    emulator's error along directions the observations leave to the prior."""
     import dataclasses
 
     from .identifiability import local_update
@@ -334,6 +338,12 @@ def forward_parameter_error(problem: InverseProblem, forward: ForwardModel, held
                              lat=None, lon=None)
     u_true = problem.to_unit(held_out["theta"][:, problem.forward_index]).clamp(0, 1).numpy()
     u0 = np.full((n, P), 0.5)
+    extra_var = None
+    if error_var is not None:
+        tm = np.asarray(time_mask, bool)
+        y = forward.chunked(hp.forcing, hp.static, hp.full_theta(held_out["theta"][:, problem.forward_index]))
+        e = (y[..., problem.response_index] - held_out["response"]).numpy()[:, tm].astype(np.float64)
+        extra_var = np.maximum(np.asarray(error_var, np.float64) - np.nanmean(e ** 2, axis=(0, 1)), 0.0)
     u, cov = local_update(hp, forward, u0, np.arange(n), time_mask, u0, np.full((n, P), 1 / 12), extra_var)
     return np.maximum(np.mean((u - u_true) ** 2, axis=0) - np.mean(np.einsum("npp->np", cov), axis=0), 0.0)
 
@@ -369,7 +379,8 @@ def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettin
                    max_variance_ratio=ratio_max, extra_var=extra)
     emu_var = None
     if held_out is not None:
-        emu_var = forward_parameter_error(problem, forward, held_out, tm)
+        emu_var = forward_parameter_error(problem, forward, held_out, tm,
+                                          ident.sigma ** 2 + (0 if extra is None else extra))
     post = posterior_refined(u_hat, ens_var, fit.u_blind, problem.observed, u_loc, cov, ident.ratio,
                              ident.identified, problem.lat, problem.lon, emu_var, cov_prior=ident.cov)
     return ident, post
