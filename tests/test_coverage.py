@@ -148,3 +148,36 @@ def test_the_map_keeps_what_the_data_fix_of_two_unidentified_parameters_everywhe
     old = posterior_refined(u_hat, np.full((N, 2), 1e-4), u_hat.copy(), obs, u_loc, cov_prior * 0.5, ratio,
                             np.array([False, False]), lat, lon)
     assert np.abs(old.u[obs].sum(1) - u_loc.sum(1)).mean() > 0.05
+
+
+def test_an_unidentified_parameter_the_emulator_cannot_recover_returns_further_to_the_prior():
+    """The held-out members' parameter error (emulator_var) joins an unidentified parameter's posterior
+    variance before it returns to the prior: with no trade-off it moves further toward the middle, by
+    the grown ratio; with an exact trade-off the combination the data fix is still kept."""
+    from esm_emu.inverse.uncertainty import posterior_refined
+
+    rng = np.random.default_rng(7)
+    N, n_obs = 40, 15
+    obs = np.zeros(N, bool)
+    obs[:n_obs] = True
+    lat, lon = rng.uniform(30, 45, N), rng.uniform(-110, -80, N)
+    u_loc = np.stack([rng.uniform(0.6, 1.0, n_obs), rng.uniform(0.0, 0.3, n_obs)], 1)
+    u_hat = np.full((N, 2), 0.5)
+    u_hat[obs] = u_loc
+
+    def refine(C, emu, identified):
+        cov_prior = np.broadcast_to(C, (n_obs, 2, 2)).copy()
+        ratio = np.tile(np.diag(C) * 12, (n_obs, 1))
+        return posterior_refined(u_hat, np.full((N, 2), 1e-4), u_hat.copy(), obs, u_loc, cov_prior * 0.5, ratio,
+                                 np.array(identified), lat, lon, emu, cov_prior=cov_prior)
+
+    alone = np.diag([0.001, 0.3 / 12])                                  # b unidentified (ratio 0.3), no partner
+    before, after = refine(alone, None, [True, False]), refine(alone, np.array([0.0, 0.03]), [True, False])
+    grown = (0.3 / 12 + 0.03) * 12
+    np.testing.assert_allclose(after.u[obs, 1] - 0.5, (1 - grown) / (1 - 0.3) * (before.u[obs, 1] - 0.5), atol=1e-6)
+    np.testing.assert_allclose(after.u[obs, 0], before.u[obs, 0], atol=1e-6)
+    J = np.array([[1.0, 1.0]])
+    pair = np.linalg.inv(12 * np.eye(2) + J.T @ J / 1e-3)               # a + b fixed, each ratio ~0.5
+    kept = refine(pair, np.array([0.02, 0.02]), [False, False])
+    np.testing.assert_allclose(kept.u[obs].sum(1), u_loc.sum(1), atol=0.03)
+    assert np.all(kept.sd <= np.sqrt(1 / 12) + 1e-12) and np.all(after.sd <= np.sqrt(1 / 12) + 1e-12)

@@ -140,6 +140,19 @@ def _shrunk_weak(u: np.ndarray, ratio: np.ndarray, weak: np.ndarray, cov_prior: 
     return shrink_jointly(np.asarray(u, np.float64)[:, weak], _weak_covariance(ratio, weak, cov_prior))[0]
 
 
+def _with_emulator_error(C: np.ndarray, emu: np.ndarray) -> np.ndarray:
+    """(N, W, W) the unidentified parameters' posterior covariance with each variance grown by the
+    parameter error inverting through the emulator adds (held-out members), their correlations kept
+    (the valley the data define stays), and no direction wider than the prior."""
+    from .identifiability import PRIOR_PRECISION
+
+    d = np.sqrt(np.einsum("nww->nw", C))
+    scale = np.sqrt((d ** 2 + emu[None]) / np.maximum(d ** 2, 1e-30))
+    Ce = C * scale[:, :, None] * scale[:, None, :]
+    w, v = np.linalg.eigh(Ce)
+    return np.einsum("nij,nj,nkj->nik", v, np.clip(w, 0.0, 1 / PRIOR_PRECISION), v)
+
+
 def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarray, observed: np.ndarray,
                       u_loc: np.ndarray, cov_loc: np.ndarray, ratio_obs: np.ndarray, identified: np.ndarray,
                       lat=None, lon=None, emulator_var: np.ndarray | None = None,
@@ -156,7 +169,9 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     prior, the unidentified parameters return together (`shrink_jointly`): a combination of them the
     data fix is kept (unobserved entities use the typical covariance).
     ``emulator_var`` (P,): the parameter error inverting through the emulator causes where the
-    answer is known (held-out PPE members), added everywhere.
+    answer is known (held-out PPE members), added everywhere; an unidentified parameter's return to
+    the prior also counts it (`_with_emulator_error`): what the data seem to say through an emulator
+    that cannot recover it is trusted less.
     """
     from .identifiability import PRIOR_PRECISION, krige, shrink_jointly, typical_covariance
 
@@ -192,6 +207,8 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
             full_cov = np.broadcast_to(typical_covariance(cov_prior), (N, P, P)).copy()
             full_cov[obs] = cov_prior
         C = _weak_covariance(ratio, weak, full_cov)
+        if emulator_var is not None:
+            C = _with_emulator_error(C, np.asarray(emulator_var, np.float64)[weak])
         u_w, A = shrink_jointly(u[:, weak], C)
         u[:, weak] = u_w
         # the shrunk estimate's error: its own variance carried through A, plus what the prior keeps
