@@ -20,6 +20,11 @@ TARGETS_EMU = {"QRUNOFF": 0.95, "EFLX_LH_TOT": 0.97, "SOILWATER_10CM": 0.97}
 IDENTIFIABLE = ("FMAX", "fff", "hksat_sf")
 
 
+def _n(x) -> float:
+    """A metric that may be None (r of an estimate that is one value everywhere) as a float (nan)."""
+    return float("nan") if x is None else float(x)
+
+
 def lines_from(report: dict, stages: dict) -> list[str]:
     out = [report.get("what", "")]
     walls = report["wall_s"]
@@ -36,9 +41,9 @@ def lines_from(report: dict, stages: dict) -> list[str]:
     rec = report.get("parameter_recovery") or {}
     for where in ("observed", "unobserved"):
         for p, d in (rec.get(where) or {}).items():
-            tgt = (f" (target r >= 0.9: {'met' if d['r'] >= 0.9 else 'NOT met'})"
+            tgt = (f" (target r >= 0.9: {'met' if (d['r'] or 0) >= 0.9 else 'NOT met'})"
                    if where == "unobserved" and p in IDENTIFIABLE else "")
-            out.append(f"recovery at {where} gridcells, {p:26s} r {d['r']:.3f}  RMSE {d['rmse']:.4g}  "
+            out.append(f"recovery at {where} gridcells, {p:26s} r {_n(d['r']):.3f}  RMSE {d['rmse']:.4g}  "
                        f"coverage {d.get('coverage', float('nan')):.2f}{tgt}")
     sk = report.get("skill_held_out_years") or {}
     for v, d in (sk.get("inferred") or {}).items():
@@ -49,9 +54,9 @@ def lines_from(report: dict, stages: dict) -> list[str]:
     for name, d in (report.get("ablation") or {}).items():
         un = d.get("unobserved")
         if isinstance(un, dict):
-            out.append(f"ablation {name}: r at unobserved " + ", ".join(f"{p} {x['r']:.2f}" for p, x in un.items()))
+            out.append(f"ablation {name}: r at unobserved " + ", ".join(f"{p} {_n(x['r']):.2f}" for p, x in un.items()))
         ob = d.get("observed") or {}
-        out.append(f"ablation {name}: r at observed " + ", ".join(f"{p} {x['r']:.2f}" for p, x in ob.items()))
+        out.append(f"ablation {name}: r at observed " + ", ".join(f"{p} {_n(x['r']):.2f}" for p, x in ob.items()))
     return out
 
 

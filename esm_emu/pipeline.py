@@ -428,8 +428,10 @@ def summary_lines(report: dict) -> list[str]:
     rec = (report.get("parameter_recovery") or {}).get("unobserved") or {}
     for p, d in rec.items():
         if isinstance(d, dict) and "r" in d:
-            cov = f", 90% interval holds {d['coverage']:.0%} of true values" if "coverage" in d else ""
-            lines.append(f"  {p:26s} r(true, inferred) at unobserved gridcells {d['r']:.3f}{cov}")
+            # r is undefined (None) where the estimate is one value everywhere (a parameter back at its prior mean)
+            c = d.get("coverage")
+            cov = f", 90% interval holds {c:.0%} of true values" if isinstance(c, (int, float)) and c == c else ""
+            lines.append(f"  {p:26s} r(true, inferred) at unobserved gridcells {_f(d['r'])}{cov}")
     ident = report.get("identifiability") or {}
     for p, d in ident.items():
         if not p.startswith("_"):
@@ -452,7 +454,7 @@ def summary_lines(report: dict) -> list[str]:
             q = (sk.get("inferred") or {}).get("QRUNOFF", {}).get("nse_median")
             share = (sk.get("reachable_gain_share") or {}).get("QRUNOFF")
             rec = (w.get("parameter_recovery") or {}).get("unobserved") or {}
-            rs = " ".join(f"{p} {d['r']:.2f}" for p, d in rec.items() if isinstance(d, dict) and "r" in d)
+            rs = " ".join(f"{p} {_f(d['r'])}" for p, d in rec.items() if isinstance(d, dict) and "r" in d)
             lines.append(f"  wave {k} ({w.get('ppe_members') or '?'} PPE members): QRUNOFF held-out NSE {_f(q)}"
                          + (f" (share {_f(share)})" if share is not None else "")
                          + (f"; r unobserved: {rs}" if rs else ""))

@@ -108,6 +108,20 @@ def test_waves_grow_the_store_and_report_each_wave(quick):
     assert all(len(h) == 3 for h in wave["training"]["dpl_loss"])
 
 
+def test_the_summary_reads_an_undefined_correlation_as_not_available():
+    """A parameter returned to its prior mean everywhere has no r (one value everywhere: metrics.json null);
+    the run's closing lines say n/a instead of failing at the end of a finished run."""
+    from esm_emu.pipeline import summary_lines
+
+    rec = {"fff": {"r": None, "coverage": 1.0}, "hksat_sf": {"r": 0.91, "coverage": None}}
+    wave = {"parameter_recovery": {"unobserved": rec}}
+    report = {"parameter_recovery": {"unobserved": rec}, "wall_s": {"total": 3.0}, "waves": {"0": wave, "1": wave}}
+    lines = summary_lines(report)
+    assert any("fff" in x and "n/a" in x and "holds 100%" in x for x in lines), lines
+    assert any("hksat_sf" in x and "0.910" in x and "holds" not in x for x in lines), lines
+    assert any(x.startswith("  wave 1") and "fff n/a" in x for x in lines), lines
+
+
 def test_ctsm_files_carry_the_inferred_map(quick):
     out, _, report = quick
     pmap = xr.load_dataset(out / "waves" / "1" / "inverse" / "parameter_map.nc")  # the final wave's
