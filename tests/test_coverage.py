@@ -181,3 +181,27 @@ def test_an_unidentified_parameter_the_emulator_cannot_recover_returns_further_t
     kept = refine(pair, np.array([0.02, 0.02]), [False, False])
     np.testing.assert_allclose(kept.u[obs].sum(1), u_loc.sum(1), atol=0.03)
     assert np.all(kept.sd <= np.sqrt(1 / 12) + 1e-12) and np.all(after.sd <= np.sqrt(1 / 12) + 1e-12)
+
+
+def test_an_identified_partner_follows_the_unidentified_one_as_far_as_the_emulator_error_returns_it():
+    """a identified, b not, the data fixing mostly a + b: when the emulator's parameter error sends b
+    further back to the prior, a moves with it by the same amount, so a + b, what the data say, is kept."""
+    from esm_emu.inverse.uncertainty import posterior_refined
+
+    rng = np.random.default_rng(7)
+    N, n_obs = 40, 15
+    obs = np.zeros(N, bool)
+    obs[:n_obs] = True
+    lat, lon = rng.uniform(30, 45, N), rng.uniform(-110, -80, N)
+    u_loc = np.stack([rng.uniform(0.6, 1.0, n_obs), rng.uniform(0.0, 0.3, n_obs)], 1)
+    u_hat = np.full((N, 2), 0.5)
+    u_hat[obs] = u_loc
+    J, w = np.array([[1.0, 1.0], [1.0, 0.0]]), np.diag([1 / 1e-3, 1 / 0.05])
+    C = np.linalg.inv(12 * np.eye(2) + J.T @ w @ J)                    # correlation -0.98
+    cov_prior = np.broadcast_to(C, (n_obs, 2, 2)).copy()
+    ratio = np.tile(np.diag(C) * 12, (n_obs, 1))
+    plain, grown = (posterior_refined(u_hat, np.full((N, 2), 1e-4), u_hat.copy(), obs, u_loc, cov_prior, ratio,
+                                      np.array([True, False]), lat, lon, emu, cov_prior=cov_prior)
+                    for emu in (None, np.array([0.0, 0.03])))
+    assert np.abs(grown.u[obs, 1] - 0.5).mean() < 0.6 * np.abs(plain.u[obs, 1] - 0.5).mean()
+    np.testing.assert_allclose(grown.u[obs].sum(1), u_loc.sum(1), atol=0.02)

@@ -101,17 +101,17 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
 
 
 def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak: np.ndarray,
-                    cov_prior: np.ndarray | None = None) -> np.ndarray:
+                    cov_prior: np.ndarray | None = None, emulator_var: np.ndarray | None = None) -> np.ndarray:
     """(S, P) the observed sites' estimates with every identified parameter moved along its trade-off
     with the unidentified ones, by the site's posterior covariance, as far as those are pulled back
     toward the prior (`shrink_to_prior`, or `shrink_jointly` with ``cov_prior`` (S, P, P), the sites'
-    posterior covariance under the uniform prior): the conditional mean given the unidentified values
-    that the map will carry, so the pair still fits the data instead of keeping an identified value
-    that only fitted the unidentified one's drift."""
+    posterior covariance under the uniform prior, grown by ``emulator_var`` as `posterior_refined` grows
+    it): the conditional mean given the unidentified values that the map will carry, so the pair still
+    fits the data instead of keeping an identified value that only fitted the unidentified one's drift."""
     weak = np.asarray(weak, bool)
     if not weak.any() or weak.all():
         return u_loc
-    delta = _shrunk_weak(u_loc, ratio, weak, cov_prior) - u_loc[:, weak]           # (S, W)
+    delta = _shrunk_weak(u_loc, ratio, weak, cov_prior, emulator_var)[0] - u_loc[:, weak]  # (S, W)
     strong = ~weak
     c_sw = cov[:, strong][:, :, weak]                                                # (S, I, W)
     c_ww = cov[:, weak][:, :, weak] + 1e-12 * np.eye(int(weak.sum()))[None]          # (S, W, W)
@@ -132,12 +132,18 @@ def _weak_covariance(ratio: np.ndarray, weak: np.ndarray, cov_prior: np.ndarray 
     return np.einsum("nw,wv->nwv", r / PRIOR_PRECISION, np.eye(int(weak.sum())))
 
 
-def _shrunk_weak(u: np.ndarray, ratio: np.ndarray, weak: np.ndarray, cov_prior: np.ndarray | None) -> np.ndarray:
-    """(N, W) the unidentified parameters returned toward the prior, jointly (esm_emu.inverse.identifiability.
-    shrink_jointly)."""
+def _shrunk_weak(u: np.ndarray, ratio: np.ndarray, weak: np.ndarray, cov_prior: np.ndarray | None,
+                 emulator_var: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unidentified parameters returned toward the prior, jointly (esm_emu.inverse.identifiability.
+    shrink_jointly): (u* (N, W), A (N, W, W), their covariance C (N, W, W), grown by the emulator's
+    parameter error where given)."""
     from .identifiability import shrink_jointly
 
-    return shrink_jointly(np.asarray(u, np.float64)[:, weak], _weak_covariance(ratio, weak, cov_prior))[0]
+    C = _weak_covariance(ratio, weak, cov_prior)
+    if emulator_var is not None:
+        C = _with_emulator_error(C, np.asarray(emulator_var, np.float64)[weak])
+    u_w, A = shrink_jointly(np.asarray(u, np.float64)[:, weak], C)
+    return u_w, A, C
 
 
 def _with_emulator_error(C: np.ndarray, emu: np.ndarray) -> np.ndarray:
@@ -173,14 +179,14 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
     the prior also counts it (`_with_emulator_error`): what the data seem to say through an emulator
     that cannot recover it is trusted less.
     """
-    from .identifiability import PRIOR_PRECISION, krige, shrink_jointly, typical_covariance
+    from .identifiability import PRIOR_PRECISION, krige, typical_covariance
 
     N, P = u_hat.shape
     obs = np.asarray(observed, bool)
     u, var = u_hat.astype(np.float64).copy(), np.zeros((N, P))
     data_var, reg = np.zeros((N, P)), np.zeros((N, P))
     u_loc = along_trade_off(u_loc, cov_loc, np.asarray(ratio_obs, np.float64), ~np.asarray(identified, bool),
-                            cov_prior)
+                            cov_prior, emulator_var)
     u[obs] = u_loc
     data_var[obs] = np.einsum("npp->np", cov_loc)
     resid = u_loc - u_blind[obs]
@@ -206,11 +212,7 @@ def posterior_refined(u_hat: np.ndarray, ens_var: np.ndarray, u_blind: np.ndarra
         if cov_prior is not None:
             full_cov = np.broadcast_to(typical_covariance(cov_prior), (N, P, P)).copy()
             full_cov[obs] = cov_prior
-        C = _weak_covariance(ratio, weak, full_cov)
-        if emulator_var is not None:
-            C = _with_emulator_error(C, np.asarray(emulator_var, np.float64)[weak])
-        u_w, A = shrink_jointly(u[:, weak], C)
-        u[:, weak] = u_w
+        u[:, weak], A, C = _shrunk_weak(u, ratio, weak, full_cov, emulator_var)
         # the shrunk estimate's error: its own variance carried through A, plus what the prior keeps
         var[:, weak] = np.einsum("nwv,nv->nw", A ** 2, var[:, weak]) + np.einsum("nww->nw", C)
     u = np.clip(u, 0, 1)
