@@ -150,35 +150,46 @@ def test_the_map_keeps_what_the_data_fix_of_two_unidentified_parameters_everywhe
     assert np.abs(old.u[obs].sum(1) - u_loc.sum(1)).mean() > 0.05
 
 
-def test_an_unidentified_parameter_the_emulator_cannot_recover_returns_further_to_the_prior():
-    """The held-out members' parameter error (emulator_var) joins an unidentified parameter's posterior
-    variance before it returns to the prior: with no trade-off it moves further toward the middle, by
-    the grown ratio; with an exact trade-off the combination the data fix is still kept."""
-    from esm_emu.inverse.uncertainty import posterior_refined
-
-    rng = np.random.default_rng(7)
-    N, n_obs = 40, 15
+def _sites_of_two_parameters(seed: int = 7, N: int = 40, n_obs: int = 15):
+    """(observed, lat, lon, u_loc, u_hat) for a map of two parameters: a high, b low at the observed gridcells."""
+    rng = np.random.default_rng(seed)
     obs = np.zeros(N, bool)
     obs[:n_obs] = True
     lat, lon = rng.uniform(30, 45, N), rng.uniform(-110, -80, N)
     u_loc = np.stack([rng.uniform(0.6, 1.0, n_obs), rng.uniform(0.0, 0.3, n_obs)], 1)
     u_hat = np.full((N, 2), 0.5)
     u_hat[obs] = u_loc
+    return obs, lat, lon, u_loc, u_hat
 
-    def refine(C, emu, identified):
-        cov_prior = np.broadcast_to(C, (n_obs, 2, 2)).copy()
-        ratio = np.tile(np.diag(C) * 12, (n_obs, 1))
-        return posterior_refined(u_hat, np.full((N, 2), 1e-4), u_hat.copy(), obs, u_loc, cov_prior * 0.5, ratio,
-                                 np.array(identified), lat, lon, emu, cov_prior=cov_prior)
 
+def _refine(sites, C, identified, emu=None, loc_share=1.0):
+    """posterior_refined on those sites with the same posterior covariance C at every observed gridcell
+    (the local fit's: ``loc_share`` x C)."""
+    from esm_emu.inverse.uncertainty import posterior_refined
+
+    obs, lat, lon, u_loc, u_hat = sites
+    n_obs = int(obs.sum())
+    cov_prior = np.broadcast_to(C, (n_obs, 2, 2)).copy()
+    ratio = np.tile(np.diag(C) * 12, (n_obs, 1))
+    return posterior_refined(u_hat, np.full(u_hat.shape, 1e-4), u_hat.copy(), obs, u_loc, cov_prior * loc_share,
+                             ratio, np.array(identified), lat, lon, emu, cov_prior=cov_prior)
+
+
+def test_an_unidentified_parameter_the_emulator_cannot_recover_returns_further_to_the_prior():
+    """The held-out members' parameter error (emulator_var) joins an unidentified parameter's posterior
+    variance before it returns to the prior: with no trade-off it moves further toward the middle, by
+    the grown ratio; with an exact trade-off the combination the data fix is still kept."""
+    sites = _sites_of_two_parameters()
+    obs, u_loc = sites[0], sites[3]
     alone = np.diag([0.001, 0.3 / 12])                                  # b unidentified (ratio 0.3), no partner
-    before, after = refine(alone, None, [True, False]), refine(alone, np.array([0.0, 0.03]), [True, False])
+    before = _refine(sites, alone, [True, False], loc_share=0.5)
+    after = _refine(sites, alone, [True, False], np.array([0.0, 0.03]), loc_share=0.5)
     grown = (0.3 / 12 + 0.03) * 12
     np.testing.assert_allclose(after.u[obs, 1] - 0.5, (1 - grown) / (1 - 0.3) * (before.u[obs, 1] - 0.5), atol=1e-6)
     np.testing.assert_allclose(after.u[obs, 0], before.u[obs, 0], atol=1e-6)
     J = np.array([[1.0, 1.0]])
     pair = np.linalg.inv(12 * np.eye(2) + J.T @ J / 1e-3)               # a + b fixed, each ratio ~0.5
-    kept = refine(pair, np.array([0.02, 0.02]), [False, False])
+    kept = _refine(sites, pair, [False, False], np.array([0.02, 0.02]), loc_share=0.5)
     np.testing.assert_allclose(kept.u[obs].sum(1), u_loc.sum(1), atol=0.03)
     assert np.all(kept.sd <= np.sqrt(1 / 12) + 1e-12) and np.all(after.sd <= np.sqrt(1 / 12) + 1e-12)
 
@@ -186,22 +197,11 @@ def test_an_unidentified_parameter_the_emulator_cannot_recover_returns_further_t
 def test_an_identified_partner_follows_the_unidentified_one_as_far_as_the_emulator_error_returns_it():
     """a identified, b not, the data fixing mostly a + b: when the emulator's parameter error sends b
     further back to the prior, a moves with it by the same amount, so a + b, what the data say, is kept."""
-    from esm_emu.inverse.uncertainty import posterior_refined
-
-    rng = np.random.default_rng(7)
-    N, n_obs = 40, 15
-    obs = np.zeros(N, bool)
-    obs[:n_obs] = True
-    lat, lon = rng.uniform(30, 45, N), rng.uniform(-110, -80, N)
-    u_loc = np.stack([rng.uniform(0.6, 1.0, n_obs), rng.uniform(0.0, 0.3, n_obs)], 1)
-    u_hat = np.full((N, 2), 0.5)
-    u_hat[obs] = u_loc
+    sites = _sites_of_two_parameters()
+    obs, u_loc = sites[0], sites[3]
     J, w = np.array([[1.0, 1.0], [1.0, 0.0]]), np.diag([1 / 1e-3, 1 / 0.05])
     C = np.linalg.inv(12 * np.eye(2) + J.T @ w @ J)                    # correlation -0.98
-    cov_prior = np.broadcast_to(C, (n_obs, 2, 2)).copy()
-    ratio = np.tile(np.diag(C) * 12, (n_obs, 1))
-    plain, grown = (posterior_refined(u_hat, np.full((N, 2), 1e-4), u_hat.copy(), obs, u_loc, cov_prior, ratio,
-                                      np.array([True, False]), lat, lon, emu, cov_prior=cov_prior)
-                    for emu in (None, np.array([0.0, 0.03])))
+    plain = _refine(sites, C, [True, False])
+    grown = _refine(sites, C, [True, False], np.array([0.0, 0.03]))
     assert np.abs(grown.u[obs, 1] - 0.5).mean() < 0.6 * np.abs(plain.u[obs, 1] - 0.5).mean()
     np.testing.assert_allclose(grown.u[obs].sum(1), u_loc.sum(1), atol=0.02)

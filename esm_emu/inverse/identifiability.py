@@ -188,8 +188,9 @@ def typical_covariance(cov: np.ndarray) -> np.ndarray:
     """(P, P) one posterior covariance for entities without data: the median variance and the median
     correlation over the observed entities' (n, P, P), made positive semi-definite."""
     cov = np.asarray(cov, np.float64)
-    var = np.nanmedian(np.einsum("npp->np", cov), axis=0)
-    sd = np.sqrt(np.einsum("npp->np", cov))
+    diag = np.einsum("npp->np", cov)
+    var = np.nanmedian(diag, axis=0)
+    sd = np.sqrt(diag)
     corr = np.nanmedian(cov / np.maximum(sd[:, :, None] * sd[:, None, :], 1e-30), axis=0)
     np.fill_diagonal(corr, 1.0)
     w, v = np.linalg.eigh(np.nan_to_num((corr + corr.T) / 2))
