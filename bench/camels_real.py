@@ -62,7 +62,7 @@ def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 30
     s = torch.as_tensor(np.stack([sites[n].values for n in sim.static_names], -1), dtype=torch.float32)
     rng = np.random.default_rng([seed, 3])
     n = len(BASINS) * per_basin
-    # Latin hypercube, log-uniform for the wide scale factors (as the inversion maps them)
+    # Latin hypercube, log-uniform for the wide scale factors (the inversion is told so: inverse.scale log)
     u = (np.stack([rng.permutation(n) for _ in PARAMS], 1) + rng.random((n, len(PARAMS)))) / n
     logp = (lo > 0) & (hi / lo >= 20)
     theta = np.where(logp, lo * (hi / lo) ** u, lo + (hi - lo) * u)
@@ -276,7 +276,7 @@ def main():
     for ty in years:
         train = [y for y in (2000, 2001, 2002) if y != ty]
         # calibration days: 2000-2002 without the test year (build_problem drops it from the train period)
-        cfg = {"params": PARAMS, "method": a.method, "seed": a.seed, "routing": {"QRUNOFF": a.routing},
+        cfg = {"params": PARAMS, "method": a.method, "seed": a.seed, "routing": {"QRUNOFF": a.routing}, "scale": "log",
                "train_period": {"start": 2000, "end": 2002}, "test_period": {"start": ty, "end": ty},
                "per_site": {"steps": a.steps, "screen": a.screen, "lr": a.lr},
                "dpl": {"steps": a.steps, "warmup_days": a.warmup_days, "dropout": 0.0},

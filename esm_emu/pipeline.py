@@ -537,13 +537,15 @@ def _per_site_report(out: Path, inv_dir: Path, inv_metrics: dict, real_basins=No
         soil = camels_soil_comparison(real_basins.camels_attributes, ids, sf)
         rep["soil_vs_camels"] = {d.pop("basin"): d for d in soil}
         lo, hi = pmap["param_min"].values.astype(float), pmap["param_max"].values.astype(float)
-        u, u_sd = unit_position(pmap["theta"].values, pmap["theta_std"].values, lo[None], hi[None])
+        # maps written before inverse.scale existed were searched on the log scale
+        u, u_sd = unit_position(pmap["theta"].values, pmap["theta_std"].values, lo[None], hi[None],
+                                str(pmap.attrs.get("parameter_scale", "log")))
         local = pmap.get("posterior_to_prior_variance_local")
         ratio = None if local is None else local.values
         limit = 0.1 if local is None else float(local.attrs.get("identified_at_most", 0.1))
 
         def entry(k, j):
-            # range shares on the scale the calibration searches (log for wide positive ranges); on a
+            # range shares on the scale the calibration searches (inverse.scale); on a
             # bound: within 1% of it (the per-site logits approach, never reach, it)
             return {"value": float(pmap["theta"].values[k, j]), "std": float(pmap["theta_std"].values[k, j]),
                     "lower": float(lo[j]), "upper": float(hi[j]), "on_bound": bool(min(u[k, j], 1 - u[k, j]) <= 0.01),

@@ -8,7 +8,7 @@ import xarray as xr
 from inverse_twin import PARAMS, make_twin, observations
 
 from esm_emu.inverse.config import inverse_config
-from esm_emu.inverse.dpl import DPLConfig, ParamNet, masked_loss, predict, train_dpl
+from esm_emu.inverse.dpl import DPLConfig, ParamNet, masked_loss, predict, score_mask, train_dpl
 from esm_emu.inverse.inversion import InversionSettings, run_inversion
 from esm_emu.inverse.kgssl import KGSSLConfig
 from esm_emu.inverse.problem import bounds_from_table, build_problem
@@ -37,10 +37,39 @@ def test_outputs_stay_inside_table_bounds_even_for_extreme_attributes(twin):
         for scale in (1.0, 1e3, -1e3):
             th = p.from_unit(net(p.attrs * scale))
             assert (th >= p.lo - 1e-6).all() and (th <= p.hi * (1 + 1e-6)).all()
-    # wide positive ranges (hksat_sf 0.1..10, baseflow_scalar) are mapped on a log scale
-    assert bool(p.log_scale[PARAMS.index("hksat_sf")]) and not bool(p.log_scale[PARAMS.index("FMAX")])
     u = torch.rand(5, p.n_params)
     assert torch.allclose(p.to_unit(p.from_unit(u)), u, atol=1e-5)
+
+
+def test_the_prior_is_uniform_where_the_ppe_design_is_unless_the_log_scale_is_asked_for(twin, tmp_path):
+    """The unit space is where each parameter's prior is uniform and where it returns when the data
+    cannot tell it: on the default linear scale the PPE's Latin hypercube members (min + s (max - min))
+    sit uniformly in it and the prior's middle is the middle of the PPE's range; ``scale: log`` maps
+    wide positive ranges (hksat_sf 0.1..10) log-uniformly instead, and a state saved on one scale is
+    refused by an inversion on the other."""
+    from ppe_ingest.design import make_design
+
+    lin, log = (build_problem(twin["entities"], None, twin["forward"], twin["table"], PARAMS, ("QRUNOFF",),
+                              scale=scale) for scale in ("linear", "log"))
+    design = make_design(twin["table"], 64, seed=3, names=PARAMS)
+    theta = torch.as_tensor(design["theta"].transpose("member", "param").values, dtype=torch.float32)
+    s = torch.as_tensor(design["s"].transpose("member", "param").values, dtype=torch.float32)
+    assert torch.allclose(lin.to_unit(theta), s, atol=1e-5)
+    j = PARAMS.index("hksat_sf")
+    mid = lin.from_unit(torch.full((1, lin.n_params), 0.5))[0]
+    assert float(mid[j]) == pytest.approx(5.05, rel=1e-5)
+    assert bool(log.log_scale[j]) and not bool(log.log_scale[PARAMS.index("FMAX")]) and not lin.log_scale.any()
+    assert float(log.from_unit(torch.full((1, log.n_params), 0.5))[0, j]) == pytest.approx(1.0, rel=1e-5)
+    # the log scale puts most of the PPE's members in the upper part of its unit space
+    assert float((log.to_unit(theta)[:, j] > 0.5).float().mean()) > 0.85
+    with pytest.raises(UserError, match="inverse.scale"):
+        build_problem(twin["entities"], None, twin["forward"], twin["table"], PARAMS, ("QRUNOFF",), scale="sqrt")
+    from esm_emu.inverse.warm import load_state, save_state
+
+    state = save_state(tmp_path, PARAMS, lin.entity, [{}], scale="log")
+    assert load_state(state, PARAMS, lin.entity, 1, scale="log")["scale"] == "log"
+    with pytest.raises(UserError, match="log scale.*inverse.scale is linear"):
+        load_state(state, PARAMS, lin.entity, 1, scale="linear")
 
 
 def test_nse_loss_is_one_minus_nse_and_ignores_gaps():
@@ -94,7 +123,12 @@ def test_g_A_learns_parameters_through_the_frozen_emulator(twin):
     net, hist = train_dpl(p, twin["forward"], DPLConfig(steps=80, warmup_days=60, dropout=0.0), seed=0)
     # the forward model stays frozen while the parameter network learns
     assert all(torch.equal(a, b) for a, b in zip(before, twin["forward"].parameters()))
-    assert np.mean(hist["loss"][-10:]) < 0.5 * np.mean(hist["loss"][:5])
+    final = np.mean(hist["loss"][-10:])
+    assert final < 0.75 * np.mean(hist["loss"][:5])
+    # and the learned parameters fit far better than the table's defaults
+    idx = torch.as_tensor(np.flatnonzero(p.observed))
+    y = twin["forward"].chunked(p.forcing[idx], p.static[idx], p.full_theta(p.default.expand(len(idx), -1)))
+    assert final < 0.5 * float(masked_loss(y[..., p.response_index], p.obs[idx], score_mask(p, p.train_time, 60)))
 
 
 @pytest.mark.statistical

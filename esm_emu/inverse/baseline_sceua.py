@@ -31,7 +31,7 @@ class SiteCalibration:
 
 
 class _SpotSetup:
-    """spotpy setup for one site: parameters on the unit cube (log-uniform where the table is wide)."""
+    """spotpy setup for one site: parameters on the unit cube (the problem's scale, inverse.scale)."""
 
     def __init__(self, problem: InverseProblem, forward: ForwardModel, i: int, tmask: torch.Tensor, loss: str):
         import spotpy

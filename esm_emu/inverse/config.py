@@ -100,6 +100,10 @@ SCHEMA = {
                                    "gridcell are refused"),
     "shared_gridcells": Field(bool, False,
                               help="allow several observation sites on one gridcell (their daily values averaged)"),
+    "scale": Field(str, "linear", choices=("linear", "log"),
+                   help="the scale each parameter's uniform prior and search space is on: linear, as PPE designs "
+                   "sample (min + s (max - min)), so the calibration's prior is the PPE's; log: positive ranges "
+                   "spanning >= 20x log-uniform, for a PPE sampled so"),
     "method": Field(str, "auto", choices=("auto", "g_z", "g_A", "kgssl", "per_site"),
                     help="auto: per_site below inverse.per_site.PER_SITE_MAX_SITES (20) observed sites, else g_z"),
     "routing": Field(schema=ROUTING, default={},

@@ -52,6 +52,7 @@ class InversionSettings:
     uncertainty: UncertaintyConfig
     max_site_distance_deg: float | None = None  # None: the schema's default
     shared_gridcells: bool = False
+    scale: str = "linear"  # the parameters' prior and search scale (problem.SCALES)
     identifiability: Mapping | None = None
     trust: Mapping | None = None
 
@@ -64,7 +65,7 @@ class InversionSettings:
                    dpl=_section(_dpl.DPLConfig, cfg, "dpl"),
                    uncertainty=_section(UncertaintyConfig, cfg, "uncertainty"),
                    max_site_distance_deg=float(cfg["max_site_distance_deg"]),
-                   shared_gridcells=bool(cfg["shared_gridcells"]),
+                   shared_gridcells=bool(cfg["shared_gridcells"]), scale=str(cfg["scale"]),
                    identifiability=dict(cfg["identifiability"]), trust=dict(cfg["trust"]))
 
 
@@ -224,7 +225,7 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     if warm_from is not None and s.method in ("g_z", "g_A"):
         from .warm import load_state
 
-        warm = load_state(warm_from, problem.param_names, problem.entity, s.uncertainty.ensemble)
+        warm = load_state(warm_from, problem.param_names, problem.entity, s.uncertainty.ensemble, problem.scale)
         if warm_steps:
             s = _replace(s, dpl=_replace(s.dpl, steps=int(warm_steps)))
         if warm["z"] is not None:
@@ -288,7 +289,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         if fit is not None:  # where the next PPE wave's inversion starts
             from .warm import save_state
 
-            save_state(out_dir, problem.param_names, problem.entity, fit.states, pre if s.method == "g_z" else None)
+            save_state(out_dir, problem.param_names, problem.entity, fit.states, pre if s.method == "g_z" else None,
+                       problem.scale)
     return pmap, metrics
 
 
@@ -405,7 +407,7 @@ def _problem(s: InversionSettings, entities, observations, forward: ForwardModel
     """The inverse problem's tensors; a UserError when no observed entity has training data."""
     problem = build_problem(entities, observations, forward, table, s.params, s.variables, s.train_period,
                             s.test_period, sources=sources, max_site_distance_deg=s.max_site_distance_deg,
-                            shared_gridcells=s.shared_gridcells)
+                            shared_gridcells=s.shared_gridcells, scale=s.scale)
     if not problem.observed.any():
         raise UserError("observations: no observed site has data in the training period")
     return problem
@@ -612,7 +614,8 @@ def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionS
     """The parameter map with provenance, identifiability and intervals, and k-means clusters when
     ``clusters`` asks for them."""
     prov = {"forward_model": forward.kind, "emulator_checkpoint_sha256": forward.checkpoint_sha256,
-            "observation_sources": list(sources), "observed_variables": problem.variables, "config": dict(cfg)}
+            "observation_sources": list(sources), "observed_variables": problem.variables, "config": dict(cfg),
+            "parameter_scale": problem.scale}
     pmap = build_param_map(problem.entity, theta.numpy(), theta_std.numpy(), problem.param_names,
                            "site" if problem.entity_dim in ("site", "basin") else "gridcell",
                            problem.lat, problem.lon, problem.observed, problem.lo.numpy(), problem.hi.numpy(),

@@ -58,6 +58,8 @@ def build_param_map(entity, theta, theta_std, param_names: Sequence[str], entity
         "observed_variables": json.dumps(list(prov.get("observed_variables", []))),
         "config": json.dumps(prov.get("config", {}), default=str, sort_keys=True),
     }
+    if prov.get("parameter_scale"):  # the scale of the prior and of the unit-space figures (inverse.scale)
+        ds.attrs["parameter_scale"] = str(prov["parameter_scale"])
     return ds
 
 

@@ -1,5 +1,5 @@
 """Per-site calibration: each observed site's own parameters, fitted by gradient descent through the
-frozen forward model, with the same bounds (the parameter table's, log-uniform for wide ranges) and
+frozen forward model, with the same bounds and prior scale (the parameter table's; inverse.scale) and
 an uncertainty from an ensemble.
 
 g_A and g_z learn one mapping from attributes to parameters over all sites; that needs many sites
@@ -172,8 +172,8 @@ def fit_per_site(problem: InverseProblem, forward: ForwardModel, steps: int = 30
     with torch.no_grad():
         u = torch.sigmoid(z)                                                  # (M, S, P)
         th = problem.from_unit(u.reshape(M * S, P)).reshape(M, S, P)
-        # the members' centre in the space the calibration searches (log for wide ranges): a
-        # physical mean of log-scaled values is pulled toward the largest member
+        # the members' centre in the space the calibration searches (inverse.scale): on the log
+        # scale a physical mean of log-scaled values is pulled toward the largest member
         theta[t] = problem.from_unit(u.mean(0))
         theta_std[t] = th.std(0, unbiased=False) if M > 1 else torch.zeros(S, P)
     return theta, theta_std, hist

@@ -18,16 +18,20 @@ from ..forward import ForwardModel
 QC_NAMES = ("{v}_mask", "{v}_qc", "qc_{v}", "qc", "mask")  # the obs schema uses VAR_mask (True = usable)
 
 
-LOG_SCALE_RATIO = 20.0  # a positive range spanning this many times is searched on a log scale
+LOG_SCALE_RATIO = 20.0  # on the log scale, a positive range spanning this many times is searched in log
+# The scales a parameter's uniform prior can be on. linear: min + u (max - min), the way PPE designs sample
+# (ours, ppe_ingest.design, and the CLM5 PPE's Latin hypercube), so the calibration's prior is the PPE's;
+# log: positive ranges spanning >= LOG_SCALE_RATIO times log-uniform, for a PPE sampled that way.
+SCALES = ("linear", "log")
 
 
-def unit_position(value, std, lo, hi):
+def unit_position(value, std, lo, hi, scale: str = "linear"):
     """(position in [0, 1], std in unit space) of physical values with their std, numpy, on the
-    scale the inversion searches (InverseProblem.to_unit): log for wide positive ranges."""
+    scale the inversion searches (InverseProblem.to_unit; ``scale`` one of SCALES)."""
     import numpy as np
 
     value, std, lo, hi = (np.asarray(x, np.float64) for x in (value, std, lo, hi))
-    log = (lo > 0) & (hi >= LOG_SCALE_RATIO * np.where(lo > 0, lo, 1.0))
+    log = (scale == "log") & (lo > 0) & (hi >= LOG_SCALE_RATIO * np.where(lo > 0, lo, 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         span = np.where(log, np.log(np.where(log, hi / np.where(lo > 0, lo, 1.0), 2.0)), hi - lo)
         u = np.where(log, np.log(np.maximum(value, 1e-30) / np.where(lo > 0, lo, 1.0)), value - lo) / span
@@ -61,6 +65,7 @@ class InverseProblem:
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
     sources: list[str] = field(default_factory=list)
+    scale: str = "linear"  # the scale of each parameter's uniform prior and search space (SCALES)
 
     @property
     def n_params(self) -> int:
@@ -74,8 +79,10 @@ class InverseProblem:
 
     @property
     def log_scale(self) -> torch.Tensor:
-        """Parameters whose positive range spans >= 20x are mapped to [0,1] on a log scale."""
-        return (self.lo > 0) & (self.hi / self.lo.clamp_min(1e-30) >= LOG_SCALE_RATIO)
+        """(P,) parameters mapped to [0,1] on a log scale: with ``scale`` "log", those whose positive
+        range spans >= LOG_SCALE_RATIO times; none on the linear scale."""
+        wide = (self.lo > 0) & (self.hi / self.lo.clamp_min(1e-30) >= LOG_SCALE_RATIO)
+        return wide & (self.scale == "log")
 
     def _log_bounds(self):
         # safe values where the parameter is linear, so torch.where never sees NaN gradients
@@ -91,7 +98,7 @@ class InverseProblem:
         return torch.where(ls, lg, lin)
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        """[0,1] -> physical units within [min, max] (log-uniform for wide positive ranges)."""
+        """[0,1] -> physical units within [min, max] (on the log scale, log-uniform for wide positive ranges)."""
         ls, lo, hi = self._log_bounds()
         lin = self.lo + (self.hi - self.lo) * u
         lg = lo * torch.exp(u * torch.log(hi / lo))
@@ -348,12 +355,15 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
                   params: Sequence[str] | None = None, variables: Sequence[str] = ("QRUNOFF",),
                   train_period=None, test_period=None, extra_attributes: Sequence[str] = (),
                   sources: Sequence[str] = (), max_site_distance_deg: float | None = None,
-                  shared_gridcells: bool = False) -> InverseProblem:
+                  shared_gridcells: bool = False, scale: str = "linear") -> InverseProblem:
     """Assemble the tensors of an inverse problem from xarray inputs.
 
     ``entities``: (gridcell|site, time) forcing variables and (gridcell|site,) static fields under
-    CTSM names; ``observations``: the observation schema (site, time), placed on the entities.
+    CTSM names; ``observations``: the observation schema (site, time), placed on the entities;
+    ``scale``: the parameters' prior and search scale (SCALES).
     """
+    if scale not in SCALES:
+        raise UserError(f"inverse.scale: {str(scale)[:40]!r} is not one of {', '.join(SCALES)}")
     dim = entity_dim_of(entities)
     if "time" not in entities.dims:
         raise UserError("entities: no time dimension")
@@ -401,4 +411,4 @@ def build_problem(entities: xr.Dataset, observations: xr.Dataset | None, forward
         attr_names=attr_names, obs=t32(obs), variables=variables, observed=observed, train_time=train_time,
         test_time=test_time, param_names=params, lo=t32(lo), hi=t32(hi), default=t32(d),
         forward_default=t32(forward_default), forward_index=[forward.param_names.index(p) for p in params],
-        response_index=forward.response_index(variables), lat=lat, lon=lon, sources=list(sources))
+        response_index=forward.response_index(variables), lat=lat, lon=lon, sources=list(sources), scale=scale)

@@ -13,11 +13,13 @@ from ppe_ingest.base.errors import UserError
 STATE_FILE = "inverse_state.pt"
 
 
-def save_state(out_dir, params, entity, nets: list, pre=None) -> Path:
+def save_state(out_dir, params, entity, nets: list, pre=None, scale: str = "linear") -> Path:
     """Write the dPL members' weights and the KGSSL embedding they read (``pre``, an
-    inversion.Pretrained, or None for g_A) as ``inverse_state.pt``."""
+    inversion.Pretrained, or None for g_A) as ``inverse_state.pt``; ``scale``: the unit space their
+    outputs are on (inverse.scale)."""
     path = Path(out_dir) / STATE_FILE
     payload = {"params": list(params), "entity": [str(e) for e in np.asarray(entity)], "nets": list(nets),
+               "scale": str(scale),
                "z": None, "has_z": None, "kg_theta": None, "kg_history": None}
     if pre is not None:
         payload.update(z=pre.z, has_z=pre.has_z, kg_theta=pre.theta, kg_history=pre.history)
@@ -26,9 +28,9 @@ def save_state(out_dir, params, entity, nets: list, pre=None) -> Path:
     return path
 
 
-def load_state(path, params, entity, n_members: int) -> dict:
-    """A previous wave's state, checked against this inversion: same parameters, entities and
-    ensemble size (else a UserError naming the file and what differs)."""
+def load_state(path, params, entity, n_members: int, scale: str = "linear") -> dict:
+    """A previous wave's state, checked against this inversion: same parameters, unit-space scale,
+    entities and ensemble size (else a UserError naming the file and what differs)."""
     from ..checkpoint import read_torch_file
 
     path = Path(path)
@@ -37,6 +39,9 @@ def load_state(path, params, entity, n_members: int) -> dict:
         raise UserError(f"{path}: not an esm-emu inverse state")
     if list(st.get("params", [])) != list(params):
         raise UserError(f"{path}: inferred parameters {st.get('params')} differ from this inversion's {list(params)}")
+    if st.get("scale", "log") != scale:  # states written before inverse.scale existed were on the log scale
+        raise UserError(f"{path}: its parameters are on the {st.get('scale', 'log')} scale, this inversion's "
+                        f"inverse.scale is {scale}")
     ent = [str(e) for e in np.asarray(entity)]
     if list(st.get("entity", [])) != ent:
         raise UserError(f"{path}: its {len(st.get('entity', []))} entities are not this inversion's {len(ent)}")
