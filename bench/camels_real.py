@@ -40,7 +40,7 @@ def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 30
     """Entities, observations, simulator, trained emulator and parameter table for the 4 basins."""
     from esm_emu.emulator import Emulator
     from esm_emu.forward import EmulatorForward, SimulatorForward
-    from esm_emu.inverse.problem import bounds_from_table
+    from esm_emu.inverse.problem import bounds_from_table, log_scaled
     from esm_emu.normalize import Normalizer, Scaler
     from ppe_ingest.obs.camels import read_camels_streamflow
     from ppe_ingest.param_table import default_table_path, load_param_table
@@ -64,7 +64,7 @@ def build(root: Path, n_years: int = 3, per_basin: int = 48, emu_steps: int = 30
     n = len(BASINS) * per_basin
     # Latin hypercube, log-uniform for the wide scale factors (the inversion is told so: inverse.scale log)
     u = (np.stack([rng.permutation(n) for _ in PARAMS], 1) + rng.random((n, len(PARAMS)))) / n
-    logp = (lo > 0) & (hi / lo >= 20)
+    logp = log_scaled(lo, hi)
     theta = np.where(logp, lo * (hi / lo) ** u, lo + (hi - lo) * u)
     ent = np.repeat(np.arange(len(BASINS)), per_basin)
     t = time.perf_counter()

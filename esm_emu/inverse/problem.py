@@ -25,13 +25,18 @@ LOG_SCALE_RATIO = 20.0  # on the log scale, a positive range spanning this many 
 SCALES = ("linear", "log")
 
 
+def log_scaled(lo, hi, scale: str = "log") -> np.ndarray:
+    """(P,) bool: the parameters mapped to [0, 1] on a log scale, those whose positive range spans
+    >= LOG_SCALE_RATIO times when ``scale`` is "log"; none on the linear scale."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return (scale == "log") & (lo > 0) & (hi >= LOG_SCALE_RATIO * np.where(lo > 0, lo, 1.0))
+
+
 def unit_position(value, std, lo, hi, scale: str = "linear"):
     """(position in [0, 1], std in unit space) of physical values with their std, numpy, on the
     scale the inversion searches (InverseProblem.to_unit; ``scale`` one of SCALES)."""
-    import numpy as np
-
     value, std, lo, hi = (np.asarray(x, np.float64) for x in (value, std, lo, hi))
-    log = (scale == "log") & (lo > 0) & (hi >= LOG_SCALE_RATIO * np.where(lo > 0, lo, 1.0))
+    log = log_scaled(lo, hi, scale)
     with np.errstate(divide="ignore", invalid="ignore"):
         span = np.where(log, np.log(np.where(log, hi / np.where(lo > 0, lo, 1.0), 2.0)), hi - lo)
         u = np.where(log, np.log(np.maximum(value, 1e-30) / np.where(lo > 0, lo, 1.0)), value - lo) / span
@@ -79,10 +84,9 @@ class InverseProblem:
 
     @property
     def log_scale(self) -> torch.Tensor:
-        """(P,) parameters mapped to [0,1] on a log scale: with ``scale`` "log", those whose positive
-        range spans >= LOG_SCALE_RATIO times; none on the linear scale."""
-        wide = (self.lo > 0) & (self.hi / self.lo.clamp_min(1e-30) >= LOG_SCALE_RATIO)
-        return wide & (self.scale == "log")
+        """(P,) parameters mapped to [0,1] on a log scale (`log_scaled` on this problem's bounds and scale)."""
+        return torch.as_tensor(log_scaled(self.lo.cpu().numpy(), self.hi.cpu().numpy(), self.scale),
+                               device=self.lo.device)
 
     def _log_bounds(self):
         # safe values where the parameter is linear, so torch.where never sees NaN gradients
