@@ -435,8 +435,9 @@ def summary_lines(report: dict) -> list[str]:
     ident = report.get("identifiability") or {}
     for p, d in ident.items():
         if not p.startswith("_"):
+            emu = d.get("emulator_error_to_prior_variance")
             lines.append(f"  {p:26s} {'identified' if d['identified'] else 'NOT identified'} (posterior/prior "
-                         f"variance {d['posterior_to_prior_variance']:.2f}"
+                         f"variance {d['posterior_to_prior_variance']:.2f}" + (f" + emulator {emu:.2f}" if emu else "")
                          + (f"; trades off with {', '.join(d['trades_off_with'])})" if d["trades_off_with"] else ")"))
     for key, label in (("skill_held_out_years", "emulator"), ("skill_held_out_years_true_model", "true model")):
         sk = report.get(key) or {}

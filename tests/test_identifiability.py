@@ -56,23 +56,53 @@ def test_emulator_error_part_is_only_what_the_data_limit_does_not_explain():
     from esm_emu.inverse.inversion import forward_parameter_error
 
     problem, _ = _toy()
-    rng = np.random.default_rng(5)
-    n, T = 40, 200
+    held, theta = _held_out()
+    tm = np.ones(200, bool)
+    perfect = forward_parameter_error(problem, LinearForward(4), held(1.0, 0.01), tm)
+    raw_p0 = np.mean((0.5 - theta[:, 0]) ** 2)  # what p0's error is from the middle of the range
+    assert perfect[0] < 0.2 * raw_p0 and perfect[1] < 0.2 * raw_p0 and perfect[2] < 1e-3
+    wrong = forward_parameter_error(problem, LinearForward(4), held(1.3, 0.0), tm)
+    assert wrong[2] > 10 * max(perfect[2], 1e-5)
+
+
+def _held_out(n=40, T=200, seed=5):
+    """Held-out PPE members of the toy (known theta) and a function giving their series, scaled by
+    ``gain`` (a forward model that is that far off) with noise of std ``noise``."""
+    rng = np.random.default_rng(seed)
     a, c = rng.normal(size=(n, T)), rng.normal(size=(n, T))
     x = np.stack([a, a, c, np.zeros((n, T))], -1)
     theta = rng.uniform(0.1, 0.9, (n, 4))
     clean = (x * theta[:, None, :]).sum(-1)
 
-    def held(resp):
+    def held(gain, noise):
         t32 = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
+        resp = gain * clean + noise * rng.normal(size=(n, T))
         return {"forcing": t32(x), "static": torch.zeros(n, 0), "theta": t32(theta), "response": t32(resp[..., None])}
 
-    tm = np.ones(T, bool)
-    perfect = forward_parameter_error(problem, LinearForward(4), held(clean + 0.01 * rng.normal(size=(n, T))), tm)
-    raw_p0 = np.mean((0.5 - theta[:, 0]) ** 2)  # what p0's error is from the middle of the range
-    assert perfect[0] < 0.2 * raw_p0 and perfect[1] < 0.2 * raw_p0 and perfect[2] < 1e-3
-    wrong = forward_parameter_error(problem, LinearForward(4), held(1.3 * clean), tm)
-    assert wrong[2] > 10 * max(perfect[2], 1e-5)
+    return held, theta
+
+
+def test_a_parameter_the_data_fix_is_not_identified_through_a_forward_model_that_cannot_recover_it():
+    """p2 is pinned by the data (ratio < 0.01). Through a forward model whose held-out members'
+    parameters come back right it stays identified; through one 30 % off (its held-out parameters
+    wrong) the emulator's part joins the ratio, p2 is reported not identified, with both figures."""
+    from dataclasses import replace
+
+    from esm_emu.inverse.inversion import forward_parameter_error
+
+    problem, true = _toy()
+    ident = assess(problem, LinearForward(4), torch.as_tensor(true, dtype=torch.float32), np.ones(200, bool))
+    held, _ = _held_out()
+    tm = np.ones(200, bool)
+    good = replace(ident, emulator_var=forward_parameter_error(problem, LinearForward(4), held(1.0, 0.01), tm))
+    bad = replace(ident, emulator_var=forward_parameter_error(problem, LinearForward(4), held(1.3, 0.0), tm))
+    assert good.to_dict()["p2"]["identified"]
+    d = bad.to_dict()["p2"]
+    assert d["posterior_to_prior_variance"] < 0.01, "the data alone still pin it"
+    assert not d["identified"] and d["emulator_error_to_prior_variance"] > 0.1
+    assert d["posterior_to_prior_variance_with_emulator_error"] > 0.1
+    line = next(x for x in bad.lines() if x.strip().startswith("p2"))
+    assert "NOT identified" in line and "+ emulator" in line
 
 
 def test_a_wave_with_few_test_members_measures_the_emulator_error_on_all_of_them(tmp_path):

@@ -36,6 +36,8 @@ def _handler(args) -> int:
             partners = ", ".join(f"{q} r={d['posterior_correlation'][q]:+.2f}" for q in d["trades_off_with"])
             print(f"  {p:24s} {'identified' if d['identified'] else 'NOT identified':15s} posterior/prior "
                   f"variance {d['posterior_to_prior_variance']:.3f}"
+                  + (f" + emulator {d['emulator_error_to_prior_variance']:.3f}"
+                     if d.get('emulator_error_to_prior_variance') else "")
                   + (f"; trades off with {partners}" if partners else ""))
     return 0
 

@@ -9,9 +9,13 @@ lag-1 autocorrelation), so a year of daily values does not count as 365 independ
 The prior is uniform on the table bounds: variance 1/12 in unit space. The posterior covariance
 C = (F + 12 I)^-1; the posterior-to-prior variance ratio of parameter j is 12 C_jj (1: the data say
 nothing, 0: pinned down), and C's correlations show which parameters trade off (fff with FMAX).
-A parameter is *identified* when the median ratio over observed entities is at most
-``max_variance_ratio``. Two parameters that trade off exactly each keep half their prior variance
-(ratio 0.5, correlation -1) however many data there are: not separately identified.
+A parameter is *identified* when the median ratio over observed entities, plus the share of the
+prior variance that inverting through the forward model itself adds (``emulator_var``: the error left
+in held-out PPE members' parameters, esm_emu.inverse.inversion.forward_parameter_error), is at most
+``max_variance_ratio``: data that would pin a parameter down through a perfect model do not tell it
+through an emulator that cannot recover it. Two parameters that trade off exactly each keep half
+their prior variance (ratio 0.5, correlation -1) however many data there are: not separately
+identified.
 """
 from __future__ import annotations
 
@@ -39,14 +43,28 @@ class Identifiability:
     corr: np.ndarray  # (P, P) median posterior correlation over entities
     sigma: np.ndarray  # (V,) median residual std per variable (physical units)
     max_variance_ratio: float
+    emulator_var: np.ndarray | None = None  # (P,) unit-space variance the forward model's error adds
 
     @property
     def median_ratio(self) -> np.ndarray:
+        """(P,) the data's posterior/prior variance, linearised through the forward model."""
         return np.nanmedian(self.ratio, axis=0)
 
     @property
+    def emulator_ratio(self) -> np.ndarray:
+        """(P,) the forward model's own parameter error as a share of the prior variance (0 if unknown)."""
+        if self.emulator_var is None:
+            return np.zeros(len(self.params))
+        return PRIOR_PRECISION * np.asarray(self.emulator_var, np.float64)
+
+    @property
+    def total_ratio(self) -> np.ndarray:
+        """(P,) what the calibration leaves of the prior variance: the data's ratio plus the emulator's part."""
+        return np.clip(self.median_ratio + self.emulator_ratio, 0.0, 1.0)
+
+    @property
     def identified(self) -> np.ndarray:
-        return self.median_ratio <= self.max_variance_ratio
+        return self.total_ratio <= self.max_variance_ratio
 
     def partners(self, j: int, min_abs_corr: float = 0.7) -> list[tuple[str, float]]:
         """The parameters whose posterior correlation with parameter j is at least min_abs_corr in size."""
@@ -56,31 +74,35 @@ class Identifiability:
     def to_dict(self) -> dict:
         """The figures behind each verdict, for metrics.json (``identifiability/<param>/...``)."""
         out = {}
-        med = self.median_ratio
+        med, emu, tot = self.median_ratio, self.emulator_ratio, self.total_ratio
         byv = np.nanmedian(self.ratio_by_var, axis=0)
         for j, p in enumerate(self.params):
-            out[p] = {"identified": bool(med[j] <= self.max_variance_ratio),
+            out[p] = {"identified": bool(tot[j] <= self.max_variance_ratio),
                       "posterior_to_prior_variance": float(med[j]),
+                      "emulator_error_to_prior_variance": float(emu[j]),
+                      "posterior_to_prior_variance_with_emulator_error": float(tot[j]),
                       "posterior_to_prior_variance_by_variable": {v: float(byv[k, j])
                                                                   for k, v in enumerate(self.variables)},
                       "posterior_correlation": {q: float(self.corr[j, k]) for k, q in enumerate(self.params)
                                                 if k != j},
                       "trades_off_with": [q for q, _ in self.partners(j)],
                       "posterior_std_unit": float(np.sqrt(np.nanmedian(self.cov[:, j, j])))}
-        out["_criterion"] = (f"identified: median over observed entities of posterior/prior variance <= "
-                             f"{self.max_variance_ratio} (linearised at the solution; uniform prior on the bounds; "
-                             "residual std as the error, inflated for autocorrelation)")
+        out["_criterion"] = (f"identified: median over observed entities of posterior/prior variance, plus the "
+                             f"emulator's parameter error on held-out PPE members, <= {self.max_variance_ratio} "
+                             "(linearised at the solution; uniform prior on the bounds; residual std as the error, "
+                             "inflated for autocorrelation)")
         out["_residual_std"] = {v: float(s) for v, s in zip(self.variables, self.sigma)}
         return out
 
     def lines(self) -> list[str]:
         """One line per parameter for the terminal."""
         out = []
-        med = self.median_ratio
+        med, emu, tot = self.median_ratio, self.emulator_ratio, self.total_ratio
         for j, p in enumerate(self.params):
-            word = "identified" if med[j] <= self.max_variance_ratio else "NOT identified"
+            word = "identified" if tot[j] <= self.max_variance_ratio else "NOT identified"
             extra = ", ".join(f"{q} r={c:+.2f}" for q, c in self.partners(j))
             out.append(f"  {p:24s} {word:15s} posterior/prior variance {med[j]:.3f}"
+                       + (f" + emulator {emu[j]:.3f}" if self.emulator_var is not None else "")
                        + (f"; trades off with {extra}" if extra else ""))
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time as _time
 from dataclasses import dataclass, fields
+from dataclasses import replace as _replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..distributed import active as _active
 from ..forward import ForwardModel
 from . import dpl as _dpl
 from .config import inverse_config
+from .identifiability import PRIOR_PRECISION
 from .kgssl import KGSSLConfig, KGSSLData, embed_entities, train_kgssl
 from .param_map import build_param_map, cluster_param_map, param_values_at
 from .problem import InverseProblem, build_problem
@@ -210,7 +212,6 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
     cfg = inverse_config(dict(cfg))
     s = InversionSettings.from_config(cfg)
     torch.manual_seed(s.seed)
-    from dataclasses import replace as _replace
 
     from ..routing import with_routing
     from .per_site import choose_method, fit_per_site
@@ -264,6 +265,10 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
         theta_std, interval = _physical_spread(problem, post, s.uncertainty.level)
     metrics = evaluate(problem, forward, s, theta, dpl_hist, pre)
     metrics["identifiability"] = ident.to_dict()
+    if post is not None and not np.all(problem.observed):  # how well the map is known away from the data
+        away = np.median(PRIOR_PRECISION * post.sd[~np.asarray(problem.observed, bool)] ** 2, axis=0)
+        for j, p in enumerate(problem.param_names):
+            metrics["identifiability"][p]["posterior_to_prior_variance_unobserved"] = float(away[j])
     metrics["identifiable"] = {p: bool(v) for p, v in zip(problem.param_names, ident.identified)}
     if warm is not None:
         metrics["warm_start"] = {"dpl_steps": s.dpl.steps, "kgssl_embedding_reused": pre is not None}
@@ -383,6 +388,7 @@ def _identify(problem: InverseProblem, forward: ForwardModel, s: InversionSettin
     if held_out is not None:
         emu_var = forward_parameter_error(problem, forward, held_out, tm,
                                           ident.sigma ** 2 + (0 if extra is None else extra))
+        ident = _replace(ident, emulator_var=emu_var)
     post = posterior_refined(u_hat, ens_var, fit.u_blind, problem.observed, u_loc, cov, ident.ratio,
                              ident.identified, problem.lat, problem.lon, emu_var, cov_prior=ident.cov)
     return ident, post
@@ -631,9 +637,13 @@ def _parameter_map(problem: InverseProblem, forward: ForwardModel, s: InversionS
         pmap["identified"] = ("param", ident.identified.astype(np.int8), {
             "long_name": "1 where the observations identify the parameter", "flag_values": np.array([0, 1], np.int8),
             "flag_meanings": "not_identified identified",
-            "comment": f"median posterior/prior variance <= {ident.max_variance_ratio} (linearised at the solution)"})
+            "comment": f"median posterior/prior variance plus the emulator's part <= {ident.max_variance_ratio} "
+                       "(linearised at the solution)"})
         pmap["posterior_to_prior_variance"] = ("param", ident.median_ratio, {
             "long_name": "median over observed entities of the posterior-to-prior variance ratio", "units": "1"})
+        pmap["emulator_error_to_prior_variance"] = ("param", ident.emulator_ratio, {
+            "long_name": "parameter error inverting through the forward model adds (held-out PPE members), "
+                         "as a share of the prior variance", "units": "1"})
         local = np.full((len(problem.entity), problem.n_params), np.nan)
         local[np.asarray(problem.observed, bool)] = ident.ratio
         pmap["posterior_to_prior_variance_local"] = ((dim, "param"), local, {
