@@ -64,7 +64,15 @@ class Identifiability:
 
     @property
     def identified(self) -> np.ndarray:
+        """(P,) the verdict reported: the data, through this forward model, pin the parameter down."""
         return self.total_ratio <= self.max_variance_ratio
+
+    @property
+    def data_identified(self) -> np.ndarray:
+        """(P,) the data alone pin it down (the emulator's part left out): which parameters the map keeps
+        at their local estimates instead of returning them toward the prior (uncertainty.posterior_refined,
+        whose intervals count the emulator's part separately)."""
+        return self.median_ratio <= self.max_variance_ratio
 
     def partners(self, j: int, min_abs_corr: float = 0.7) -> list[tuple[str, float]]:
         """The parameters whose posterior correlation with parameter j is at least min_abs_corr in size."""
