@@ -43,13 +43,11 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1.0, 3.0, 10.0, 30.0, 1
 def generative_oracle(sites, truth, observed: np.ndarray, length_deg: float) -> dict:
     """Each parameter at the unobserved gridcells from its true values at the observed ones, by the
     conditional mean of the process the truth was drawn from (its linked attribute known everywhere)."""
-    import inspect
-
     from scipy.special import ndtr, ndtri
 
-    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise, true_parameter_maps
+    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise
 
-    margin = inspect.signature(true_parameter_maps).parameters["margin"].default  # the maps' own
+    margin = float(truth.attrs.get("margin", 0.05))  # the maps' own (maps written before it was recorded: 0.05)
 
     lat, lon = sites["grid1d_lat"].values, sites["grid1d_lon"].values
     x = np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)

@@ -14,6 +14,9 @@ TRUTH = {
     "params": Field(list, None, items=str, nullable=True,
                     help="parameters with spatial truth maps (default: the perturbed ones)"),
     "length_deg": Field(float, 6.0, gt=0, max=180, help="correlation length of the truth maps (degrees)"),
+    "margin": Field(float, 0.0, min=0, max=0.45,
+                    help="share of each range the truth maps keep inside its bounds (0: every value the PPE design, "
+                         "the calibration's uniform prior, spans)"),
     "n_obs_sites": Field(int, 20, min=0, max=100_000,
                         help="gridcells that get observations, one site each (more than the gridcells is refused)"),
     "variables": Field(list, list(OBS_VARIABLES), items=str, choices=OBS_VARIABLES),

@@ -265,7 +265,8 @@ def write_truth(cfg: dict, tcfg: dict, out: Path, sites: xr.Dataset, weather: xr
     if bad:
         raise UserError(f"simulate.truth.params: {bad[0]} is not a parameter of the built-in simulator")
     tseed = seed + 1 if tcfg["seed"] is None else tcfg["seed"]
-    maps = truth_mod.true_parameter_maps(sites, table, tnames, tseed, length_deg=tcfg["length_deg"])
+    maps = truth_mod.true_parameter_maps(sites, table, tnames, tseed, length_deg=tcfg["length_deg"],
+                                         margin=tcfg["margin"])
     maps.attrs["source"] = SOURCE
     pm = tdir / "parameter_map.nc"
     enc = maps.copy()

@@ -46,10 +46,12 @@ def _standardise(x):
 
 
 def true_parameter_maps(sites: xr.Dataset, table, names, seed: int = 0, length_deg: float = 6.0,
-                        margin: float = 0.05) -> xr.Dataset:
+                        margin: float = 0.0) -> xr.Dataset:
     """theta(gridcell, param): a smooth Gaussian-process-like field per parameter, correlated with
     a gridcell attribute (ATTRIBUTE_LINKS), mapped into [min, max] of the table by the normal CDF
-    (kept `margin` inside the bounds)."""
+    (kept ``margin`` of the range inside the bounds). With no margin each value is uniform over the
+    range, as the PPE design's members are: the calibration's prior is then the truths' own
+    distribution, and a prior-wide 90 % interval holds 90 % of them, not all."""
     rng = np.random.default_rng([seed, 21])
     lat, lon = sites["grid1d_lat"].values, sites["grid1d_lon"].values
     rows = []
@@ -74,7 +76,7 @@ def true_parameter_maps(sites: xr.Dataset, table, names, seed: int = 0, length_d
     ds.attrs.update(title="True parameter maps of the esm-emu twin experiment (built-in simulator, not CTSM)",
                     links="; ".join(f"{n}~{ATTRIBUTE_LINKS[n][0]} (r={ATTRIBUTE_LINKS[n][1]:+.1f})"
                                     for n in names if n in ATTRIBUTE_LINKS),
-                    seed=int(seed))
+                    seed=int(seed), margin=float(margin))
     return ds
 
 
