@@ -9,6 +9,20 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+REPO = RESULTS.parents[1]
+
+
+def portable(arg: str) -> str:
+    """A command-line argument as RESULTS.md shows it: an absolute path inside the repository relative to
+    it, any other absolute path as DIR (also after ``--opt=``), so no machine's paths enter the project."""
+    key, sep, val = arg.partition("=") if arg.startswith("-") and "=" in arg else ("", "", arg)
+    path = Path(val)
+    if path.is_absolute():
+        try:
+            val = path.resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            val = "DIR"
+    return key + sep + val
 
 
 def machine() -> str:
@@ -33,7 +47,7 @@ def machine() -> str:
 
 def record(title: str, lines: list[str], command: str | None = None) -> str:
     """Print `lines` and append them as a section of bench/RESULTS.md; return the section text."""
-    command = command or " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = command or " ".join(shlex.quote(portable(a)) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join([f"## {title}", "", f"- date: {now}", f"- machine: {machine()}",
                       f"- command: `python {command}`", "", *[f"    {x}" for x in lines], "", ""])
