@@ -82,10 +82,10 @@ class Identifiability:
     def to_dict(self) -> dict:
         """The figures behind each verdict, for metrics.json (``identifiability/<param>/...``)."""
         out = {}
-        med, emu, tot = self.median_ratio, self.emulator_ratio, self.total_ratio
+        med, emu, tot, ok = self.median_ratio, self.emulator_ratio, self.total_ratio, self.identified
         byv = np.nanmedian(self.ratio_by_var, axis=0)
         for j, p in enumerate(self.params):
-            out[p] = {"identified": bool(tot[j] <= self.max_variance_ratio),
+            out[p] = {"identified": bool(ok[j]),
                       "posterior_to_prior_variance": float(med[j]),
                       "emulator_error_to_prior_variance": float(emu[j]),
                       "posterior_to_prior_variance_with_emulator_error": float(tot[j]),
@@ -105,9 +105,9 @@ class Identifiability:
     def lines(self) -> list[str]:
         """One line per parameter for the terminal."""
         out = []
-        med, emu, tot = self.median_ratio, self.emulator_ratio, self.total_ratio
+        med, emu, ok = self.median_ratio, self.emulator_ratio, self.identified
         for j, p in enumerate(self.params):
-            word = "identified" if tot[j] <= self.max_variance_ratio else "NOT identified"
+            word = "identified" if ok[j] else "NOT identified"
             extra = ", ".join(f"{q} r={c:+.2f}" for q, c in self.partners(j))
             out.append(f"  {p:24s} {word:15s} posterior/prior variance {med[j]:.3f}"
                        + (f" + emulator {emu[j]:.3f}" if self.emulator_var is not None else "")
