@@ -105,38 +105,42 @@ def test_a_parameter_the_data_fix_is_not_identified_through_a_forward_model_that
     assert "NOT identified" in line and "+ emulator" in line
 
 
-def test_a_wave_with_few_test_members_measures_the_emulator_error_on_all_of_them(tmp_path):
-    """A wave's own test members measure the emulator's error where the calibration went only when
-    there are enough of them to measure a variance: 2 (a 16-member wave) fall back to all the store's
-    test members; 8 are used alone."""
+def test_the_emulator_error_is_measured_on_every_member_it_was_not_trained_on_and_a_small_wave_falls_back(
+        tmp_path):
+    """Validation and test members both measure the emulator's error (training members never do). A
+    wave's own measure it where the calibration went only when there are enough of them to measure a
+    variance: 4 (a 16-member wave) fall back to all the store's held-out members; 8 are used alone."""
     import xarray as xr
 
-    from esm_emu.inverse.pipeline import MIN_HELD_OUT_MEMBERS, _test_members
-    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST, TRAIN
+    from esm_emu.inverse.pipeline import MIN_HELD_OUT_MEMBERS, _held_out_members
+    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST, TRAIN, VAL
 
     class Emulator:
         kind = "emulator"
 
-    def store(n_wave_test):
+    def store(n_wave_held):
         names = [f"LHC{i:04d}" for i in range(20)] + [f"WB{i:04d}" for i in range(16)]
         split = np.full(len(names), TRAIN, np.int8)
-        split[[3, 7, 11]] = TEST                                   # three of the first PPE
-        split[20:20 + n_wave_test] = TEST                          # the wave's
+        split[[3, 7, 11]] = TEST                                   # the first PPE's
+        split[[5, 13]] = VAL
+        split[20:20 + n_wave_held] = TEST                          # the wave's, half of them validation
+        split[20:20 + n_wave_held:2] = VAL
         ds = xr.Dataset({SPLIT_MEMBER: (MEMBER, split), "QRUNOFF": ((MEMBER, "time"), np.zeros((len(names), 4)))},
                         coords={MEMBER: names})
-        path = tmp_path / f"store{n_wave_test}.nc"
+        path = tmp_path / f"store{n_wave_held}.nc"
         ds.to_netcdf(path)
         return path, names
 
     assert MIN_HELD_OUT_MEMBERS == 8
-    path, names = store(2)
-    _, test = _test_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
-    assert sorted(names[i] for i in test) == ["LHC0003", "LHC0007", "LHC0011", "WB0000", "WB0001"]
+    path, names = store(4)
+    _, held = _held_out_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
+    assert sorted(names[i] for i in held) == ["LHC0003", "LHC0005", "LHC0007", "LHC0011", "LHC0013",
+                                              "WB0000", "WB0001", "WB0002", "WB0003"]
     path, names = store(8)
-    _, test = _test_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
-    assert [names[i] for i in test] == [f"WB{i:04d}" for i in range(8)]
-    _, test = _test_members(path, Emulator(), ["QRUNOFF"])           # the first inversion: every test member
-    assert len(test) == 11
+    _, held = _held_out_members(path, Emulator(), ["QRUNOFF"], prefix="WB")
+    assert [names[i] for i in held] == [f"WB{i:04d}" for i in range(8)]
+    _, held = _held_out_members(path, Emulator(), ["QRUNOFF"])           # the first inversion: all of them
+    assert len(held) == 13
 
 
 def test_the_emulator_part_weighs_held_out_series_as_the_observations_are_weighed():

@@ -200,8 +200,8 @@ def run_inversion(cfg: Mapping, entities: xr.Dataset, observations: xr.Dataset |
 
     ``design`` (param name -> PPE member values) bounds the trust region; ``emulator_error``
     (variable -> held-out RMSE of the forward model) widens the intervals, as does the parameter error
-    of inverting ``held_out`` PPE series (forcing, static, theta, response of test members) through
-    the forward model, where the answer is known; ``reference``, in a twin
+    of inverting ``held_out`` PPE series (forcing, static, theta, response of the members the emulator
+    was not trained on) through the forward model, where the answer is known; ``reference``, in a twin
     experiment, is the true model (the built-in simulator): the truth's and the estimates' skill
     through it is reported beside the forward model's own. ``warm_from`` (a previous PPE wave's
     ``inverse_state.pt``) starts the dPL members from that wave's weights, on its KGSSL embedding

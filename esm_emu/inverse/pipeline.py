@@ -83,39 +83,45 @@ def store_design(path) -> dict | None:
 
 # The fewest held-out parameter vectors an emulator error variance is measured on: from n vectors a
 # variance carries a relative sampling error of about sqrt(2/n), 50 % at 8. A wave of 16 members holds
-# 2 test members; their 2 vectors gave fff's emulator part 0.00 on one quickstart seed (bench/RESULTS.md,
-# "Quickstart twin: the emulator's parameter error from all test members when a wave holds few").
+# 4 validation and test members; 2 test members gave fff's emulator part 0.00 on one quickstart seed
+# (bench/RESULTS.md, "Quickstart twin: the emulator's parameter error from all test members when a wave
+# holds few").
 MIN_HELD_OUT_MEMBERS = 8
 
 
-def _test_members(path, forward, variables, prefix: str | None = None):
-    """(store, indices of its held-out test members) for an emulator forward model whose store has
-    test members and every observed variable; None otherwise. With ``prefix`` (a PPE wave's member
-    prefix) only that wave's test members, the emulator's error where the calibration went, where it
-    has at least MIN_HELD_OUT_MEMBERS of them; else all the store's test members."""
+def _held_out_members(path, forward, variables, prefix: str | None = None):
+    """(store, indices of the members the emulator was not trained on: validation and test) for an
+    emulator forward model whose store has them and every observed variable; None otherwise. With
+    ``prefix`` (a PPE wave's member prefix) only that wave's, the emulator's error where the calibration
+    went, where it has at least MIN_HELD_OUT_MEMBERS of them; else all the store's.
+
+    Validation members count: the emulator's error differs far more between parameter vectors than
+    between a vector's gridcells, so its variance is measured on as many vectors as there are (20 in
+    the quickstart instead of 10); validation only chose the checkpoint and the spread's scale."""
     if not path or forward.kind != "emulator":
         return None
     import numpy as np
 
     from ppe_ingest.base.netcdf import open_xarray
-    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST
+    from ppe_ingest.store import MEMBER, SPLIT_MEMBER, TEST, VAL
 
     ds = open_xarray(path, "inverse.store")
-    test = np.flatnonzero(ds[SPLIT_MEMBER].values == TEST)
+    split = ds[SPLIT_MEMBER].values
+    held = np.flatnonzero((split == TEST) | (split == VAL))
     if prefix:
         names = np.array([str(m) for m in ds[MEMBER].values])
-        mine = test[np.char.startswith(names[test], prefix)]
-        test = mine if len(mine) >= MIN_HELD_OUT_MEMBERS else test
-    if not len(test) or any(v not in ds.data_vars for v in variables):
+        mine = held[np.char.startswith(names[held], prefix)]
+        held = mine if len(mine) >= MIN_HELD_OUT_MEMBERS else held
+    if not len(held) or any(v not in ds.data_vars for v in variables):
         return None
-    return ds, test
+    return ds, held
 
 
 def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max_gridcells: int = 64,
                            prefix: str | None = None) -> dict | None:
-    """RMSE of the emulator on the store's held-out (test) members, per observed variable, over
-    its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
-    found = _test_members(path, forward, variables, prefix)
+    """RMSE of the emulator on the store's held-out (validation and test) members, per observed variable,
+    over its gridcells (at most ``max_gridcells``) after the warm-up: the forward model's own error."""
+    found = _held_out_members(path, forward, variables, prefix)
     if found is None:
         return None
     ds, test = found
@@ -145,15 +151,16 @@ def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max
 
 def held_out_series(path, forward, variables, n_series: int = 192, seed: int = 0,
                     prefix: str | None = None) -> dict | None:
-    """``n_series`` (member, gridcell) series of the store's held-out (test) members: forcing, static
-    fields, the parameters the member ran with and its responses, for measuring what inverting
-    through the emulator gets wrong where the answer is known (None without a store or test members).
+    """``n_series`` (member, gridcell) series of the store's held-out (validation and test) members:
+    forcing, static fields, the parameters the member ran with and its responses, for measuring what
+    inverting through the emulator gets wrong where the answer is known (None without a store or
+    held-out members).
 
     The squared parameter errors are right-skewed (a few series the emulator gets badly wrong), so the
     mean over few series mostly falls short of the true mean: with 48 the emulator part came out lower
     on 24 of 30 seed x parameter cells of the quickstart twin than with 192, and the intervals covered
     85-95 % of the truths in 13 cells instead of 18 (bench/RESULTS.md)."""
-    found = _test_members(path, forward, variables, prefix)
+    found = _held_out_members(path, forward, variables, prefix)
     if found is None:
         return None
     ds, test = found
@@ -187,8 +194,8 @@ def run_from_config(cfg: InverseConfig, progress: bool = True, spinup_years: int
     given, forward model an emulator of the built-in simulator) the simulator, spun up for
     ``spinup_years`` as the PPE was, is the true model the skill is also measured with.
     ``warm_from``/``warm_steps``: a previous wave's inverse state to start from (run_inversion);
-    ``held_out_prefix``: the emulator's error is measured on that wave's test members where it has
-    enough of them, else on all the store's (_test_members).
+    ``held_out_prefix``: the emulator's error is measured on that wave's validation and test members
+    where it has enough of them, else on all the store's (_held_out_members).
     """
     check_inputs(cfg)
 
