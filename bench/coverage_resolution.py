@@ -45,8 +45,8 @@ def oracle_errors(seed: int, names, table, n_gridcells: int = 200, n_obs: int = 
     gridcells with independent N(0, noise_sd^2) errors; the posterior is the conditional Gaussian."""
     from scipy.stats import norm
 
-    from ppe_ingest.simulator.sites import builtin_sites
-    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise, true_parameter_maps
+    from ppe_ingest.simulator.sites import builtin_sites, field_kernel
+    from ppe_ingest.simulator.truth import linked_attribute, true_parameter_maps
 
     sites = builtin_sites(n_gridcells, seed)
     truth = true_parameter_maps(sites, table, names, seed + 1, length_deg=length_deg, margin=0.0)
@@ -54,19 +54,14 @@ def oracle_errors(seed: int, names, table, n_gridcells: int = 200, n_obs: int = 
     obs = np.zeros(n_gridcells, bool)
     obs[rng.choice(n_gridcells, n_obs, replace=False)] = True
     un = ~obs
-    lat, lon = sites["grid1d_lat"].values, sites["grid1d_lon"].values
-    x = np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)  # the metric smooth_field draws in
-    k = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * length_deg ** 2))
+    k = field_kernel(sites["grid1d_lat"].values, sites["grid1d_lon"].values, length_deg)
     noise_rng = np.random.default_rng([seed, 77])
     out, ratio = [], []
     for p in names:
         lo, hi = table.bounds(p)
         u = (truth["theta"].sel(param=p).values - lo) / (hi - lo)
         z = norm.ppf(np.clip(u, 1e-12, 1 - 1e-12))
-        a, r = np.zeros(n_gridcells), 0.0
-        if p in ATTRIBUTE_LINKS:
-            attr, r = ATTRIBUTE_LINKS[p]
-            a = _standardise(np.log(sites["SLOPE"].values) if attr == "log_SLOPE" else sites[attr].values)
+        a, r = linked_attribute(sites, p)
         s = np.sqrt(1 - r ** 2)
         y = (z[obs] + noise_sd * noise_rng.normal(size=obs.sum()) - r * a[obs]) / s  # f at the observed, noisy
         tau2 = (noise_sd / s) ** 2
@@ -79,7 +74,7 @@ def oracle_errors(seed: int, names, table, n_gridcells: int = 200, n_obs: int = 
     return np.array(out), np.array(ratio)
 
 
-def calibrated_coverage(errors: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, float]:
+def calibrated_coverage(errors: np.ndarray, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """((seeds, P) coverage, (P,) factors): per-seed coverage of intervals mean +- factor * z * sd, each
     parameter's factor the one that makes its coverage over every seed and gridcell ``level``."""
     from scipy.stats import norm
@@ -142,6 +137,7 @@ def main(argv=None) -> int:
         lines.append("    mean " + " / ".join(f"{v:.3f}" for v in s["mean"])
                      + "; sd over seeds " + " / ".join(f"{v:.3f}" for v in s["sd"]))
         lines.append("    5-95 % of seeds " + " / ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(s["p05"], s["p95"])))
+        return s
 
     sd = None
     for noise in a.noise:
@@ -149,10 +145,9 @@ def main(argv=None) -> int:
                for s in range(a.seeds)]
         cov, factor = calibrated_coverage(np.stack([e for e, _ in got]))
         ratio = np.median(np.stack([r for _, r in got]), axis=0)
-        block(f"exact posterior, latent noise sd {noise:g} (median posterior variance at the unobserved, prior 1: "
+        sd = block(f"exact posterior, latent noise sd {noise:g} (median posterior variance at the unobserved, prior 1: "
               f"{' / '.join(f'{v:.2f}' for v in ratio)}; interval factors {' / '.join(f'{v:.2f}' for v in factor)})",
-              cov)
-        sd = summarise(cov)["sd"]
+              cov)["sd"]
     if a.runs:
         cov = np.stack([run_coverage(r, names) for r in a.runs])
         for r, c in zip(a.runs, cov):

@@ -45,14 +45,13 @@ def generative_oracle(sites, truth, observed: np.ndarray, length_deg: float) -> 
     conditional mean of the process the truth was drawn from (its linked attribute known everywhere)."""
     from scipy.special import ndtr, ndtri
 
-    from ppe_ingest.simulator.truth import ATTRIBUTE_LINKS, _standardise
+    from ppe_ingest.simulator.sites import field_kernel
+    from ppe_ingest.simulator.truth import linked_attribute
 
     margin = float(truth.attrs.get("margin", 0.05))  # the maps' own (maps written before it was recorded: 0.05)
 
     lat, lon = sites["grid1d_lat"].values, sites["grid1d_lon"].values
-    x = np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)
-    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    k = np.exp(-d2 / (2 * length_deg ** 2)) + 1.0  # + an unknown constant mean
+    k = field_kernel(lat, lon, length_deg) + 1.0  # + an unknown constant mean
     o, un = observed, ~observed
     kinv = np.linalg.solve(k[np.ix_(o, o)] + 1e-6 * np.eye(o.sum()), np.eye(o.sum()))
     out = {}
@@ -60,10 +59,7 @@ def generative_oracle(sites, truth, observed: np.ndarray, length_deg: float) -> 
         lo, hi = float(truth["param_min"].sel(param=p)), float(truth["param_max"].sel(param=p))
         th = truth["theta"].sel(param=p).values
         z = ndtri(np.clip(((th - lo) / (hi - lo) - margin) / (1 - 2 * margin), 1e-9, 1 - 1e-9))
-        a, r = np.zeros_like(z), 0.0
-        if p in ATTRIBUTE_LINKS:
-            attr, r = ATTRIBUTE_LINKS[p]
-            a = _standardise(np.log(sites["SLOPE"].values) if attr == "log_SLOPE" else sites[attr].values)
+        a, r = linked_attribute(sites, p)
         field = (z - r * a) / np.sqrt(1 - r ** 2)
         pred = r * a[un] + np.sqrt(1 - r ** 2) * (k[np.ix_(un, o)] @ kinv @ field[o])
         est = lo + (hi - lo) * (margin + (1 - 2 * margin) * ndtr(pred))

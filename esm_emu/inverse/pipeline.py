@@ -124,7 +124,7 @@ def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max
     found = _held_out_members(path, forward, variables, prefix)
     if found is None:
         return None
-    ds, test = found
+    ds, held = found
     import numpy as np
     import torch
 
@@ -138,7 +138,7 @@ def forward_held_out_error(path, forward, variables, warmup_days: int = 180, max
     theta_all = ds[THETA].transpose(MEMBER, PARAM).sel({PARAM: forward.param_names}).values
     ridx = forward.response_index(list(variables))
     sq, n = np.zeros(len(variables)), np.zeros(len(variables))
-    for m in test:
+    for m in held:
         th = torch.as_tensor(theta_all[m], dtype=torch.float32).expand(len(cells), -1)
         y = forward.chunked(forcing, static, th)[..., ridx].numpy()[:, warmup_days:]
         for k, v in enumerate(variables):
@@ -163,7 +163,7 @@ def held_out_series(path, forward, variables, n_series: int = 192, seed: int = 0
     found = _held_out_members(path, forward, variables, prefix)
     if found is None:
         return None
-    ds, test = found
+    ds, held = found
     import numpy as np
     import torch
 
@@ -171,7 +171,7 @@ def held_out_series(path, forward, variables, n_series: int = 192, seed: int = 0
 
     rng = np.random.default_rng([seed, 41])
     G = ds.sizes[GRIDCELL]
-    pairs = sorted({(int(rng.choice(test)), int(rng.integers(G))) for _ in range(n_series)})
+    pairs = sorted({(int(rng.choice(held)), int(rng.integers(G))) for _ in range(n_series)})
     cells = np.array([g for _, g in pairs])
     ent = entities_view(ds)
     forcing = np.stack([ent[n].transpose(GRIDCELL, "time").values[cells] for n in forward.forcing_names], -1)

@@ -38,11 +38,23 @@ ATTRS = {
 }
 
 
+def field_coords(lat, lon) -> np.ndarray:
+    """(n, 2) the points in roughly isotropic degrees (longitude shrunk by cos(latitude)): the metric
+    of `smooth_field` and `field_kernel`."""
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    return np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)
+
+
+def field_kernel(lat, lon, length_deg: float) -> np.ndarray:
+    """(n, n) the Gaussian kernel whose process `smooth_field` draws from (random Fourier features)."""
+    x = field_coords(lat, lon)
+    return np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * length_deg ** 2))
+
+
 def smooth_field(lat, lon, rng: np.random.Generator, length_deg: float = 8.0, n_features: int = 64):
     """A zero-mean, unit-variance, spatially smooth random field (random Fourier features of a
     Gaussian-kernel process with correlation length `length_deg`) at the given points."""
-    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
-    x = np.stack([lon * np.cos(np.deg2rad(lat)), lat], -1)   # roughly isotropic degrees
+    x = field_coords(lat, lon)
     w = rng.normal(0.0, 1.0 / length_deg, size=(n_features, 2))
     b = rng.uniform(0, 2 * np.pi, n_features)
     a = rng.normal(size=n_features)

@@ -45,6 +45,17 @@ def _standardise(x):
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
+def linked_attribute(sites: xr.Dataset, name: str) -> tuple[np.ndarray, float]:
+    """(the standardised attribute parameter ``name``'s truth leans on, the correlation r); zeros and 0
+    for a parameter without a link (ATTRIBUTE_LINKS)."""
+    link = ATTRIBUTE_LINKS.get(name)
+    if link is None:
+        return np.zeros(sites.sizes["gridcell"]), 0.0
+    attr, r = link
+    a = np.log(sites["SLOPE"].values) if attr == "log_SLOPE" else sites[attr].values
+    return _standardise(a), r
+
+
 def true_parameter_maps(sites: xr.Dataset, table, names, seed: int = 0, length_deg: float = 6.0,
                         margin: float = 0.0) -> xr.Dataset:
     """theta(gridcell, param): a smooth Gaussian-process-like field per parameter, correlated with
@@ -58,11 +69,9 @@ def true_parameter_maps(sites: xr.Dataset, table, names, seed: int = 0, length_d
     for name in names:
         lo, hi = table.bounds(name)
         z = smooth_field(lat, lon, rng, length_deg=length_deg)
-        link = ATTRIBUTE_LINKS.get(name)
-        if link is not None and lat.size > 2:
-            attr, r = link
-            a = np.log(sites["SLOPE"].values) if attr == "log_SLOPE" else sites[attr].values
-            z = r * _standardise(a) + np.sqrt(1 - r ** 2) * z
+        if name in ATTRIBUTE_LINKS and lat.size > 2:
+            a, r = linked_attribute(sites, name)
+            z = r * a + np.sqrt(1 - r ** 2) * z
         u = margin + (1 - 2 * margin) * ndtr(z)
         rows.append(lo + (hi - lo) * u)
     theta = np.stack(rows, 1) if rows else np.zeros((lat.size, 0))
