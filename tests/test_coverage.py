@@ -29,6 +29,29 @@ def test_ninety_percent_intervals_cover_85_to_95_percent():
     assert interval_inside(true, est, est).mean() < 0.01
 
 
+def test_a_parameter_the_data_cannot_tell_holds_ninety_percent_of_prior_truths_not_ninety_five():
+    """Truths drawn from the uniform prior; p1 has no effect on the data and p2 a weak one. The
+    returned intervals are the posterior's on [0, 1]: p1's holds 90 % of the truths (a Gaussian
+    with the prior's variance, clipped to the bounds, spans 2.5-97.5 % of the range and holds 95 %)."""
+    rng = np.random.default_rng(11)
+    n, T, P = 3000, 40, 3
+    x = rng.normal(size=(n, T, P)) * np.array([1.0, 0.0, 0.15])
+    true = rng.uniform(0, 1, (n, P))
+    obs = (x * true[:, None]).sum(-1) + 0.5 * rng.normal(size=(n, T))
+    est = true.copy()
+    est[:, [0, 2]] = np.stack([np.linalg.lstsq(x[i][:, [0, 2]], obs[i], rcond=None)[0] for i in range(n)])
+    est[:, 1] = rng.uniform(0, 1, n)  # wherever an optimiser left it
+    problem = toy_problem(x, obs)
+    ident = assess(problem, LinearForward(P), torch.as_tensor(np.clip(est, 0, 1), dtype=torch.float32),
+                   np.ones(T, bool))
+    post = posterior([np.clip(est, 0, 1)], problem.observed, ident.ratio)
+    lo, hi = unit_interval(post.u, post.sd, 0.9)
+    cov = interval_inside(true, lo, hi).mean(0)
+    assert abs(cov[1] - 0.90) < 0.02, cov
+    assert np.median(hi[:, 1] - lo[:, 1]) > 0.88  # still prior-wide
+    assert np.all((cov >= 0.85) & (cov <= 0.95)), cov
+
+
 def test_kriged_residuals_predict_a_smooth_field_with_honest_variance():
     """Residuals of a smooth field (exponential covariance, 8 degrees) at 80 sites, predicted at 300
     others: correlated with the truth, and their 90% intervals hold about 90% of it."""
