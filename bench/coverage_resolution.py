@@ -16,7 +16,7 @@ seeds 90 %; the factor is printed.)
 With finished quickstart runs (RUN ...), their own per-seed coverage at the unobserved gridcells
 (last wave's map) is printed beside it, and pooled over the runs.
 
-    python bench/coverage_resolution.py [RUN ...] [--seeds 400] [--noise 0 0.5 1 2]
+    python bench/coverage_resolution.py [RUN ...] [--seeds 400] [--noise 0 0.5 1 2] [--gaussian]
 """
 from __future__ import annotations
 
@@ -84,10 +84,13 @@ def calibrated_coverage(errors: np.ndarray, level: float = 0.9) -> tuple[np.ndar
     return (errors <= t[None, :, None]).mean(-1), t / zq
 
 
-def run_coverage(run: Path, names) -> np.ndarray:
+def run_coverage(run: Path, names, gaussian: bool = False) -> np.ndarray:
     """(P,) coverage at the unobserved gridcells of a finished quickstart run's last map (its
-    theta_lower/theta_upper) of the twin's truth."""
+    theta_lower/theta_upper) of the twin's truth. ``gaussian``: instead, of the Gaussian interval
+    theta +- z theta_std clipped to the bounds (the same mean and sd; the quickstart's linear scale),
+    which the maps carried before their intervals became the Beta's on the prior's range."""
     import xarray as xr
+    from scipy.stats import norm
 
     waves = sorted((run / "waves").glob("*/inverse/parameter_map.nc"), key=lambda p: int(p.parts[-3]))
     path = waves[-1] if waves else run / "inverse" / "parameter_map.nc"
@@ -96,7 +99,13 @@ def run_coverage(run: Path, names) -> np.ndarray:
         out = []
         for p in names:
             t = tr["theta"].sel(param=p).values[un]
-            lo, hi = pm["theta_lower"].sel(param=p).values[un], pm["theta_upper"].sel(param=p).values[un]
+            if gaussian:
+                th, sd = pm["theta"].sel(param=p).values[un], pm["theta_std"].sel(param=p).values[un]
+                b0, b1 = float(pm["param_min"].sel(param=p)), float(pm["param_max"].sel(param=p))
+                half = norm.ppf(0.95) * sd
+                lo, hi = np.clip(th - half, b0, b1), np.clip(th + half, b0, b1)
+            else:
+                lo, hi = pm["theta_lower"].sel(param=p).values[un], pm["theta_upper"].sel(param=p).values[un]
             out.append(np.mean((t >= lo) & (t <= hi)))
     return np.array(out)
 
@@ -120,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-obs", type=int, default=60)
     ap.add_argument("--length-deg", type=float, default=6.0)
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    ap.add_argument("--gaussian", action="store_true",
+                    help="also the runs' coverage had their intervals been Gaussian (theta +- z theta_std, clipped)")
     a = ap.parse_args(argv)
 
     from ppe_ingest.param_table import default_table_path, load_param_table
@@ -148,11 +159,12 @@ def main(argv=None) -> int:
         sd = block(f"exact posterior, latent noise sd {noise:g} (median posterior variance at the unobserved, prior 1: "
               f"{' / '.join(f'{v:.2f}' for v in ratio)}; interval factors {' / '.join(f'{v:.2f}' for v in factor)})",
               cov)["sd"]
-    if a.runs:
-        cov = np.stack([run_coverage(r, names) for r in a.runs])
+    for gaussian in ([False, True] if a.gaussian else [False]) if a.runs else []:
+        cov = np.stack([run_coverage(r, names, gaussian) for r in a.runs])
+        kind = "Gaussian theta +- z theta_std clipped" if gaussian else "theta_lower-theta_upper"
         for r, c in zip(a.runs, cov):
-            lines.append(f"run {r.name}: " + " / ".join(f"{v:.2f}" for v in c))
-        block("the runs given (their last wave)", cov)
+            lines.append(f"run {r.name} ({kind}): " + " / ".join(f"{v:.2f}" for v in c))
+        block(f"the runs given (their last wave; {kind})", cov)
         if sd is not None:  # the exact posterior's spread at the last noise level, over as many seeds as runs
             half = 1.96 * sd / np.sqrt(len(cov))
             lines.append(f"    a calibrated method's mean over {len(cov)} seeds: 0.90 +- "

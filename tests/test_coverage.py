@@ -52,6 +52,18 @@ def test_a_parameter_the_data_cannot_tell_holds_ninety_percent_of_prior_truths_n
     assert np.all((cov >= 0.85) & (cov <= 0.95)), cov
 
 
+def test_an_estimate_at_a_bound_with_a_wide_spread_keeps_an_interval_that_reaches_into_the_range():
+    """No distribution on [0, 1] has mean 0.0005 and sd 0.17: the interval is the Gaussian's truncated
+    to the bounds there, holding the estimate, not a Beta collapsed onto the bound. A narrow spread
+    gives the Gaussian's own interval, and the prior's variance at the middle the uniform's 5-95 %."""
+    u = np.array([0.0005, 0.9995, 0.5, 0.5])
+    sd = np.array([0.17, 0.17, 0.01, 12 ** -0.5])
+    lo, hi = unit_interval(u, sd, 0.9)
+    assert lo[0] <= u[0] and hi[0] > 0.25 and hi[1] >= u[1] and lo[1] < 0.75
+    assert np.allclose([lo[2], hi[2]], [0.5 - 1.645 * 0.01, 0.5 + 1.645 * 0.01], atol=2e-4)
+    assert np.allclose([lo[3], hi[3]], [0.05, 0.95], atol=1e-6)
+
+
 def test_kriged_residuals_predict_a_smooth_field_with_honest_variance():
     """Residuals of a smooth field (exponential covariance, 8 degrees) at 80 sites, predicted at 300
     others: correlated with the truth, and their 90% intervals hold about 90% of it."""

@@ -94,33 +94,40 @@ def posterior(u_members: list[np.ndarray], observed: np.ndarray, ratio_obs: np.n
     return Posterior(u, np.sqrt(var), {"data": data_var, "ensemble": ens_var, "regionalisation": reg})
 
 
-# Beta concentration alpha + beta at least 2: no wider than the uniform prior (nu = 2 at u = 0.5 is it).
+# A Beta with alpha + beta >= 2 is no wider than the uniform prior (2 at mean 0.5 is the uniform itself).
 MIN_CONCENTRATION = 2.0
 # Above this concentration the Beta is Gaussian to well under 1e-3 of the range; its quantiles are the Normal's.
 GAUSSIAN_CONCENTRATION = 1e6
 
 
 def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """The equal-tailed ``level`` interval of the Beta on [0, 1] with mean ``u`` and sd ``sd`` (unit space).
+    """The equal-tailed ``level`` interval of the posterior on the prior's [0, 1] (unit space).
 
-    Every parameter's prior is uniform on its range, so the posterior lives on [0, 1]: a Gaussian
-    interval clipped to the bounds claims too much there. At the prior's variance (1/12, mean 0.5)
-    it spans 2.5-97.5 % of the range and holds 95 % of truths drawn from the prior, where the Beta
-    (then the uniform itself) gives 5-95 %. For a small sd the two agree.
+    Every parameter's prior is uniform on its range, so a Gaussian interval clipped to the bounds
+    claims too much: at the prior's variance (1/12, mean 0.5) it spans 2.5-97.5 % of the range and
+    holds 95 % of truths drawn from the prior. The posterior is taken as the Beta with mean ``u``
+    and sd ``sd`` (at the prior's variance the uniform itself: 5-95 %), no wider than a Beta with
+    that mean may be (alpha + beta >= 2). Near a bound that limit can be far below ``sd`` (an
+    estimate pinned at a bound with a wide spread), so the interval also spans the Gaussian
+    N(u, sd^2) truncated to the bounds: it reaches into the range instead of collapsing onto the
+    bound. Elsewhere the Beta's is the wider of the two. The interval always holds the estimate.
     """
-    from scipy.stats import beta
+    from scipy.stats import beta, truncnorm
 
-    u, sd = np.broadcast_arrays(np.clip(np.asarray(u, np.float64), 1e-9, 1 - 1e-9), np.asarray(sd, np.float64))
-    var = sd ** 2
-    nu = np.maximum(u * (1 - u) / np.maximum(var, 1e-300) - 1, MIN_CONCENTRATION)
+    u, sd = np.broadcast_arrays(np.clip(np.asarray(u, np.float64), 0.0, 1.0), np.asarray(sd, np.float64))
+    u, sd = u.copy(), sd.copy()
     tails = (0.5 - level / 2, 0.5 + level / 2)
     z = norm.ppf(tails[1])
-    lo, hi = np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)
-    wide = nu < GAUSSIAN_CONCENTRATION
-    if wide.any():
-        a, b = u[wide] * nu[wide], (1 - u[wide]) * nu[wide]
-        lo[wide], hi[wide] = beta.ppf(tails[0], a, b), beta.ppf(tails[1], a, b)
-    return lo, hi
+    lo, hi = np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)  # the Gaussian limit (sd small)
+    inner = np.clip(u, 1e-12, 1 - 1e-12)
+    nu = np.maximum(inner * (1 - inner) / np.maximum(sd ** 2, 1e-300) - 1, MIN_CONCENTRATION)
+    w = nu < GAUSSIAN_CONCENTRATION
+    if w.any():
+        m, s, a, b = u[w], sd[w], inner[w] * nu[w], (1 - inner[w]) * nu[w]
+        tlo, thi = truncnorm.ppf(tails, ((0 - m) / s)[:, None], ((1 - m) / s)[:, None], m[:, None], s[:, None]).T
+        lo[w] = np.minimum(beta.ppf(tails[0], a, b), tlo)
+        hi[w] = np.maximum(beta.ppf(tails[1], a, b), thi)
+    return np.minimum(lo, u), np.maximum(hi, u)
 
 
 def along_trade_off(u_loc: np.ndarray, cov: np.ndarray, ratio: np.ndarray, weak: np.ndarray,
