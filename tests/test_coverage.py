@@ -41,10 +41,10 @@ def test_a_parameter_the_data_cannot_tell_holds_ninety_percent_of_prior_truths_n
     est = true.copy()
     est[:, [0, 2]] = np.stack([np.linalg.lstsq(x[i][:, [0, 2]], obs[i], rcond=None)[0] for i in range(n)])
     est[:, 1] = rng.uniform(0, 1, n)  # wherever an optimiser left it
+    est = np.clip(est, 0, 1)
     problem = toy_problem(x, obs)
-    ident = assess(problem, LinearForward(P), torch.as_tensor(np.clip(est, 0, 1), dtype=torch.float32),
-                   np.ones(T, bool))
-    post = posterior([np.clip(est, 0, 1)], problem.observed, ident.ratio)
+    ident = assess(problem, LinearForward(P), torch.as_tensor(est, dtype=torch.float32), np.ones(T, bool))
+    post = posterior([est], problem.observed, ident.ratio)
     lo, hi = unit_interval(post.u, post.sd, 0.9)
     cov = interval_inside(true, lo, hi).mean(0)
     assert abs(cov[1] - 0.90) < 0.02, cov

@@ -86,8 +86,7 @@ def write_outputs(out_dir, pmap, metrics, problem, forward, theta, truth=None) -
                 if "theta_lower" in pmap and "theta_upper" in pmap:  # the level interval of each estimate
                     lw = pmap["theta_lower"].values[sel, j]
                     up = pmap["theta_upper"].values[sel, j]
-                    err = [np.maximum(th[sel, j] - lw, 0), np.maximum(up - th[sel, j], 0)]
-                    a.errorbar(true[sel, j], th[sel, j], yerr=err, fmt="none",
+                    a.errorbar(true[sel, j], th[sel, j], yerr=[th[sel, j] - lw, up - th[sel, j]], fmt="none",
                                ecolor=c, alpha=0.25, lw=0.6)
                 a.scatter(true[sel, j], th[sel, j], s=6, label=lab, c=c)
             lo, hi = float(problem.lo[j]), float(problem.hi[j])

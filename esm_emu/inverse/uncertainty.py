@@ -115,7 +115,6 @@ def unit_interval(u: np.ndarray, sd: np.ndarray, level: float) -> tuple[np.ndarr
     from scipy.stats import beta, truncnorm
 
     u, sd = np.broadcast_arrays(np.clip(np.asarray(u, np.float64), 0.0, 1.0), np.asarray(sd, np.float64))
-    u, sd = u.copy(), sd.copy()
     tails = (0.5 - level / 2, 0.5 + level / 2)
     z = norm.ppf(tails[1])
     lo, hi = np.clip(u - z * sd, 0, 1), np.clip(u + z * sd, 0, 1)  # the Gaussian limit (sd small)
